@@ -1,0 +1,196 @@
+use std::fmt;
+use std::io;
+
+/// The error type of forkless.
+///
+/// Opaque on purpose: ask what went wrong with the `is_*` predicates, read the
+/// cause with [`source`](std::error::Error::source), and show it with
+/// `Display`. The text of the message is not part of the API.
+pub struct Error {
+    inner: Box<ErrorImpl>,
+}
+
+struct ErrorImpl {
+    kind: Kind,
+    message: String,
+    source: Option<io::Error>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    InvalidAddress,
+    AddrInUse,
+    Bind,
+    Config,
+    Stopped,
+    Spawn,
+    Io,
+}
+
+impl Error {
+    fn new(kind: Kind, message: impl Into<String>, source: Option<io::Error>) -> Error {
+        Error {
+            inner: Box::new(ErrorImpl {
+                kind,
+                message: message.into(),
+                source,
+            }),
+        }
+    }
+
+    /// An address that cannot be parsed or resolved.
+    #[doc(hidden)]
+    pub fn invalid_address(addr: &str, why: impl fmt::Display) -> Error {
+        Error::new(
+            Kind::InvalidAddress,
+            format!("invalid listen address `{addr}`: {why}"),
+            None,
+        )
+    }
+
+    /// A failed bind or listen of `addr`.
+    #[doc(hidden)]
+    pub fn bind(addr: impl fmt::Display, source: io::Error) -> Error {
+        let (kind, message) = match source.kind() {
+            io::ErrorKind::AddrInUse => (
+                Kind::AddrInUse,
+                format!(
+                    "cannot listen on {addr}: the address is already in use \
+                     (by another process, or another socket of this one)"
+                ),
+            ),
+            io::ErrorKind::PermissionDenied => (
+                Kind::Bind,
+                format!(
+                    "cannot listen on {addr}: permission denied (ports below 1024 \
+                     need CAP_NET_BIND_SERVICE)"
+                ),
+            ),
+            io::ErrorKind::AddrNotAvailable => (
+                Kind::Bind,
+                format!("cannot listen on {addr}: the address is not one of this machine's"),
+            ),
+            _ => (Kind::Bind, format!("cannot listen on {addr}: {source}")),
+        };
+        Error::new(kind, message, Some(source))
+    }
+
+    /// A builder value or option that is out of range.
+    #[doc(hidden)]
+    pub fn config(message: impl Into<String>) -> Error {
+        Error::new(Kind::Config, message, None)
+    }
+
+    /// An operation attempted after the cluster stopped.
+    #[doc(hidden)]
+    pub fn stopped(what: &str) -> Error {
+        Error::new(
+            Kind::Stopped,
+            format!("{what}: the cluster is stopping or has stopped"),
+            None,
+        )
+    }
+
+    /// A thread or runtime that could not be created.
+    #[doc(hidden)]
+    pub fn spawn(what: impl fmt::Display, source: io::Error) -> Error {
+        Error::new(Kind::Spawn, format!("{what}: {source}"), Some(source))
+    }
+
+    /// Returns true if a listen address could not be parsed or resolved.
+    pub fn is_invalid_address(&self) -> bool {
+        self.inner.kind == Kind::InvalidAddress
+    }
+
+    /// Returns true if a listen address is already in use by a socket that is
+    /// not this cluster's.
+    pub fn is_addr_in_use(&self) -> bool {
+        self.inner.kind == Kind::AddrInUse
+    }
+
+    /// Returns true if binding or listening failed for another reason (no
+    /// permission, address not available, ...).
+    pub fn is_bind(&self) -> bool {
+        matches!(self.inner.kind, Kind::Bind | Kind::AddrInUse)
+    }
+
+    /// Returns true if a configuration value was refused.
+    pub fn is_config(&self) -> bool {
+        self.inner.kind == Kind::Config
+    }
+
+    /// Returns true if the operation came after the cluster began to stop.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.kind == Kind::Stopped
+    }
+
+    /// Returns true if this error wraps an I/O error (from `?` on an
+    /// `io::Result`).
+    pub fn is_io(&self) -> bool {
+        self.inner.kind == Kind::Io
+    }
+
+    /// Returns true if a thread or runtime could not be created.
+    pub fn is_spawn(&self) -> bool {
+        self.inner.kind == Kind::Spawn
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("forkless::Error");
+        d.field("kind", &self.inner.kind);
+        d.field("message", &self.inner.message);
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::new(Kind::Io, e.to_string(), Some(e))
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_errors_name_the_address_and_keep_the_cause() {
+        let e = Error::bind("127.0.0.1:80", io::Error::from(io::ErrorKind::AddrInUse));
+        assert!(e.is_addr_in_use() && e.is_bind());
+        assert!(e.to_string().contains("127.0.0.1:80"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+
+        let e = Error::bind("[::1]:80", io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(!e.is_addr_in_use() && e.is_bind());
+        assert!(e.to_string().contains("[::1]:80") && e.to_string().contains("permission"));
+    }
+
+    #[test]
+    fn predicates_are_exclusive() {
+        let e = Error::config("workers must be at least 1");
+        assert!(e.is_config() && !e.is_bind() && !e.is_stopped() && !e.is_spawn());
+        let e = Error::stopped("listen");
+        assert!(e.is_stopped() && !e.is_config());
+        assert!(format!("{e:?}").contains("Stopped"));
+    }
+}

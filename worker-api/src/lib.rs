@@ -1,0 +1,43 @@
+//! The worker side of a [forkless] cluster: everything code running inside a
+//! worker touches.
+//!
+//! A forkless cluster runs one single-threaded tokio runtime per core. Each of
+//! them runs the same *worker body*, an `async fn(Worker)`. The [`Worker`]
+//! handed to it says where it runs ([`slot`](Worker::slot),
+//! [`generation`](Worker::generation), [`core`](Worker::core)), opens
+//! listeners that outlive the worker ([`listen`](Worker::listen)), and tells
+//! it when to stop ([`shutdown_signal`](Worker::shutdown_signal)).
+//!
+//! This crate knows nothing about threads or supervision: those belong to the
+//! master, in `forkless-runtime`. Libraries that only need a worker's context
+//! (a session store, a metrics layer) depend on this crate alone. Applications
+//! use the `forkless` facade, which re-exports everything here.
+//!
+//! ```no_run
+//! # async fn body(worker: forkless_worker::Worker) -> Result<(), forkless_worker::Error> {
+//! let listener = worker.listen("127.0.0.1:8080").await?;
+//! while let Some(conn) = listener.accept().await {
+//!     let (stream, peer) = conn?;
+//!     // hand `stream` to hyper, axum, or your own protocol...
+//!     # drop((stream, peer));
+//! }
+//! // `accept` returned `None`: the worker is asked to stop; finish in-flight
+//! // work and return.
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [forkless]: https://docs.rs/forkless
+#![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
+
+mod error;
+#[doc(hidden)]
+pub mod host;
+mod listener;
+mod shutdown;
+mod worker;
+
+pub use error::Error;
+pub use listener::{ListenAddr, Listener};
+pub use shutdown::ShutdownSignal;
+pub use worker::Worker;

@@ -1,0 +1,159 @@
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::host::Host;
+use crate::listener::{ListenAddr, Listener};
+use crate::{Error, ShutdownSignal};
+
+/// The context of one generation of one worker.
+///
+/// The cluster calls the worker body once per generation with a fresh
+/// `Worker`. It is cheap to clone; clones share the same shutdown signal.
+///
+/// # Examples
+///
+/// ```no_run
+/// async fn body(worker: forkless_worker::Worker) -> Result<(), forkless_worker::Error> {
+///     println!("slot {} generation {} on core {:?}", worker.slot(), worker.generation(), worker.core());
+///     let listener = worker.listen("0.0.0.0:8080").await?;
+///     while let Some(conn) = listener.accept().await {
+///         let (_stream, _peer) = conn?;
+///     }
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Worker {
+    slot: usize,
+    generation: u64,
+    core: Option<usize>,
+    host: Arc<dyn Host>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Creates the context for one generation. Called by the runtime.
+    #[doc(hidden)]
+    pub fn new(
+        slot: usize,
+        generation: u64,
+        core: Option<usize>,
+        host: Arc<dyn Host>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Worker {
+        Worker {
+            slot,
+            generation,
+            core,
+            host,
+            shutdown,
+        }
+    }
+
+    /// The slot this worker runs in: `0..size` of the cluster. A slot keeps
+    /// its core and its listening sockets across generations.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// How many times this slot was started before this worker: 0 for the
+    /// first worker of a slot, 1 after its first respawn, and so on.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The CPU core this worker's thread is pinned to, or `None` when the
+    /// cluster does not pin (`Builder::pin_cores(false)`).
+    pub fn core(&self) -> Option<usize> {
+        self.core
+    }
+
+    /// Listens on `addr` for TCP connections.
+    ///
+    /// Every worker of the cluster that listens on the same address gets its
+    /// own `SO_REUSEPORT` socket, and the kernel spreads new connections among
+    /// them. The socket belongs to the slot, not to this worker: the master
+    /// keeps it open when the worker dies, so connections queued on it wait
+    /// for the slot's next generation instead of being reset.
+    ///
+    /// Port 0 picks a free port once, for the whole cluster: every slot that
+    /// listens on the same `ip:0` shares it. [`Listener::local_addr`] tells
+    /// which. IPv6 sockets are IPv6-only, so `[::]:p` and `0.0.0.0:p` can be
+    /// listened on side by side.
+    ///
+    /// The first successful `listen` marks the worker [ready](Worker::ready).
+    ///
+    /// `addr` is an IP address and port (`"127.0.0.1:8080"`, `"[::1]:8080"`, a
+    /// [`SocketAddr`](std::net::SocketAddr)) or a host name and port
+    /// (`"localhost:8080"`, resolved once, binding the first address found;
+    /// resolving may block this worker briefly).
+    ///
+    /// # Errors
+    ///
+    /// An error that names the address when it is malformed or resolves to
+    /// nothing ([`Error::is_invalid_address`]), when another process (or a
+    /// socket of this one that is not the cluster's) holds it
+    /// ([`Error::is_addr_in_use`]), when binding is not permitted
+    /// ([`Error::is_bind`]), or when the cluster is stopping
+    /// ([`Error::is_stopped`]).
+    pub async fn listen<A: ListenAddr>(&self, addr: A) -> Result<Listener, Error> {
+        let shown = addr.describe();
+        let resolved = addr
+            .resolve()
+            .map_err(|e| Error::invalid_address(&shown, e))?;
+        let std_listener = self.host.listen(self.slot, resolved, &shown)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|e| Error::bind(&shown, e))?;
+        self.host.ready(self.slot, self.generation);
+        Ok(Listener::new(listener, self.shutdown.clone()))
+    }
+
+    /// Marks this worker ready to serve, for bodies that do not
+    /// [`listen`](Worker::listen) (which marks it ready by itself). Calling it
+    /// more than once is harmless.
+    pub fn ready(&self) {
+        self.host.ready(self.slot, self.generation);
+    }
+
+    /// Resolves when this worker is asked to stop: the cluster is shutting
+    /// down, or this generation is being replaced.
+    ///
+    /// From then on, the worker's listeners hand out no more connections, and
+    /// the body has the cluster's `shutdown_timeout` to finish and return
+    /// before it is terminated (its future dropped).
+    ///
+    /// ```no_run
+    /// # async fn body(worker: forkless_worker::Worker) {
+    /// let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    /// let stop = worker.shutdown_signal();
+    /// tokio::pin!(stop);
+    /// loop {
+    ///     tokio::select! {
+    ///         _ = &mut stop => break,
+    ///         _ = ticker.tick() => { /* periodic work */ }
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn shutdown_signal(&self) -> ShutdownSignal {
+        ShutdownSignal::new(self.shutdown.clone())
+    }
+
+    /// Returns true once this worker has been asked to stop.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("slot", &self.slot)
+            .field("generation", &self.generation)
+            .field("core", &self.core)
+            .field("shutting_down", &self.is_shutting_down())
+            .finish()
+    }
+}
