@@ -1,1 +1,174 @@
-//! wip
+//! A per-core cluster runtime for tokio services: what Node's `cluster`
+//! module and a process supervisor give a Node service, with threads instead
+//! of processes.
+//!
+//! # The model
+//!
+//! A forkless cluster is one **master** thread and one **worker** thread per
+//! core. Each worker runs its own single-threaded tokio runtime (with a
+//! `LocalSet`, so `!Send` futures and `spawn_local` work), pinned to its core,
+//! sharing nothing with the others on the hot path: no work stealing, no
+//! cross-core wake-ups.
+//!
+//! - A **slot** is a numbered place for a worker, `0..size`. It keeps its
+//!   core and its listening sockets for the cluster's whole life.
+//! - Every start of a slot is a **generation** of it. The cluster calls your
+//!   *worker body*, an `async fn(Worker)`, once per generation.
+//! - [`Worker::listen`] gives each slot its own `SO_REUSEPORT` socket, so the
+//!   kernel spreads connections over the cores. The master holds the socket;
+//!   the worker gets a duplicate. When a worker dies, connections the kernel
+//!   queued for it are not reset: they wait for the next generation.
+//! - The master **supervises**: a body that panics, returns an error or
+//!   returns is classified ([`Exit`]) and respawned per the [`Restart`]
+//!   policy. A worker that fails quickly again and again is respawned with
+//!   growing delays, and its slot gives up after `max_restarts` quick failures
+//!   in a row while the others serve on.
+//! - **Stopping** is graceful first: [`Worker::shutdown_signal`] resolves and
+//!   [`Listener::accept`] returns `None`; after `shutdown_timeout` a worker
+//!   still running is terminated (its future dropped); after
+//!   `terminate_timeout` a thread still blocked is reported [`Exit::Hung`] and
+//!   abandoned (threads cannot be killed).
+//!
+//! # Getting started
+//!
+//! ```no_run
+//! #[forkless::main]
+//! async fn main(worker: forkless::Worker) -> Result<(), forkless::Error> {
+//!     let listener = worker.listen("127.0.0.1:8080").await?;
+//!     while let Some(conn) = listener.accept().await {
+//!         let (_stream, peer) = conn?;
+//!         println!("worker {} accepted {peer}", worker.slot());
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The same with the [`Builder`], which also embeds a cluster in a program
+//! that does other things ([`Builder::start`] returns a [`Cluster`] handle):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! fn main() -> Result<(), forkless::Error> {
+//!     let report = forkless::Cluster::builder()
+//!         .workers(4)
+//!         .shutdown_timeout(Duration::from_secs(10))
+//!         .run(|worker| async move {
+//!             let listener = worker.listen("127.0.0.1:8080").await?;
+//!             while let Some(conn) = listener.accept().await {
+//!                 let (_stream, _peer) = conn?;
+//!             }
+//!             Ok::<(), forkless::Error>(())
+//!         })?;
+//!     println!("{report}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Panics and `panic = "abort"`
+//!
+//! Supervision catches panics with `catch_unwind`. A binary built with
+//! `panic = "abort"` cannot, so [`Builder::start`] refuses to start in such a
+//! build, with an error that says so.
+//!
+//! # Crates
+//!
+//! | crate | what it holds |
+//! |---|---|
+//! | `forkless` | this facade: re-exports and `#[forkless::main]` |
+//! | `forkless-worker` | what worker code touches: [`Worker`], [`Listener`], [`Error`]; for libraries |
+//! | `forkless-runtime` | the master: [`Builder`], [`Cluster`], supervision, listener registry |
+//! | `forkless-macros` | the attribute |
+#![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
+
+pub use forkless_runtime::{
+    BodyResult, Builder, Cluster, Exit, GenerationReport, Report, Restart, SlotReport,
+};
+pub use forkless_worker::{Error, ListenAddr, Listener, ShutdownSignal, Worker};
+
+/// Runs an `async fn main(worker: forkless::Worker)` as a forkless cluster,
+/// one worker per core, in place of `#[tokio::main]`.
+///
+/// The function is the worker body: it runs once per generation of every
+/// worker. It returns `()` or `Result<(), E>` with `E: Display`. The
+/// generated `main` blocks until the cluster stops (SIGINT or SIGTERM stop
+/// it gracefully, a second one terminates it), and exits with failure if the
+/// cluster could not start or a slot gave up.
+///
+/// # Options
+///
+/// | option | meaning | default |
+/// |---|---|---|
+/// | `workers = 4` | number of workers | the cores this process may run on |
+/// | `shutdown_timeout = "5s"` | time to return once asked to stop | 5 s |
+/// | `terminate_timeout = "5s"` | time to return once terminated | 5 s |
+/// | `throttle_delay = "2s"` | a shorter run is a quick failure | 2 s |
+/// | `crate = "forkless"` | path to this crate, if renamed | `::forkless` |
+///
+/// Durations are strings like `"500ms"`, `"5s"` or `"1m 30s"`.
+///
+/// # Examples
+///
+/// ```no_run
+/// #[forkless::main(workers = 2, shutdown_timeout = "10s")]
+/// async fn main(worker: forkless::Worker) -> Result<(), forkless::Error> {
+///     let listener = worker.listen("127.0.0.1:8080").await?;
+///     while let Some(conn) = listener.accept().await {
+///         let (_stream, _peer) = conn?;
+///     }
+///     Ok(())
+/// }
+/// ```
+///
+/// is the same as
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     async fn body(worker: forkless::Worker) -> Result<(), forkless::Error> {
+///         let listener = worker.listen("127.0.0.1:8080").await?;
+///         while let Some(conn) = listener.accept().await {
+///             let (_stream, _peer) = conn?;
+///         }
+///         Ok(())
+///     }
+///     let result = forkless::Cluster::builder()
+///         .workers(2)
+///         .shutdown_timeout(std::time::Duration::from_secs(10))
+///         .run(body);
+///     match result {
+///         Ok(report) if report.slots.iter().any(|s| s.gave_up) => {
+///             eprintln!("{report}");
+///             std::process::ExitCode::FAILURE
+///         }
+///         Ok(_) => std::process::ExitCode::SUCCESS,
+///         Err(e) => {
+///             eprintln!("error: {e}");
+///             std::process::ExitCode::FAILURE
+///         }
+///     }
+/// }
+/// ```
+pub use forkless_macros::main;
+
+/// Not public API: what `#[forkless::main]` expands to calls these.
+#[doc(hidden)]
+pub mod __private {
+    use std::process::ExitCode;
+
+    use crate::{Error, Report};
+
+    /// The process's exit status after `Builder::run`.
+    pub fn exit_code(result: Result<Report, Error>) -> ExitCode {
+        match result {
+            Ok(report) if report.slots.iter().any(|s| s.gave_up) => {
+                eprintln!("{report}");
+                ExitCode::FAILURE
+            }
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

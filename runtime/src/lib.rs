@@ -1,1 +1,29 @@
-//! wip
+//! The master of a forkless cluster: the [`Builder`], the supervisor, the
+//! worker threads and the listener registry.
+//!
+//! Applications use the `forkless` facade, which re-exports this crate; the
+//! model, with examples, is explained there.
+//!
+//! A [`Cluster`] is a master thread (`forkless-master`) and one thread per
+//! slot (`forkless-w{slot}`), pinned to a core, running a `current_thread`
+//! tokio runtime with a `LocalSet`. The master owns each slot's listening
+//! sockets and hands workers duplicates of them, runs every generation of a
+//! worker inside `catch_unwind`, classifies how it ended ([`Exit`]), respawns
+//! it by the [`Restart`] policy with throttling, and stops the cluster
+//! gracefully, then by force. The worker side of this boundary lives in
+//! `forkless-worker`.
+#![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
+
+mod body;
+mod builder;
+mod cluster;
+mod exit;
+mod master;
+mod registry;
+mod signals;
+mod worker_thread;
+
+pub use body::BodyResult;
+pub use builder::{Builder, Restart};
+pub use cluster::{Cluster, GenerationReport, Report, SlotReport};
+pub use exit::Exit;

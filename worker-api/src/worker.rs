@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -31,6 +32,7 @@ pub struct Worker {
     core: Option<usize>,
     host: Arc<dyn Host>,
     shutdown: watch::Receiver<bool>,
+    ready: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -49,6 +51,7 @@ impl Worker {
             core,
             host,
             shutdown,
+            ready: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -106,7 +109,7 @@ impl Worker {
         let std_listener = self.host.listen(self.slot, resolved, &shown)?;
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .map_err(|e| Error::bind(&shown, e))?;
-        self.host.ready(self.slot, self.generation);
+        self.ready();
         Ok(Listener::new(listener, self.shutdown.clone()))
     }
 
@@ -114,7 +117,9 @@ impl Worker {
     /// [`listen`](Worker::listen) (which marks it ready by itself). Calling it
     /// more than once is harmless.
     pub fn ready(&self) {
-        self.host.ready(self.slot, self.generation);
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.host.ready(self.slot, self.generation);
+        }
     }
 
     /// Resolves when this worker is asked to stop: the cluster is shutting

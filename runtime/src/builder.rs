@@ -1,0 +1,277 @@
+use std::future::Future;
+use std::time::Duration;
+
+use forkless_worker::{Error, Worker};
+
+use crate::body::{erase, BodyResult};
+use crate::{signals, Cluster, Report};
+
+/// When a slot's worker is started again after it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Restart {
+    /// After any exit, like a Node cluster's `exit` handler that forks again.
+    /// The default.
+    #[default]
+    Always,
+    /// After a failure ([`Exit::is_failure`](crate::Exit::is_failure)): an
+    /// error return or a panic. A body that returns `Ok` ends its slot.
+    OnFailure,
+    /// Never: each slot runs its body once.
+    Never,
+}
+
+/// Configures and starts a cluster. Made by [`Cluster::builder`].
+///
+/// Every setter tells its default. Values are checked when the cluster
+/// starts: [`run`](Builder::run) and [`start`](Builder::start) return an
+/// error that names a value out of range.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use forkless_runtime::{Cluster, Restart};
+///
+/// let report = Cluster::builder()
+///     .workers(4)
+///     .shutdown_timeout(Duration::from_secs(10))
+///     .restart(Restart::OnFailure)
+///     .run(|worker| async move {
+///         let listener = worker.listen("0.0.0.0:8080").await?;
+///         while let Some(conn) = listener.accept().await {
+///             let (_stream, _peer) = conn?;
+///         }
+///         Ok::<(), forkless_worker::Error>(())
+///     })?;
+/// println!("{report}");
+/// # Ok::<(), forkless_worker::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    pub(crate) workers: Option<usize>,
+    pub(crate) pin_cores: bool,
+    pub(crate) backlog: u32,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) terminate_timeout: Duration,
+    pub(crate) throttle_delay: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) max_restarts: u32,
+    pub(crate) restart: Restart,
+    pub(crate) name: String,
+}
+
+impl Default for Builder {
+    fn default() -> Builder {
+        Builder {
+            workers: None,
+            pin_cores: true,
+            backlog: 1024,
+            shutdown_timeout: Duration::from_secs(5),
+            terminate_timeout: Duration::from_secs(5),
+            throttle_delay: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(30),
+            max_restarts: 10,
+            restart: Restart::Always,
+            name: "forkless".to_owned(),
+        }
+    }
+}
+
+impl Builder {
+    /// A builder with every default. Same as [`Cluster::builder`].
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// How many workers (slots) to run.
+    ///
+    /// The default is the number of cores this process may run on (its CPU
+    /// affinity mask, so `taskset -c 0,1 app` gives 2).
+    ///
+    /// 0 is refused when the cluster starts.
+    pub fn workers(mut self, n: usize) -> Builder {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Whether to pin each worker's thread to one core.
+    ///
+    /// The default is `true`: slot `i` is pinned to the `i`-th core of the
+    /// process's affinity mask (wrapping around when there are more workers
+    /// than cores), so `taskset -c 2,3 app` keeps every worker on cores 2
+    /// and 3.
+    pub fn pin_cores(mut self, pin: bool) -> Builder {
+        self.pin_cores = pin;
+        self
+    }
+
+    /// The length of each listening socket's accept queue, as passed to
+    /// `listen(2)`. The kernel caps it at `net.core.somaxconn`.
+    ///
+    /// The default is 1024.
+    pub fn backlog(mut self, backlog: u32) -> Builder {
+        self.backlog = backlog;
+        self
+    }
+
+    /// How long a worker has, once asked to stop, to return by itself before
+    /// it is terminated (its future and runtime dropped).
+    ///
+    /// The default is 5 seconds.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Builder {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a terminated worker's thread has to return before it is
+    /// reported [`Exit::Hung`](crate::Exit::Hung) and abandoned.
+    ///
+    /// The default is 5 seconds.
+    pub fn terminate_timeout(mut self, timeout: Duration) -> Builder {
+        self.terminate_timeout = timeout;
+        self
+    }
+
+    /// A worker that exits after running less than this is a *quick
+    /// failure*, and the k-th one in a row waits `throttle_delay * 2^(k-1)`
+    /// (at most [`max_backoff`](Builder::max_backoff)) before its respawn. A
+    /// worker that ran longer is respawned at once.
+    ///
+    /// The default is 2 seconds. `Duration::ZERO` turns throttling off.
+    pub fn throttle_delay(mut self, delay: Duration) -> Builder {
+        self.throttle_delay = delay;
+        self
+    }
+
+    /// The longest wait before a throttled respawn.
+    ///
+    /// The default is 30 seconds.
+    pub fn max_backoff(mut self, max: Duration) -> Builder {
+        self.max_backoff = max;
+        self
+    }
+
+    /// How many quick failures in a row a slot may have: at that many, the
+    /// slot gives up, its sockets are closed, and the other slots serve on.
+    ///
+    /// The default is 10. 0 and 1 both give up at the first quick failure.
+    pub fn max_restarts(mut self, n: u32) -> Builder {
+        self.max_restarts = n;
+        self
+    }
+
+    /// When a worker is started again after it exits.
+    ///
+    /// The default is [`Restart::Always`].
+    pub fn restart(mut self, restart: Restart) -> Builder {
+        self.restart = restart;
+        self
+    }
+
+    /// The cluster's name, used in logs and the report.
+    ///
+    /// The default is `"forkless"`.
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = name.into();
+        self
+    }
+
+    /// Starts the cluster, and blocks until it stops.
+    ///
+    /// `body` is called once per generation of each worker, on that worker's
+    /// thread, inside its runtime; the future it returns need not be `Send`.
+    /// SIGINT and SIGTERM stop the cluster gracefully; a second one
+    /// terminates it.
+    ///
+    /// Returns the [`Report`] of how every generation ended.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Builder::start), and when the signal handlers cannot be
+    /// installed.
+    pub fn run<F, Fut>(self, body: F) -> Result<Report, Error>
+    where
+        F: Fn(Worker) -> Fut + Send + Sync + 'static,
+        Fut: Future + 'static,
+        Fut::Output: BodyResult,
+    {
+        let cluster = self.start(body)?;
+        let signals = match signals::install(cluster.clone()) {
+            Ok(handle) => handle,
+            Err(e) => {
+                cluster.terminate();
+                cluster.join();
+                return Err(Error::spawn("cannot install the signal handlers", e));
+            }
+        };
+        let report = cluster.join();
+        signals.close();
+        Ok(report)
+    }
+
+    /// Starts the cluster and returns a handle to it at once, for services
+    /// that embed a cluster. Installs no signal handlers:
+    /// [`Cluster::shutdown`] and [`Cluster::join`] end it.
+    ///
+    /// Returns once every first worker's thread is running.
+    ///
+    /// # Errors
+    ///
+    /// A value out of range (`workers(0)`), a build with `panic = "abort"`
+    /// (panics could not be caught, so one panicking worker would end the
+    /// process), or a thread that cannot be spawned.
+    pub fn start<F, Fut>(self, body: F) -> Result<Cluster, Error>
+    where
+        F: Fn(Worker) -> Fut + Send + Sync + 'static,
+        Fut: Future + 'static,
+        Fut::Output: BodyResult,
+    {
+        check_panic_strategy(cfg!(panic = "abort"))?;
+        if self.workers == Some(0) {
+            return Err(Error::config(
+                "workers must be at least 1, got 0 (leave it unset to run one per core)",
+            ));
+        }
+        crate::master::start(self, erase(body))
+    }
+}
+
+/// Refuses a build whose panics abort the process: supervision would be a lie.
+fn check_panic_strategy(aborts: bool) -> Result<(), Error> {
+    if aborts {
+        return Err(Error::config(
+            "this binary is built with `panic = \"abort\"`: a panicking worker would end \
+             the whole process, so forkless cannot supervise it; build with \
+             `panic = \"unwind\"` (the default)",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_abort_is_refused_with_a_reason() {
+        let err = check_panic_strategy(true).expect_err("refused");
+        assert!(err.is_config());
+        assert!(err.to_string().contains("panic = \"abort\""), "{err}");
+        assert!(check_panic_strategy(false).is_ok());
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let b = Builder::default();
+        assert_eq!(b.workers, None);
+        assert!(b.pin_cores);
+        assert_eq!(b.backlog, 1024);
+        assert_eq!(b.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(b.terminate_timeout, Duration::from_secs(5));
+        assert_eq!(b.throttle_delay, Duration::from_secs(2));
+        assert_eq!(b.max_backoff, Duration::from_secs(30));
+        assert_eq!(b.max_restarts, 10);
+        assert_eq!(b.restart, Restart::Always);
+    }
+}

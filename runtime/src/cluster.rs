@@ -1,0 +1,299 @@
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use forkless_worker::host::Host;
+use forkless_worker::Error;
+use tokio::sync::watch;
+
+use crate::registry::Registry;
+use crate::{Builder, Exit};
+
+/// A handle to a running cluster: cheap to clone, `Send + Sync`, usable from
+/// sync and async code.
+///
+/// Each method sends a command to the cluster's master thread and returns at
+/// once; [`join`](Cluster::join) and [`stopped`](Cluster::stopped) wait for
+/// the end.
+///
+/// # Examples
+///
+/// ```no_run
+/// use forkless_runtime::Cluster;
+///
+/// let cluster = Cluster::builder()
+///     .workers(2)
+///     .start(|worker| async move {
+///         worker.shutdown_signal().await;
+///     })?;
+/// // ... the service runs ...
+/// cluster.shutdown();
+/// let report = cluster.join();
+/// assert_eq!(report.slots.len(), 2);
+/// # Ok::<(), forkless_worker::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What the handles, the worker contexts and the master share.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) tx: Sender<Msg>,
+    pub(crate) registry: Mutex<Registry>,
+    stopping: AtomicBool,
+    done: Mutex<Option<Report>>,
+    done_cv: Condvar,
+    done_tx: watch::Sender<Option<Report>>,
+}
+
+/// The master's inbox.
+pub(crate) enum Msg {
+    Exited {
+        slot: usize,
+        generation: u64,
+        exit: Exit,
+    },
+    Ready {
+        slot: usize,
+        generation: u64,
+    },
+    Shutdown,
+    Terminate,
+}
+
+impl Shared {
+    pub(crate) fn new(name: String, tx: Sender<Msg>, backlog: u32) -> Shared {
+        Shared {
+            name,
+            tx,
+            registry: Mutex::new(Registry::new(backlog)),
+            stopping: AtomicBool::new(false),
+            done: Mutex::new(None),
+            done_cv: Condvar::new(),
+            done_tx: watch::channel(None).0,
+        }
+    }
+
+    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // The registry holds no invariant that a panic could break halfway.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn finish(&self, report: Report) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(report.clone());
+        self.done_tx.send_replace(Some(report));
+        self.done_cv.notify_all();
+    }
+}
+
+impl Host for Shared {
+    fn listen(
+        &self,
+        slot: usize,
+        addr: SocketAddr,
+        shown: &str,
+    ) -> Result<std::net::TcpListener, Error> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(Error::stopped(&format!("listen on {shown}")));
+        }
+        self.registry().listen(slot, addr, shown)
+    }
+
+    fn ready(&self, slot: usize, generation: u64) {
+        let _ = self.tx.send(Msg::Ready { slot, generation });
+    }
+}
+
+impl Cluster {
+    /// A [`Builder`] with every default.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Stops the cluster gracefully: every worker's
+    /// [`shutdown_signal`](forkless_worker::Worker::shutdown_signal) resolves
+    /// and its listeners stop handing out connections; workers still running
+    /// after `shutdown_timeout` are terminated. No worker is respawned.
+    ///
+    /// Returns at once; [`join`](Cluster::join) waits for the end. Calling it
+    /// again, or after the cluster stopped, does nothing more.
+    pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        let _ = self.shared.tx.send(Msg::Shutdown);
+    }
+
+    /// Stops the cluster now: every worker's future and runtime is dropped
+    /// (tasks are cancelled at their next `.await`), and a thread that has
+    /// not returned after `terminate_timeout` is reported
+    /// [`Exit::Hung`] and abandoned.
+    pub fn terminate(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        let _ = self.shared.tx.send(Msg::Terminate);
+    }
+
+    /// Blocks until the cluster has stopped, and returns its report.
+    ///
+    /// Do not call it from a worker of the same cluster: the cluster cannot
+    /// stop while that worker waits.
+    pub fn join(&self) -> Report {
+        let mut done = self.shared.done.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(report) = done.as_ref() {
+                return report.clone();
+            }
+            done = self
+                .shared
+                .done_cv
+                .wait(done)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Like [`join`](Cluster::join), with a limit: `None` if the cluster has
+    /// not stopped within `timeout`.
+    pub fn join_timeout(&self, timeout: Duration) -> Option<Report> {
+        let done = self.shared.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let (done, _) = self
+            .shared
+            .done_cv
+            .wait_timeout_while(done, timeout, |done| done.is_none())
+            .unwrap_or_else(PoisonError::into_inner);
+        done.clone()
+    }
+
+    /// Waits, without blocking a thread, until the cluster has stopped, and
+    /// returns its report.
+    pub async fn stopped(&self) -> Report {
+        let mut rx = self.shared.done_tx.subscribe();
+        let report = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|r| r.clone())
+            .ok()
+            .flatten();
+        match report {
+            Some(report) => report,
+            // The sender lives in `shared`, which we hold.
+            None => self.join(),
+        }
+    }
+
+    /// Returns true once the cluster has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.done_tx.borrow().is_some()
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.shared.name)
+            .field("stopped", &self.is_stopped())
+            .finish()
+    }
+}
+
+/// How a cluster ran: per slot, every generation and how it ended.
+///
+/// Returned by [`Builder::run`], [`Cluster::join`] and [`Cluster::stopped`].
+/// Its `Display` is a table, one line per generation.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Report {
+    /// The cluster's name.
+    pub name: String,
+    /// One entry per slot, in slot order.
+    pub slots: Vec<SlotReport>,
+}
+
+/// The history of one slot.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SlotReport {
+    /// The slot's number.
+    pub slot: usize,
+    /// The core its workers were pinned to, if any.
+    pub core: Option<usize>,
+    /// Every generation that started, in order.
+    pub generations: Vec<GenerationReport>,
+    /// True if the slot stopped respawning after `max_restarts` quick
+    /// failures in a row.
+    pub gave_up: bool,
+}
+
+/// One generation of one slot.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GenerationReport {
+    /// 0 for the slot's first worker, then 1, 2, ...
+    pub generation: u64,
+    /// How it ended.
+    pub exit: Exit,
+    /// From its start to its exit (to being abandoned, if hung).
+    pub ran_for: Duration,
+    /// From its start to its first successful `listen` or `ready()`, if it
+    /// got there.
+    pub ready_after: Option<Duration>,
+    /// The wait before the next generation, when it was respawned: zero
+    /// after a healthy run, growing with each quick failure in a row.
+    pub restart_delay: Option<Duration>,
+}
+
+impl Report {
+    /// Every generation's exit, slot by slot.
+    pub fn exits(&self) -> impl Iterator<Item = (usize, u64, &Exit)> {
+        self.slots.iter().flat_map(|s| {
+            s.generations
+                .iter()
+                .map(move |g| (s.slot, g.generation, &g.exit))
+        })
+    }
+
+    /// How many respawns happened in all.
+    pub fn restarts(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.generations.len().saturating_sub(1))
+            .sum()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "cluster {}: {} slots", self.name, self.slots.len())?;
+        for slot in &self.slots {
+            let core = slot
+                .core
+                .map_or_else(|| "-".to_owned(), |c| c.to_string());
+            for g in &slot.generations {
+                write!(
+                    f,
+                    "  slot {} gen {} core {}: ran {:.3}s, {}",
+                    slot.slot,
+                    g.generation,
+                    core,
+                    g.ran_for.as_secs_f64(),
+                    g.exit
+                )?;
+                if let Some(delay) = g.restart_delay {
+                    write!(f, ", respawned after {:.3}s", delay.as_secs_f64())?;
+                }
+                writeln!(f)?;
+            }
+            if slot.gave_up {
+                writeln!(f, "  slot {} gave up", slot.slot)?;
+            }
+        }
+        Ok(())
+    }
+}
