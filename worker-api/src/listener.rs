@@ -132,8 +132,19 @@ impl ListenAddr for str {
         if let Ok(addr) = self.parse::<SocketAddr>() {
             return Ok(addr);
         }
-        if !self.contains(':') {
+        // Refuse what cannot be a host name before asking the resolver, so a
+        // typo never turns into a DNS query.
+        let Some((host, port)) = self.rsplit_once(':') else {
             return Err("expected `ip:port`, `[ipv6]:port` or `host:port`".to_owned());
+        };
+        if port.parse::<u16>().is_err() {
+            return Err(format!("`{port}` is not a port (0 to 65535)"));
+        }
+        if host.starts_with('[') || host.contains(':') {
+            return Err("malformed IPv6 address (expected `[ipv6]:port`)".to_owned());
+        }
+        if host.is_empty() || host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(format!("`{host}` is not an IPv4 address"));
         }
         first(self.to_socket_addrs())
     }
@@ -218,6 +229,9 @@ mod tests {
         assert!("127.0.0.1:99999".resolve().is_err());
         assert!("not an address".resolve().is_err());
         assert!("[::1:80".resolve().is_err());
+        assert!("300.1.1.1:80".resolve().is_err());
+        assert!(":80".resolve().is_err());
+        assert!("::1:80".resolve().is_err());
     }
 
     #[test]

@@ -1,0 +1,54 @@
+//! Helpers shared by the integration tests: a tiny line protocol (each
+//! connection is answered with `"{slot} {generation}\n"` and closed), and
+//! waits with generous limits.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use forkless::{Listener, Worker};
+
+/// Long enough for a busy 2-core machine; only reached when a test fails.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Answers connections with `"{slot} {generation}\n"` until shutdown.
+pub async fn serve_whoami(worker: &Worker, listener: &Listener) -> Result<(), forkless::Error> {
+    while let Some(conn) = listener.accept().await {
+        let (stream, _) = conn?;
+        answer(worker, stream).await?;
+    }
+    Ok(())
+}
+
+/// Answers one connection with `"{slot} {generation}\n"`.
+pub async fn answer(worker: &Worker, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let line = format!("{} {}\n", worker.slot(), worker.generation());
+    stream.write_all(line.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Connects and reads the whole answer; panics on any error.
+pub fn ask(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    read_answer(&mut stream)
+}
+
+pub fn read_answer(stream: &mut TcpStream) -> String {
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer
+}
+
+/// Sends a line, for tests whose servers read one.
+pub fn send_line(stream: &mut TcpStream, line: &str) {
+    stream.write_all(line.as_bytes()).expect("write");
+}
+
+pub fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
+    rx.recv_timeout(PATIENCE)
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+}
