@@ -1,0 +1,152 @@
+//! `Hello, World!` over HTTP/1.1 on every core: the main job of the README.
+//!
+//! ```text
+//! cargo run --release --example hello -- --port 8080 --workers 4
+//! curl http://127.0.0.1:8080/         # Hello, World!
+//! curl http://127.0.0.1:8080/whoami   # slot 1 generation 0
+//! curl http://127.0.0.1:8080/crash    # answers, then that worker panics and is respawned
+//! ```
+//!
+//! SIGINT (Ctrl-C) or SIGTERM stops it gracefully: listeners stop accepting,
+//! open connections finish their requests; a second signal terminates.
+//! `RUST_LOG=debug` shows more of what the supervisor does.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::Notify;
+
+/// A forkless cluster answering `Hello, World!` on every core.
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Number of workers [default: the cores this process may run on].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_thread_names(true)
+        .init();
+    let args = Args::parse();
+    let mut builder = forkless::Cluster::builder().name("hello");
+    if let Some(workers) = args.workers {
+        builder = builder.workers(workers);
+    }
+    let result = builder.run(move |worker| serve(worker, args.clone()));
+    match result {
+        Ok(report) => {
+            eprintln!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The worker body: one per core, and again after each crash.
+async fn serve(worker: forkless::Worker, args: Args) -> Result<(), forkless::Error> {
+    let listener = worker.listen((args.host, args.port)).await?;
+    if worker.slot() == 0 && worker.generation() == 0 {
+        println!("listening on http://{}", listener.local_addr()?);
+    }
+    let crash = Rc::new(Notify::new());
+    let graceful = GracefulShutdown::new();
+    let http = http1::Builder::new();
+    loop {
+        tokio::select! {
+            // Crash first: a connection queued behind the /crash request stays
+            // in the slot's socket for the next generation instead of being
+            // accepted by this one and lost with it.
+            biased;
+            _ = crash.notified() => panic!("crash requested through GET /crash"),
+            conn = listener.accept() => {
+                // `None`: asked to stop.
+                let Some(conn) = conn else { break };
+                let (stream, _peer) = conn?;
+                let crash_here = Rc::new(Cell::new(false));
+                let service = {
+                    let worker = worker.clone();
+                    let crash_here = crash_here.clone();
+                    service_fn(move |req| handle(req, worker.clone(), crash_here.clone()))
+                };
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                let crash = crash.clone();
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection error");
+                    }
+                    // The /crash answer is written and the connection closed:
+                    // now the body panics.
+                    if crash_here.get() {
+                        crash.notify_one();
+                    }
+                });
+            }
+        }
+    }
+    // Let open connections finish their requests; the cluster terminates
+    // whatever is left after its shutdown timeout.
+    graceful.shutdown().await;
+    Ok(())
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    worker: forkless::Worker,
+    crash: Rc<Cell<bool>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => text(StatusCode::OK, "Hello, World!".to_owned()),
+        (&Method::GET, "/whoami") => text(
+            StatusCode::OK,
+            format!(
+                "slot {} generation {}\n",
+                worker.slot(),
+                worker.generation()
+            ),
+        ),
+        (&Method::GET, "/crash") => {
+            crash.set(true);
+            let mut response = text(
+                StatusCode::OK,
+                format!("slot {} crashes now\n", worker.slot()),
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    Ok(response)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}

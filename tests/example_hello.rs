@@ -1,0 +1,86 @@
+//! The README's main job, end to end: the `hello` example as a process,
+//! answering, crashing and respawning on request, stopping on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// `target/<profile>/examples/hello`, which `cargo test` builds.
+fn hello_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = dir.join("examples").join("hello");
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole suite (`cargo test --workspace`), which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// A GET over a fresh connection; returns (status line, body).
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let response = common::read_answer(&mut stream);
+    let (head, body) = response.split_once("\r\n\r\n").expect("a full response");
+    let status = head.lines().next().expect("status line").to_owned();
+    (status, body.to_owned())
+}
+
+#[test]
+fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
+    let mut child = Command::new(hello_binary())
+        .args(["--port", "0", "--workers", "1"])
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hello");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the listening line");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address");
+
+    assert_eq!(get(addr, "/"), ("HTTP/1.1 200 OK".into(), "Hello, World!".into()));
+    assert_eq!(get(addr, "/whoami").1, "slot 0 generation 0\n");
+    assert_eq!(get(addr, "/nowhere").0, "HTTP/1.1 404 Not Found");
+    // Answers, then the worker panics; the next request waits in the slot's
+    // queue for generation 1.
+    assert_eq!(get(addr, "/crash"), ("HTTP/1.1 200 OK".into(), "slot 0 crashes now\n".into()));
+    assert_eq!(get(addr, "/whoami").1, "slot 0 generation 1\n");
+
+    let pid = child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = child.wait_with_output().expect("hello exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}\n{stderr}", output.status);
+    assert!(
+        stderr.contains("slot 0 gen 0 core") && stderr.contains("crash requested through GET /crash"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("slot 0 gen 1 core"), "{stderr}");
+    assert!(stderr.contains("returned"), "graceful stop: {stderr}");
+}
