@@ -29,23 +29,22 @@ use tokio::sync::Notify;
 
 /// A forkless cluster answering `Hello, World!` on every core.
 #[derive(Parser, Debug, Clone)]
-struct Args {
+pub(crate) struct Args {
     /// TCP port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8080)]
-    port: u16,
+    pub(crate) port: u16,
     /// Number of workers [default: the cores this process may run on].
     #[arg(long)]
-    workers: Option<usize>,
+    pub(crate) workers: Option<usize>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
+    pub(crate) host: IpAddr,
 }
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_thread_names(true)
         .init();
@@ -68,7 +67,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// The worker body: one per core, and again after each crash.
-async fn serve(worker: forkless::Worker, args: Args) -> Result<(), forkless::Error> {
+pub(crate) async fn serve(worker: forkless::Worker, args: Args) -> Result<(), forkless::Error> {
     let listener = worker.listen((args.host, args.port)).await?;
     if worker.slot() == 0 && worker.generation() == 0 {
         println!("listening on http://{}", listener.local_addr()?);
@@ -135,9 +134,10 @@ async fn handle(
                 StatusCode::OK,
                 format!("slot {} crashes now\n", worker.slot()),
             );
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
             response
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),

@@ -60,7 +60,10 @@ fn workers_start_pinned_on_distinct_cores_with_named_threads() {
     assert_eq!(seen.iter().map(|s| s.slot).collect::<Vec<_>>(), vec![0, 1]);
     for s in &seen {
         assert_eq!(s.generation, 0);
-        assert_eq!(s.thread.as_deref(), Some(format!("forkless-w{}", s.slot).as_str()));
+        assert_eq!(
+            s.thread.as_deref(),
+            Some(format!("forkless-w{}", s.slot).as_str())
+        );
         let core = s.core.expect("pinned");
         assert!(cores.contains(&core), "core {core} is not in {cores:?}");
         assert_eq!(s.affinity, vec![core], "the thread runs on its core only");
@@ -109,7 +112,10 @@ fn zero_workers_is_refused() {
         .start(|_worker| async {})
         .expect_err("0 workers");
     assert!(err.is_config(), "{err:?}");
-    assert!(err.to_string().contains("workers must be at least 1"), "{err}");
+    assert!(
+        err.to_string().contains("workers must be at least 1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -120,7 +126,9 @@ fn join_and_stopped_agree() {
         .start(|worker| async move { worker.shutdown_signal().await })
         .expect("start");
     assert!(!cluster.is_stopped());
-    assert!(cluster.join_timeout(std::time::Duration::from_millis(1)).is_none());
+    assert!(cluster
+        .join_timeout(std::time::Duration::from_millis(1))
+        .is_none());
     assert_eq!(cluster.name(), "agree");
     cluster.shutdown();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -60,12 +60,18 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
         .parse()
         .expect("an address");
 
-    assert_eq!(get(addr, "/"), ("HTTP/1.1 200 OK".into(), "Hello, World!".into()));
+    assert_eq!(
+        get(addr, "/"),
+        ("HTTP/1.1 200 OK".into(), "Hello, World!".into())
+    );
     assert_eq!(get(addr, "/whoami").1, "slot 0 generation 0\n");
     assert_eq!(get(addr, "/nowhere").0, "HTTP/1.1 404 Not Found");
     // Answers, then the worker panics; the next request waits in the slot's
     // queue for generation 1.
-    assert_eq!(get(addr, "/crash"), ("HTTP/1.1 200 OK".into(), "slot 0 crashes now\n".into()));
+    assert_eq!(
+        get(addr, "/crash"),
+        ("HTTP/1.1 200 OK".into(), "slot 0 crashes now\n".into())
+    );
     assert_eq!(get(addr, "/whoami").1, "slot 0 generation 1\n");
 
     let pid = child.id().to_string();
@@ -78,7 +84,8 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{:?}\n{stderr}", output.status);
     assert!(
-        stderr.contains("slot 0 gen 0 core") && stderr.contains("crash requested through GET /crash"),
+        stderr.contains("slot 0 gen 0 core")
+            && stderr.contains("crash requested through GET /crash"),
         "{stderr}"
     );
     assert!(stderr.contains("slot 0 gen 1 core"), "{stderr}");

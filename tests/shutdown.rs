@@ -25,10 +25,7 @@ fn a_body_that_honours_the_signal_returns_normally() {
                 serve_whoami(&worker, &listener).await?;
                 assert!(worker.is_shutting_down());
                 // Listening is refused from now on.
-                let err = worker
-                    .listen("127.0.0.1:0")
-                    .await
-                    .expect_err("stopping");
+                let err = worker.listen("127.0.0.1:0").await.expect_err("stopping");
                 assert!(err.is_stopped(), "{err}");
                 Ok::<(), forkless::Error>(())
             }

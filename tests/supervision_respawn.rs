@@ -87,8 +87,7 @@ fn a_panic_in_the_factory_is_caught_too() {
         .start(move |worker| {
             tx.send(worker.generation()).expect("test alive");
             assert!(worker.generation() > 0, "factory refuses generation 0");
-            let stop = worker.shutdown_signal();
-            async move { stop.await }
+            worker.shutdown_signal()
         })
         .expect("start");
     assert_eq!(recv(&rx, "generation 0"), 0);

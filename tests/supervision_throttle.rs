@@ -58,11 +58,7 @@ fn quick_failures_back_off_then_the_slot_gives_up_while_others_serve() {
     assert!(slot1.gave_up, "{report}");
     assert_eq!(slot1.generations.len(), 4, "{report}");
     assert!(slot1.generations.iter().all(|g| g.exit.is_failure()));
-    let delays: Vec<_> = slot1
-        .generations
-        .iter()
-        .map(|g| g.restart_delay)
-        .collect();
+    let delays: Vec<_> = slot1.generations.iter().map(|g| g.restart_delay).collect();
     let ms = |n| Some(Duration::from_millis(n));
     // 500, 1000, then 2000 capped at 1000; the fourth failure gives up.
     assert_eq!(delays, vec![ms(500), ms(1000), ms(1000), None]);
@@ -70,7 +66,10 @@ fn quick_failures_back_off_then_the_slot_gives_up_while_others_serve() {
         assert_eq!(pair[1].0, pair[0].0 + 1);
         let gap = pair[1].1 - pair[0].1;
         let delay = delay.expect("respawned");
-        assert!(gap >= delay, "respawned after {gap:?}, before its delay {delay:?}");
+        assert!(
+            gap >= delay,
+            "respawned after {gap:?}, before its delay {delay:?}"
+        );
     }
 
     let slot0 = &report.slots[0];

@@ -7,9 +7,10 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Expr, ExprLit, ItemFn, Lit, MetaNameValue, Token};
+use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, Meta, MetaNameValue, Pat, Token, Type};
 
-const OPTIONS: &str = "`workers`, `shutdown_timeout`, `terminate_timeout`, `throttle_delay`, `crate`";
+const OPTIONS: &str =
+    "`workers`, `shutdown_timeout`, `terminate_timeout`, `throttle_delay`, `crate`";
 
 /// Runs an `async fn(worker: forkless::Worker)` on every core as a forkless
 /// cluster. See the `forkless` crate's documentation of `forkless::main`.
@@ -21,9 +22,34 @@ pub fn main(args: TokenStream, item: TokenStream) -> TokenStream {
         // Not a function: let the compiler say what it is.
         Err(e) => return with_error(item2, e),
     };
-    match expand(args.into(), func) {
-        Ok(tokens) => tokens.into(),
-        Err(e) => with_error(item2, e),
+    if let Err(e) = check_signature(&func) {
+        return with_error(item2, e);
+    }
+    match parse_options(args.into()) {
+        Ok(options) => expand(options, func).into(),
+        // The signature is fine: keep the body as a nested function so that
+        // only the option's error shows.
+        Err(e) => {
+            let error = e.into_compile_error();
+            let ItemFn {
+                attrs,
+                vis,
+                sig,
+                block,
+            } = func;
+            let name = &sig.ident;
+            let mut body_sig = sig.clone();
+            body_sig.ident = syn::Ident::new("__forkless_worker_body", sig.ident.span());
+            quote! {
+                #(#attrs)*
+                #vis fn #name() {
+                    #[allow(dead_code)]
+                    #body_sig #block
+                }
+                #error
+            }
+            .into()
+        }
     }
 }
 
@@ -43,7 +69,7 @@ struct Options {
 }
 
 fn parse_options(args: TokenStream2) -> syn::Result<Options> {
-    let parsed = Punctuated::<MetaNameValue, Token![,]>::parse_terminated
+    let parsed = Punctuated::<Meta, Token![,]>::parse_terminated
         .parse2(args)
         .map_err(|e| {
             syn::Error::new(
@@ -52,7 +78,19 @@ fn parse_options(args: TokenStream2) -> syn::Result<Options> {
             )
         })?;
     let mut options = Options::default();
-    for option in parsed {
+    for meta in parsed {
+        let option: MetaNameValue = match meta {
+            Meta::NameValue(option) => option,
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    format!(
+                        "`{}` needs a value: expected `name = value`, with a name among: {OPTIONS}",
+                        other.path().to_token_stream()
+                    ),
+                ))
+            }
+        };
         let name = option
             .path
             .get_ident()
@@ -84,7 +122,10 @@ fn parse_options(args: TokenStream2) -> syn::Result<Options> {
                     return Err(duplicate());
                 }
                 let path = string_literal(value).ok_or_else(|| {
-                    syn::Error::new(value.span(), "expected a path in a string, like `crate = \"forkless\"`")
+                    syn::Error::new(
+                        value.span(),
+                        "expected a path in a string, like `crate = \"forkless\"`",
+                    )
                 })?;
                 options.krate = Some(path.parse()?);
             }
@@ -137,15 +178,13 @@ fn parse_duration(name: &str, value: &Expr) -> syn::Result<TokenStream2> {
         )
     };
     let lit = string_literal(value).ok_or_else(|| error(String::new()))?;
-    let duration =
-        humantime::parse_duration(&lit.value()).map_err(|e| error(format!(": {e}")))?;
+    let duration = humantime::parse_duration(&lit.value()).map_err(|e| error(format!(": {e}")))?;
     let secs = duration.as_secs();
     let nanos = duration.subsec_nanos();
     Ok(quote_spanned!(lit.span()=> ::core::time::Duration::new(#secs, #nanos)))
 }
 
-fn expand(args: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> {
-    let options = parse_options(args)?;
+fn check_signature(func: &ItemFn) -> syn::Result<()> {
     let sig = &func.sig;
     if sig.asyncness.is_none() {
         return Err(syn::Error::new(
@@ -170,12 +209,39 @@ fn expand(args: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> {
             "the worker body takes one argument: `worker: forkless::Worker`",
         ));
     }
-    if let Some(syn::FnArg::Receiver(receiver)) = sig.inputs.first() {
-        return Err(syn::Error::new(
-            receiver.span(),
-            "the worker body takes one argument: `worker: forkless::Worker`, not `self`",
-        ));
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(receiver)) => {
+            return Err(syn::Error::new(
+                receiver.span(),
+                "the worker body takes one argument: `worker: forkless::Worker`, not `self`",
+            ))
+        }
+        Some(FnArg::Typed(arg)) => {
+            let is_worker = matches!(
+                &*arg.ty,
+                Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Worker")
+            );
+            if !is_worker {
+                return Err(syn::Error::new(
+                    arg.ty.span(),
+                    "the worker body's argument must be a `forkless::Worker`",
+                ));
+            }
+            if matches!(&*arg.pat, Pat::Wild(_) | Pat::Ident(_)) {
+                return Ok(());
+            }
+            return Err(syn::Error::new(
+                arg.pat.span(),
+                "expected a name for the worker, like `worker: forkless::Worker`",
+            ));
+        }
+        None => {}
     }
+    Ok(())
+}
+
+fn expand(options: Options, func: ItemFn) -> TokenStream2 {
+    let sig = &func.sig;
 
     let krate = options
         .krate
@@ -202,12 +268,12 @@ fn expand(args: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> {
     let mut body_sig = sig.clone();
     body_sig.ident = syn::Ident::new("__forkless_worker_body", sig.ident.span());
     let block = &func.block;
-    Ok(quote! {
+    quote! {
         #(#attrs)*
         #vis fn #name() -> ::std::process::ExitCode {
             #body_sig #block
             let builder = #krate::Cluster::builder() #settings;
             #krate::__private::exit_code(builder.run(__forkless_worker_body))
         }
-    })
+    }
 }

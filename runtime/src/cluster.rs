@@ -1,7 +1,7 @@
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -146,7 +146,11 @@ impl Cluster {
     /// Do not call it from a worker of the same cluster: the cluster cannot
     /// stop while that worker waits.
     pub fn join(&self) -> Report {
-        let mut done = self.shared.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut done = self
+            .shared
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(report) = done.as_ref() {
                 return report.clone();
@@ -162,7 +166,11 @@ impl Cluster {
     /// Like [`join`](Cluster::join), with a limit: `None` if the cluster has
     /// not stopped within `timeout`.
     pub fn join_timeout(&self, timeout: Duration) -> Option<Report> {
-        let done = self.shared.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let done = self
+            .shared
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (done, _) = self
             .shared
             .done_cv
@@ -224,7 +232,11 @@ pub struct SlotReport {
     pub slot: usize,
     /// The core its workers were pinned to, if any.
     pub core: Option<usize>,
-    /// Every generation that started, in order.
+    /// How many generations of this slot started.
+    pub started: u64,
+    /// The generations that started, in order: all of them, or the last
+    /// [`HISTORY`](SlotReport::HISTORY) when more started, so that a long
+    /// life of crashes does not grow memory without bound.
     pub generations: Vec<GenerationReport>,
     /// True if the slot stopped respawning after `max_restarts` quick
     /// failures in a row.
@@ -249,8 +261,13 @@ pub struct GenerationReport {
     pub restart_delay: Option<Duration>,
 }
 
+impl SlotReport {
+    /// How many generations a slot's report keeps, at most.
+    pub const HISTORY: usize = 1000;
+}
+
 impl Report {
-    /// Every generation's exit, slot by slot.
+    /// Every kept generation's exit, slot by slot.
     pub fn exits(&self) -> impl Iterator<Item = (usize, u64, &Exit)> {
         self.slots.iter().flat_map(|s| {
             s.generations
@@ -263,8 +280,8 @@ impl Report {
     pub fn restarts(&self) -> usize {
         self.slots
             .iter()
-            .map(|s| s.generations.len().saturating_sub(1))
-            .sum()
+            .map(|s| s.started.saturating_sub(1))
+            .sum::<u64>() as usize
     }
 }
 
@@ -272,9 +289,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "cluster {}: {} slots", self.name, self.slots.len())?;
         for slot in &self.slots {
-            let core = slot
-                .core
-                .map_or_else(|| "-".to_owned(), |c| c.to_string());
+            let core = slot.core.map_or_else(|| "-".to_owned(), |c| c.to_string());
             for g in &slot.generations {
                 write!(
                     f,

@@ -2,6 +2,7 @@
 //! exit, throttles respawns, and runs the stop sequence. It never runs user
 //! code.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -45,7 +46,7 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
             quick_failures: 0,
             respawn_at: None,
             gave_up: false,
-            history: Vec::new(),
+            history: VecDeque::new(),
         })
         .collect();
     let mut master = Master {
@@ -96,9 +97,13 @@ struct Master {
 enum Phase {
     Running,
     /// Workers were asked to stop; terminate those left at `deadline`.
-    Stopping { deadline: Instant },
+    Stopping {
+        deadline: Instant,
+    },
     /// Workers were terminated; abandon those left at `deadline`.
-    Terminating { deadline: Instant },
+    Terminating {
+        deadline: Instant,
+    },
 }
 
 struct Slot {
@@ -109,7 +114,16 @@ struct Slot {
     quick_failures: u32,
     respawn_at: Option<Instant>,
     gave_up: bool,
-    history: Vec<GenerationReport>,
+    history: VecDeque<GenerationReport>,
+}
+
+impl Slot {
+    fn record(&mut self, generation: GenerationReport) {
+        if self.history.len() == SlotReport::HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(generation);
+    }
 }
 
 /// The running generation of a slot.
@@ -267,7 +281,7 @@ impl Master {
                     generation = live.generation,
                     "worker did not return after terminate; abandoning its thread"
                 );
-                slot.history.push(GenerationReport {
+                slot.record(GenerationReport {
                     generation: live.generation,
                     exit: Exit::Hung,
                     ran_for: live.started.elapsed(),
@@ -295,7 +309,7 @@ impl Master {
             }
             _ => tracing::warn!(slot = index, generation, ?ran_for, %exit, "worker exited"),
         }
-        slot.history.push(GenerationReport {
+        slot.record(GenerationReport {
             generation,
             exit: exit.clone(),
             ran_for,
@@ -317,7 +331,11 @@ impl Master {
             Restart::Never => false,
         };
         if !restart {
-            tracing::info!(slot = index, "slot ends: restart policy {:?}", config.restart);
+            tracing::info!(
+                slot = index,
+                "slot ends: restart policy {:?}",
+                config.restart
+            );
             self.shared.registry().close_slot(index);
             return;
         }
@@ -343,7 +361,7 @@ impl Master {
             slot.quick_failures = 0;
             Duration::ZERO
         };
-        if let Some(last) = slot.history.last_mut() {
+        if let Some(last) = slot.history.back_mut() {
             last.restart_delay = Some(delay);
         }
         if delay.is_zero() {
@@ -359,7 +377,7 @@ impl Master {
             let generation = self.slots[index].next_generation - 1;
             let exit = Exit::Failed(format!("cannot spawn the worker thread: {e}"));
             tracing::error!(slot = index, generation, %exit, "worker failed");
-            self.slots[index].history.push(GenerationReport {
+            self.slots[index].record(GenerationReport {
                 generation,
                 exit: exit.clone(),
                 ran_for: Duration::ZERO,
@@ -377,13 +395,7 @@ impl Master {
         slot.next_generation += 1;
         let (stop, stop_rx) = watch::channel(false);
         let (terminate, terminate_rx) = oneshot::channel();
-        let worker = Worker::new(
-            index,
-            generation,
-            slot.core,
-            self.shared.clone(),
-            stop_rx,
-        );
+        let worker = Worker::new(index, generation, slot.core, self.shared.clone(), stop_rx);
         worker_thread::spawn(Generation {
             slot: index,
             generation,
@@ -413,7 +425,8 @@ impl Master {
                 .map(|s| SlotReport {
                     slot: s.index,
                     core: s.core,
-                    generations: s.history.clone(),
+                    started: s.next_generation,
+                    generations: s.history.iter().cloned().collect(),
                     gave_up: s.gave_up,
                 })
                 .collect(),
@@ -430,6 +443,31 @@ fn backoff(base: Duration, k: u32, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_history_is_bounded() {
+        let mut slot = Slot {
+            index: 0,
+            core: None,
+            live: None,
+            next_generation: 0,
+            quick_failures: 0,
+            respawn_at: None,
+            gave_up: false,
+            history: VecDeque::new(),
+        };
+        for generation in 0..(SlotReport::HISTORY as u64 + 5) {
+            slot.record(GenerationReport {
+                generation,
+                exit: Exit::Normal,
+                ran_for: Duration::ZERO,
+                ready_after: None,
+                restart_delay: None,
+            });
+        }
+        assert_eq!(slot.history.len(), SlotReport::HISTORY);
+        assert_eq!(slot.history.front().map(|g| g.generation), Some(5));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

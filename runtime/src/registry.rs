@@ -148,27 +148,39 @@ mod tests {
     #[test]
     fn port_zero_is_picked_once_for_every_slot() {
         let mut registry = Registry::new(16);
-        let a = registry.listen(0, localhost(), "127.0.0.1:0").expect("slot 0");
-        let b = registry.listen(1, localhost(), "127.0.0.1:0").expect("slot 1");
+        let a = registry
+            .listen(0, localhost(), "127.0.0.1:0")
+            .expect("slot 0");
+        let b = registry
+            .listen(1, localhost(), "127.0.0.1:0")
+            .expect("slot 1");
         let port = a.local_addr().expect("addr").port();
         assert_ne!(port, 0);
         assert_eq!(b.local_addr().expect("addr").port(), port);
         // Asking by the bound address finds the same group.
         let bound = a.local_addr().expect("addr");
-        let c = registry.listen(2, bound, &bound.to_string()).expect("slot 2");
+        let c = registry
+            .listen(2, bound, &bound.to_string())
+            .expect("slot 2");
         assert_eq!(c.local_addr().expect("addr"), bound);
     }
 
     #[test]
     fn a_slot_gets_the_same_queue_back() {
         let mut registry = Registry::new(16);
-        let first = registry.listen(0, localhost(), "127.0.0.1:0").expect("listen");
+        let first = registry
+            .listen(0, localhost(), "127.0.0.1:0")
+            .expect("listen");
         let addr = first.local_addr().expect("addr");
         drop(first); // the worker died
         let _client = std::net::TcpStream::connect(addr).expect("queued by the kernel");
-        let second = registry.listen(0, localhost(), "127.0.0.1:0").expect("listen");
+        let second = registry
+            .listen(0, localhost(), "127.0.0.1:0")
+            .expect("listen");
         second.set_nonblocking(false).expect("blocking");
-        let (_conn, peer) = second.accept().expect("the queued connection is still there");
+        let (_conn, peer) = second
+            .accept()
+            .expect("the queued connection is still there");
         assert!(peer.ip().is_loopback());
         second.set_nonblocking(true).expect("nonblocking again");
     }

@@ -18,7 +18,11 @@ pub(crate) fn install(cluster: Cluster) -> io::Result<Handle> {
             let mut seen = 0;
             for signal in signals.forever() {
                 seen += 1;
-                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
                 if seen == 1 {
                     tracing::info!(
                         signal = name,

@@ -10,8 +10,12 @@ pub trait Host: Send + Sync + 'static {
     /// Returns a duplicate of the listening socket that the master keeps for
     /// (`addr`, `slot`), creating it on first use. `shown` is the address as
     /// the user wrote it, for error messages.
-    fn listen(&self, slot: usize, addr: SocketAddr, shown: &str)
-        -> Result<std::net::TcpListener, Error>;
+    fn listen(
+        &self,
+        slot: usize,
+        addr: SocketAddr,
+        shown: &str,
+    ) -> Result<std::net::TcpListener, Error>;
 
     /// Marks this generation of `slot` ready.
     fn ready(&self, slot: usize, generation: u64);

@@ -27,7 +27,7 @@ impl Listener {
     }
 
     /// Accepts the next connection, or returns `None` once the worker is
-    /// asked to stop.
+    /// asked to stop (or its master is gone).
     ///
     /// After `None`, connections still queued in the kernel stay in the
     /// slot's socket, which the master keeps open: the slot's next
@@ -50,7 +50,12 @@ impl Listener {
             }
             let result = tokio::select! {
                 biased;
-                _ = shutdown.changed() => continue,
+                changed = shutdown.changed() => match changed {
+                    Ok(()) => continue,
+                    // The master is gone: nobody will ask this worker to
+                    // stop, nor run it again. Stop too.
+                    Err(_) => return None,
+                },
                 result = self.inner.accept() => result,
             };
             match result {
@@ -59,7 +64,9 @@ impl Listener {
                 Err(e) if is_resource_error(&e) => {
                     tracing::error!(error = %e, "accept failed, retrying in {:?}", RESOURCE_BACKOFF);
                     tokio::select! {
-                        _ = shutdown.changed() => {}
+                        changed = shutdown.changed() => if changed.is_err() {
+                            return None;
+                        },
                         _ = tokio::time::sleep(RESOURCE_BACKOFF) => {}
                     }
                 }
@@ -212,7 +219,10 @@ mod tests {
 
     #[test]
     fn parses_ip_addresses_without_resolving() {
-        assert_eq!("127.0.0.1:80".resolve(), Ok(SocketAddr::from(([127, 0, 0, 1], 80))));
+        assert_eq!(
+            "127.0.0.1:80".resolve(),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 80)))
+        );
         assert_eq!(
             "[::1]:8080".resolve(),
             Ok(SocketAddr::from((Ipv6Addr::LOCALHOST, 8080)))
@@ -232,6 +242,44 @@ mod tests {
         assert!("300.1.1.1:80".resolve().is_err());
         assert!(":80".resolve().is_err());
         assert!("::1:80".resolve().is_err());
+    }
+
+    fn listener_with(stop: watch::Receiver<bool>) -> Listener {
+        let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std.set_nonblocking(true).expect("nonblocking");
+        Listener::new(TcpListener::from_std(std).expect("tokio listener"), stop)
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn accept_yields_connections_then_none_at_shutdown() {
+        block_on(async {
+            let (tx, rx) = watch::channel(false);
+            let listener = listener_with(rx);
+            let addr = listener.local_addr().expect("addr");
+            let _client = TcpStream::connect(addr).await.expect("connect");
+            let (_, peer) = listener.accept().await.expect("a connection").expect("ok");
+            assert!(peer.ip().is_loopback());
+            tx.send(true).expect("send");
+            assert!(listener.accept().await.is_none());
+        });
+    }
+
+    #[test]
+    fn accept_stops_when_the_master_is_gone() {
+        block_on(async {
+            let (tx, rx) = watch::channel(false);
+            let listener = listener_with(rx);
+            drop(tx);
+            assert!(listener.accept().await.is_none());
+        });
     }
 
     #[test]

@@ -107,8 +107,8 @@ impl Worker {
             .resolve()
             .map_err(|e| Error::invalid_address(&shown, e))?;
         let std_listener = self.host.listen(self.slot, resolved, &shown)?;
-        let listener = tokio::net::TcpListener::from_std(std_listener)
-            .map_err(|e| Error::bind(&shown, e))?;
+        let listener =
+            tokio::net::TcpListener::from_std(std_listener).map_err(|e| Error::bind(&shown, e))?;
         self.ready();
         Ok(Listener::new(listener, self.shutdown.clone()))
     }

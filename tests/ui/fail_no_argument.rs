@@ -1,0 +1,2 @@
+#[forkless::main]
+async fn main() {}

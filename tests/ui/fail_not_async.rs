@@ -1,0 +1,2 @@
+#[forkless::main]
+fn main(_worker: forkless::Worker) {}

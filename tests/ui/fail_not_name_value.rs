@@ -1,0 +1,2 @@
+#[forkless::main(workers)]
+async fn main(_worker: forkless::Worker) {}

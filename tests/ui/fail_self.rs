@@ -1,0 +1,8 @@
+struct Server;
+
+impl Server {
+    #[forkless::main]
+    async fn run(self) {}
+}
+
+fn main() {}
