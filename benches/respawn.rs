@@ -11,6 +11,11 @@
 //! waits in the slot's queue; the next generation records when it accepts it.
 //! The panic hook is silenced for the measurement: the default hook's print
 //! (and a backtrace, with `RUST_BACKTRACE` set) would be measured otherwise.
+//!
+//! When `node` is installed, the same run measures Node's cluster module
+//! (`benches/node/respawn.js`): from a worker's crash to its replacement
+//! listening again, a lower bound on its time to the next accepted
+//! connection.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -79,14 +84,50 @@ fn main() {
     let report = cluster.join();
     assert_eq!(report.restarts(), ROUNDS);
 
-    samples.sort();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!(
-        "respawn, panic -> next connection accepted on the slot ({ROUNDS} rounds): \
-         median {:.0} us, min {:.0} us, p90 {:.0} us, max {:.0} us",
-        us(samples[ROUNDS / 2]),
-        us(samples[0]),
-        us(samples[ROUNDS * 9 / 10]),
-        us(samples[ROUNDS - 1]),
+    let us: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    let forkless = summarize(
+        "forkless: panic -> next connection accepted on the slot",
+        us,
     );
+    if let Some(node) = node_samples() {
+        let node = summarize("node cluster: crash -> replacement listening", node);
+        println!("node / forkless (medians): {:.0}x", node / forkless);
+    }
+}
+
+/// Prints median, min, p90 and max; returns the median.
+fn summarize(what: &str, mut us: Vec<f64>) -> f64 {
+    us.sort_by(f64::total_cmp);
+    let n = us.len();
+    println!(
+        "{what} ({n} rounds): median {:.0} us, min {:.0} us, p90 {:.0} us, max {:.0} us",
+        us[n / 2],
+        us[0],
+        us[n * 9 / 10],
+        us[n - 1],
+    );
+    us[n / 2]
+}
+
+/// Runs the Node measurement; `None` (with a note) when node is missing.
+fn node_samples() -> Option<Vec<f64>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/node/respawn.js");
+    let output = match std::process::Command::new("node").arg(script).output() {
+        Ok(output) if output.status.success() => output,
+        Ok(output) => {
+            println!(
+                "node cluster: failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return None;
+        }
+        Err(_) => {
+            println!("node cluster: skipped, node is not installed");
+            return None;
+        }
+    };
+    // {"samples":[1,2,3]}
+    let text = String::from_utf8_lossy(&output.stdout);
+    let list = text.split_once('[')?.1.split_once(']')?.0;
+    list.split(',').map(|n| n.trim().parse().ok()).collect()
 }
