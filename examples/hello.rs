@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example hello -- --port 8080 --workers 4
 //! curl http://127.0.0.1:8080/         # Hello, World!
-//! curl http://127.0.0.1:8080/whoami   # slot 1 generation 0
+//! curl http://127.0.0.1:8080/whoami   # slot 1 generation 0 core 1
 //! curl http://127.0.0.1:8080/crash    # answers, then that worker panics and is respawned
 //! ```
 //!
@@ -123,9 +123,12 @@ async fn handle(
         (&Method::GET, "/whoami") => text(
             StatusCode::OK,
             format!(
-                "slot {} generation {}\n",
+                "slot {} generation {} core {}\n",
                 worker.slot(),
-                worker.generation()
+                worker.generation(),
+                worker
+                    .core()
+                    .map_or_else(|| "-".to_owned(), |c| c.to_string())
             ),
         ),
         (&Method::GET, "/crash") => {

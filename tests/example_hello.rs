@@ -1,12 +1,13 @@
 //! The README's main job, end to end: the `hello` example as a process,
-//! answering, crashing and respawning on request, stopping on SIGTERM.
+//! answering, crashing and respawning on request, staying inside its CPU
+//! affinity mask, stopping on SIGTERM.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// `target/<profile>/examples/hello`, which `cargo test` builds.
 fn hello_binary() -> PathBuf {
@@ -38,10 +39,20 @@ fn get(addr: SocketAddr, path: &str) -> (String, String) {
     (status, body.to_owned())
 }
 
-#[test]
-fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
-    let mut child = Command::new(hello_binary())
-        .args(["--port", "0", "--workers", "1"])
+/// Starts `hello --port 0` with `args` (under `taskset -c cpus` if given)
+/// and returns it with the address it listens on.
+fn start_hello(args: &[&str], cpus: Option<&str>) -> (Child, SocketAddr) {
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(hello_binary());
+            c
+        }
+        None => Command::new(hello_binary()),
+    };
+    let mut child = command
+        .args(["--port", "0"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())
@@ -59,27 +70,47 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .expect("an address");
+    (child, addr)
+}
+
+fn sigterm(child: &Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+}
+
+#[test]
+fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
+    let (mut child, addr) = start_hello(&["--workers", "1"], None);
+    let (status, whoami) = get(addr, "/whoami");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let core = whoami
+        .strip_prefix("slot 0 generation 0 core ")
+        .unwrap_or_else(|| panic!("{whoami:?}"))
+        .trim()
+        .to_owned();
 
     assert_eq!(
         get(addr, "/"),
         ("HTTP/1.1 200 OK".into(), "Hello, World!".into())
     );
-    assert_eq!(get(addr, "/whoami").1, "slot 0 generation 0\n");
     assert_eq!(get(addr, "/nowhere").0, "HTTP/1.1 404 Not Found");
     // Answers, then the worker panics; the next request waits in the slot's
-    // queue for generation 1.
+    // queue for generation 1, on the same core.
     assert_eq!(
         get(addr, "/crash"),
         ("HTTP/1.1 200 OK".into(), "slot 0 crashes now\n".into())
     );
-    assert_eq!(get(addr, "/whoami").1, "slot 0 generation 1\n");
+    assert_eq!(
+        get(addr, "/whoami").1,
+        format!("slot 0 generation 1 core {core}\n")
+    );
 
-    let pid = child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    sigterm(&child);
+    let stdout = child.stdout.take();
+    drop(stdout);
     let output = child.wait_with_output().expect("hello exits");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{:?}\n{stderr}", output.status);
@@ -90,4 +121,28 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
     );
     assert!(stderr.contains("slot 0 gen 1 core"), "{stderr}");
     assert!(stderr.contains("returned"), "graceful stop: {stderr}");
+}
+
+#[test]
+fn workers_stay_inside_the_affinity_mask() {
+    let cores = core_affinity::get_core_ids().expect("affinity");
+    let last = cores.last().expect("a core").id.to_string();
+    // Two workers, one allowed core: both are pinned to it.
+    let (child, addr) = start_hello(&["--workers", "2"], Some(&last));
+    let mut seen = std::collections::HashSet::new();
+    // The kernel spreads connections over both slots; ask until both
+    // answered (bounded).
+    for _ in 0..500 {
+        let (status, body) = get(addr, "/whoami");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.ends_with(&format!(" core {last}\n")), "{body}");
+        seen.insert(body);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    sigterm(&child);
+    let output = child.wait_with_output().expect("hello exits");
+    assert!(output.status.success());
+    assert_eq!(seen.len(), 2, "both slots answered: {seen:?}");
 }
