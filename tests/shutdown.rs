@@ -76,31 +76,6 @@ fn a_body_that_ignores_the_signal_is_terminated_and_its_tasks_dropped() {
 }
 
 #[test]
-fn terminate_skips_the_graceful_wait() {
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(1)
-        .shutdown_timeout(Duration::from_secs(3600))
-        .start(move |worker| {
-            let tx = tx.clone();
-            async move {
-                tx.send(()).expect("test alive");
-                // Ignores the graceful signal.
-                let _ = worker;
-                std::future::pending::<()>().await;
-            }
-        })
-        .expect("start");
-    recv(&rx, "the worker");
-    cluster.shutdown();
-    cluster.terminate();
-    let report = cluster
-        .join_timeout(common::PATIENCE)
-        .expect("terminate does not wait an hour");
-    assert_eq!(report.slots[0].generations[0].exit, Exit::Terminated);
-}
-
-#[test]
 fn a_thread_stuck_in_a_blocking_loop_is_reported_hung_and_run_returns() {
     let release = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
@@ -131,8 +106,10 @@ fn a_thread_stuck_in_a_blocking_loop_is_reported_hung_and_run_returns() {
     release.store(true, Ordering::Release);
 }
 
-#[test]
-fn a_second_shutdown_terminates() {
+/// A worker that ignores the graceful signal, a shutdown timeout of an hour,
+/// and `second` called after `shutdown()`: the cluster must be terminated
+/// without waiting that hour.
+fn stops_without_the_graceful_wait(second: impl Fn(&Cluster)) {
     let (tx, rx) = mpsc::channel();
     let cluster = Cluster::builder()
         .workers(1)
@@ -147,9 +124,19 @@ fn a_second_shutdown_terminates() {
         .expect("start");
     recv(&rx, "the worker");
     cluster.shutdown();
-    cluster.shutdown();
+    second(&cluster);
     let report = cluster
         .join_timeout(common::PATIENCE)
-        .expect("the second request does not wait an hour");
+        .expect("terminated without the hour's wait");
     assert_eq!(report.slots[0].generations[0].exit, Exit::Terminated);
+}
+
+#[test]
+fn terminate_skips_the_graceful_wait() {
+    stops_without_the_graceful_wait(Cluster::terminate);
+}
+
+#[test]
+fn a_second_shutdown_terminates() {
+    stops_without_the_graceful_wait(Cluster::shutdown);
 }

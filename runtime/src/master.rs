@@ -38,15 +38,11 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
     let (tx, rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared::new(builder.name.clone(), tx, builder.backlog));
     let slots = (0..size)
-        .map(|index| Slot {
-            index,
-            core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
-            live: None,
-            next_generation: 0,
-            quick_failures: 0,
-            respawn_at: None,
-            gave_up: false,
-            history: VecDeque::new(),
+        .map(|index| {
+            Slot::new(
+                index,
+                (!cores.is_empty()).then(|| cores[index % cores.len()]),
+            )
         })
         .collect();
     let mut master = Master {
@@ -118,6 +114,19 @@ struct Slot {
 }
 
 impl Slot {
+    fn new(index: usize, core: Option<usize>) -> Slot {
+        Slot {
+            index,
+            core,
+            live: None,
+            next_generation: 0,
+            quick_failures: 0,
+            respawn_at: None,
+            gave_up: false,
+            history: VecDeque::new(),
+        }
+    }
+
     fn record(&mut self, generation: GenerationReport) {
         if self.history.len() == SlotReport::HISTORY {
             self.history.pop_front();
@@ -446,16 +455,7 @@ mod tests {
 
     #[test]
     fn slot_history_is_bounded() {
-        let mut slot = Slot {
-            index: 0,
-            core: None,
-            live: None,
-            next_generation: 0,
-            quick_failures: 0,
-            respawn_at: None,
-            gave_up: false,
-            history: VecDeque::new(),
-        };
+        let mut slot = Slot::new(0, None);
         for generation in 0..(SlotReport::HISTORY as u64 + 5) {
             slot.record(GenerationReport {
                 generation,
