@@ -144,3 +144,27 @@ fn join_and_stopped_agree() {
     cluster.terminate();
     assert_eq!(cluster.join().restarts(), 0);
 }
+
+#[test]
+fn join_from_an_own_worker_panics_instead_of_waiting_forever() {
+    let (tx, rx) = mpsc::channel::<Cluster>();
+    let rx = std::sync::Mutex::new(rx);
+    let cluster = Cluster::builder()
+        .workers(1)
+        .restart(forkless::Restart::Never)
+        .start(move |_worker| {
+            let own = rx.lock().expect("lock").recv().expect("the handle");
+            async move {
+                own.join();
+            }
+        })
+        .expect("start");
+    tx.send(cluster.clone()).expect("worker waits");
+    let report = cluster.join();
+    match &report.slots[0].generations[0].exit {
+        Exit::Panicked { message, .. } => {
+            assert!(message.contains("would wait forever"), "{message}")
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+}

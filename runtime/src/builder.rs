@@ -182,7 +182,8 @@ impl Builder {
     /// `body` is called once per generation of each worker, on that worker's
     /// thread, inside its runtime; the future it returns need not be `Send`.
     /// SIGINT and SIGTERM stop the cluster gracefully; a second one
-    /// terminates it.
+    /// terminates it. Once `run` returns, they end the process again, as by
+    /// default.
     ///
     /// Returns the [`Report`] of how every generation ended.
     ///
@@ -206,7 +207,7 @@ impl Builder {
             }
         };
         let report = cluster.join();
-        signals.close();
+        signals.uninstall();
         Ok(report)
     }
 

@@ -143,9 +143,14 @@ impl Cluster {
 
     /// Blocks until the cluster has stopped, and returns its report.
     ///
-    /// Do not call it from a worker of the same cluster: the cluster cannot
-    /// stop while that worker waits.
+    /// # Panics
+    ///
+    /// When called from a worker of this same cluster, which would wait
+    /// forever: the cluster cannot stop while one of its workers is blocked.
+    /// From a worker, await [`stopped`](Cluster::stopped) instead.
+    #[track_caller]
     pub fn join(&self) -> Report {
+        self.assert_not_own_worker("join");
         let mut done = self
             .shared
             .done
@@ -165,7 +170,14 @@ impl Cluster {
 
     /// Like [`join`](Cluster::join), with a limit: `None` if the cluster has
     /// not stopped within `timeout`.
+    ///
+    /// # Panics
+    ///
+    /// As [`join`](Cluster::join), when called from one of this cluster's
+    /// workers.
+    #[track_caller]
     pub fn join_timeout(&self, timeout: Duration) -> Option<Report> {
+        self.assert_not_own_worker("join_timeout");
         let done = self
             .shared
             .done
@@ -194,6 +206,17 @@ impl Cluster {
             // The sender lives in `shared`, which we hold.
             None => self.join(),
         }
+    }
+
+    #[track_caller]
+    fn assert_not_own_worker(&self, method: &str) {
+        let shared = Arc::as_ptr(&self.shared) as usize;
+        assert!(
+            crate::worker_thread::current_cluster() != Some(shared),
+            "Cluster::{method} called from one of the cluster's own workers would wait \
+             forever (the cluster cannot stop while its worker is blocked); \
+             await `Cluster::stopped` instead"
+        );
     }
 
     /// Returns true once the cluster has stopped.

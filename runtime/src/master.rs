@@ -58,13 +58,27 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
     thread::Builder::new()
         .name("forkless-master".to_owned())
         .spawn(move || {
-            let started = master.start_all();
-            let failed = started.is_err();
-            let _ = init_tx.send(started);
-            if failed {
-                master.begin_stop(false);
+            let shared = master.shared.clone();
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                let started = master.start_all();
+                let failed = started.is_err();
+                let _ = init_tx.send(started);
+                if failed {
+                    master.begin_stop(false);
+                }
+                master.run();
+            }));
+            if ran.is_err() {
+                // A bug in the master. Its slots are gone with it, and with
+                // them every worker's stop sender: the workers see a stop.
+                // Unblock whoever waits for the end.
+                tracing::error!(name = %shared.name, "the master thread panicked; the cluster stops");
+                shared.registry().close_all();
+                shared.finish(Report {
+                    name: shared.name.clone(),
+                    slots: Vec::new(),
+                });
             }
-            master.run();
         })
         .map_err(|e| Error::spawn("cannot spawn the master thread", e))?;
     match init_rx.recv() {
@@ -406,6 +420,7 @@ impl Master {
         let (terminate, terminate_rx) = oneshot::channel();
         let worker = Worker::new(index, generation, slot.core, self.shared.clone(), stop_rx);
         worker_thread::spawn(Generation {
+            cluster: Arc::as_ptr(&self.shared) as usize,
             slot: index,
             generation,
             core: slot.core,

@@ -1,6 +1,8 @@
 //! The signal handlers of [`Builder::run`](crate::Builder::run).
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -8,8 +10,28 @@ use signal_hook::iterator::{Handle, Signals};
 
 use crate::Cluster;
 
+/// The installed handlers; [`Installed::uninstall`] gives SIGINT and SIGTERM
+/// their default action (ending the process) back.
+pub(crate) struct Installed {
+    handle: Handle,
+    restore_default: Arc<AtomicBool>,
+}
+
+impl Installed {
+    pub(crate) fn uninstall(self) {
+        self.handle.close();
+        // signal-hook cannot remove its handler; it emulates the default
+        // action from now on.
+        self.restore_default.store(true, Ordering::SeqCst);
+    }
+}
+
 /// SIGINT or SIGTERM: graceful stop; a second one: terminate.
-pub(crate) fn install(cluster: Cluster) -> io::Result<Handle> {
+pub(crate) fn install(cluster: Cluster) -> io::Result<Installed> {
+    let restore_default = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_default(signal, restore_default.clone())?;
+    }
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let handle = signals.handle();
     thread::Builder::new()
@@ -35,5 +57,8 @@ pub(crate) fn install(cluster: Cluster) -> io::Result<Handle> {
                 }
             }
         })?;
-    Ok(handle)
+    Ok(Installed {
+        handle,
+        restore_default,
+    })
 }

@@ -1,6 +1,7 @@
 //! One generation of one worker: a named thread, pinned to its core, running a
 //! tokio `current_thread` runtime with a `LocalSet`, inside `catch_unwind`.
 
+use std::cell::Cell;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::thread;
@@ -14,7 +15,19 @@ use crate::body::Factory;
 use crate::cluster::Msg;
 use crate::exit::{capture_panics_on_this_thread, panicked, Exit};
 
+thread_local! {
+    /// The cluster (its `Shared`'s address) whose worker runs on this thread.
+    static CLUSTER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The cluster whose worker is the current thread, if any.
+pub(crate) fn current_cluster() -> Option<usize> {
+    CLUSTER.with(Cell::get)
+}
+
 pub(crate) struct Generation {
+    /// The address of the cluster's `Shared`, to recognise it.
+    pub(crate) cluster: usize,
     pub(crate) slot: usize,
     pub(crate) generation: u64,
     pub(crate) core: Option<usize>,
@@ -40,6 +53,7 @@ fn run(g: Generation) {
         }
     }
     capture_panics_on_this_thread();
+    CLUSTER.with(|c| c.set(Some(g.cluster)));
     let exit = run_body(g.factory, g.worker, g.terminate);
     let _ = g.tx.send(Msg::Exited {
         slot: g.slot,
