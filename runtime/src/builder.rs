@@ -48,6 +48,7 @@ pub enum Restart {
 /// # Ok::<(), forkless_worker::Error>(())
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a Builder starts nothing until `run` or `start` is called"]
 pub struct Builder {
     pub(crate) workers: Option<usize>,
     pub(crate) pin_cores: bool,
@@ -215,7 +216,9 @@ impl Builder {
     /// that embed a cluster. Installs no signal handlers:
     /// [`Cluster::shutdown`] and [`Cluster::join`] end it.
     ///
-    /// Returns once every first worker's thread is running.
+    /// Returns once every first worker's thread is running. Dropping every
+    /// `Cluster` handle does not stop the cluster (like dropping a
+    /// `JoinHandle`): call [`Cluster::shutdown`].
     ///
     /// # Errors
     ///
