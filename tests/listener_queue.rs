@@ -10,15 +10,6 @@ use std::time::Duration;
 use common::{read_answer, recv, serve_whoami};
 use forkless::{Cluster, Exit};
 
-/// Sends a message when dropped: during unwinding, after the listener.
-struct Gone(mpsc::Sender<&'static str>);
-
-impl Drop for Gone {
-    fn drop(&mut self) {
-        let _ = self.0.send("gone");
-    }
-}
-
 #[test]
 fn connections_queued_while_the_slot_is_dead_are_served_by_the_next_generation() {
     const K: usize = 32;
@@ -34,7 +25,8 @@ fn connections_queued_while_the_slot_is_dead_are_served_by_the_next_generation()
             let addr_tx = addr_tx.clone();
             let gone_tx = gone_tx.clone();
             async move {
-                let _gone = Gone(gone_tx);
+                // Dropped while unwinding, after the listener declared below.
+                let _gone = common::SendOnDrop(gone_tx);
                 let listener = worker.listen("127.0.0.1:0").await?;
                 if worker.generation() == 0 {
                     addr_tx.send(listener.local_addr()?).expect("test alive");

@@ -40,15 +40,6 @@ fn a_body_that_honours_the_signal_returns_normally() {
     }
 }
 
-/// Sends when dropped.
-struct DropFlag(mpsc::Sender<&'static str>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        let _ = self.0.send("dropped");
-    }
-}
-
 #[test]
 fn a_body_that_ignores_the_signal_is_terminated_and_its_tasks_dropped() {
     let (tx, rx) = mpsc::channel();
@@ -58,7 +49,7 @@ fn a_body_that_ignores_the_signal_is_terminated_and_its_tasks_dropped() {
         .start(move |_worker| {
             let tx = tx.clone();
             async move {
-                let flag = DropFlag(tx.clone());
+                let flag = common::SendOnDrop(tx.clone());
                 tokio::task::spawn_local(async move {
                     let _flag = flag;
                     std::future::pending::<()>().await;

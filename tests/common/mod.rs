@@ -52,3 +52,13 @@ pub fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
     rx.recv_timeout(PATIENCE)
         .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
 }
+
+/// Sends `"dropped"` when dropped: tells a test that a worker's future or
+/// task is gone (during unwinding, termination, or a normal end).
+pub struct SendOnDrop(pub std::sync::mpsc::Sender<&'static str>);
+
+impl Drop for SendOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send("dropped");
+    }
+}
