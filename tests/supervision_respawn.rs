@@ -8,6 +8,26 @@ use std::time::Duration;
 use common::recv;
 use forkless::{Cluster, Exit, Restart};
 
+/// A 1-worker cluster with throttling off whose every generation reports its
+/// number on the returned channel before running `body`.
+fn one_worker_reporting<F, Fut>(body: F) -> (Cluster, mpsc::Receiver<u64>)
+where
+    F: Fn(forkless::Worker) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future + 'static,
+    Fut::Output: forkless::BodyResult,
+{
+    let (tx, rx) = mpsc::channel();
+    let cluster = Cluster::builder()
+        .workers(1)
+        .throttle_delay(Duration::ZERO)
+        .start(move |worker| {
+            tx.send(worker.generation()).expect("test alive");
+            body(worker)
+        })
+        .expect("start");
+    (cluster, rx)
+}
+
 #[test]
 fn a_panicking_body_respawns_in_the_same_slot_with_the_next_generation() {
     let (tx, rx) = mpsc::channel();
@@ -52,22 +72,13 @@ fn a_panicking_body_respawns_in_the_same_slot_with_the_next_generation() {
 
 #[test]
 fn an_error_return_is_a_failure_with_its_message() {
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(1)
-        .throttle_delay(Duration::ZERO)
-        .start(move |worker| {
-            let tx = tx.clone();
-            async move {
-                tx.send(worker.generation()).expect("test alive");
-                if worker.generation() == 0 {
-                    return Err(std::io::Error::other("database unreachable"));
-                }
-                worker.shutdown_signal().await;
-                Ok(())
-            }
-        })
-        .expect("start");
+    let (cluster, rx) = one_worker_reporting(|worker| async move {
+        if worker.generation() == 0 {
+            return Err(std::io::Error::other("database unreachable"));
+        }
+        worker.shutdown_signal().await;
+        Ok(())
+    });
     assert_eq!(recv(&rx, "generation 0"), 0);
     assert_eq!(recv(&rx, "generation 1"), 1);
     cluster.shutdown();
@@ -80,16 +91,10 @@ fn an_error_return_is_a_failure_with_its_message() {
 
 #[test]
 fn a_panic_in_the_factory_is_caught_too() {
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(1)
-        .throttle_delay(Duration::ZERO)
-        .start(move |worker| {
-            tx.send(worker.generation()).expect("test alive");
-            assert!(worker.generation() > 0, "factory refuses generation 0");
-            worker.shutdown_signal()
-        })
-        .expect("start");
+    let (cluster, rx) = one_worker_reporting(|worker| {
+        assert!(worker.generation() > 0, "factory refuses generation 0");
+        worker.shutdown_signal()
+    });
     assert_eq!(recv(&rx, "generation 0"), 0);
     assert_eq!(recv(&rx, "generation 1"), 1);
     cluster.shutdown();
@@ -147,20 +152,11 @@ fn on_failure_restarts_failures_only() {
 
 #[test]
 fn always_restarts_a_body_that_returns() {
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(1)
-        .throttle_delay(Duration::ZERO)
-        .start(move |worker| {
-            let tx = tx.clone();
-            async move {
-                tx.send(worker.generation()).expect("test alive");
-                if worker.generation() >= 3 {
-                    worker.shutdown_signal().await;
-                }
-            }
-        })
-        .expect("start");
+    let (cluster, rx) = one_worker_reporting(|worker| async move {
+        if worker.generation() >= 3 {
+            worker.shutdown_signal().await;
+        }
+    });
     for generation in 0..4 {
         assert_eq!(recv(&rx, "a generation"), generation);
     }
