@@ -84,7 +84,10 @@
 pub use forkless_runtime::{
     BodyResult, Builder, Cluster, Exit, GenerationReport, Report, Restart, SlotReport,
 };
-pub use forkless_worker::{Error, ListenAddr, Listener, ShutdownSignal, Worker};
+pub use forkless_worker::{
+    BlockingCollection, Bytes, Collection, CollectionOptions, Error, KeyLock, ListenAddr, Listener,
+    LockOptions, ShutdownSignal, Store, Worker,
+};
 
 /// Runs an `async fn main(worker: forkless::Worker)` as a forkless cluster,
 /// one worker per core, in place of `#[tokio::main]`.

@@ -5,11 +5,13 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use forkless_worker::backend::StoreBackend;
 use forkless_worker::host::Host;
-use forkless_worker::Error;
+use forkless_worker::{Error, Store};
 use tokio::sync::watch;
 
 use crate::registry::Registry;
+use crate::store::Engine;
 use crate::{Builder, Exit};
 
 /// A handle to a running cluster: cheap to clone, `Send + Sync`, usable from
@@ -45,6 +47,7 @@ pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) tx: Sender<Msg>,
     pub(crate) registry: Mutex<Registry>,
+    pub(crate) store: Arc<Engine>,
     stopping: AtomicBool,
     done: Mutex<Option<Report>>,
     done_cv: Condvar,
@@ -67,16 +70,18 @@ pub(crate) enum Msg {
 }
 
 impl Shared {
-    pub(crate) fn new(name: String, tx: Sender<Msg>, backlog: u32) -> Shared {
-        Shared {
+    pub(crate) fn new(name: String, tx: Sender<Msg>, backlog: u32) -> Result<Shared, Error> {
+        let store = Engine::new().map_err(|e| Error::spawn("cannot spawn the store thread", e))?;
+        Ok(Shared {
             name,
             tx,
             registry: Mutex::new(Registry::new(backlog)),
+            store,
             stopping: AtomicBool::new(false),
             done: Mutex::new(None),
             done_cv: Condvar::new(),
             done_tx: watch::channel(None).0,
-        }
+        })
     }
 
     pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -85,6 +90,8 @@ impl Shared {
     }
 
     pub(crate) fn finish(&self, report: Report) {
+        // Every worker is gone: what still waits on the store fails now.
+        self.store.close();
         *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(report.clone());
         self.done_tx.send_replace(Some(report));
         self.done_cv.notify_all();
@@ -107,6 +114,10 @@ impl Host for Shared {
     fn ready(&self, slot: usize, generation: u64) {
         let _ = self.tx.send(Msg::Ready { slot, generation });
     }
+
+    fn store(&self) -> Arc<dyn StoreBackend> {
+        self.store.clone()
+    }
 }
 
 impl Cluster {
@@ -118,6 +129,26 @@ impl Cluster {
     /// The cluster's name.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The cluster's shared [`Store`], the same one its workers reach with
+    /// [`Worker::store`](forkless_worker::Worker::store).
+    ///
+    /// Use it from async code, or from a plain thread through
+    /// [`Collection::blocking`](forkless_worker::Collection::blocking). Locks
+    /// taken through this handle are not tied to a worker: they are released
+    /// by `release`, by drop, or by their lease. Once the cluster has
+    /// stopped, every operation fails with [`Error::is_stopped`].
+    ///
+    /// ```no_run
+    /// # fn f(cluster: forkless_runtime::Cluster) -> Result<(), forkless_worker::Error> {
+    /// let settings = cluster.store().collection("settings").blocking();
+    /// settings.set("maintenance", "off")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn store(&self) -> Store {
+        Store::new(self.shared.store.clone(), None)
     }
 
     /// Stops the cluster gracefully: every worker's

@@ -21,6 +21,7 @@ mod exit;
 mod master;
 mod registry;
 mod signals;
+mod store;
 mod worker_thread;
 
 pub use body::BodyResult;

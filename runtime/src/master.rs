@@ -36,7 +36,7 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
     install_panic_hook();
 
     let (tx, rx) = crossbeam_channel::unbounded();
-    let shared = Arc::new(Shared::new(builder.name.clone(), tx, builder.backlog));
+    let shared = Arc::new(Shared::new(builder.name.clone(), tx, builder.backlog)?);
     let slots = (0..size)
         .map(|index| {
             Slot::new(
@@ -80,7 +80,10 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
                 });
             }
         })
-        .map_err(|e| Error::spawn("cannot spawn the master thread", e))?;
+        .map_err(|e| {
+            shared.store.close();
+            Error::spawn("cannot spawn the master thread", e)
+        })?;
     match init_rx.recv() {
         Ok(Ok(())) => {
             tracing::info!(name = %shared.name, workers = size, "cluster started");
@@ -304,6 +307,7 @@ impl Master {
                     generation = live.generation,
                     "worker did not return after terminate; abandoning its thread"
                 );
+                self.shared.store.owner_exited(slot.index, live.generation);
                 slot.record(GenerationReport {
                     generation: live.generation,
                     exit: Exit::Hung,
@@ -325,6 +329,7 @@ impl Master {
             return;
         };
         let ran_for = live.started.elapsed();
+        self.shared.store.owner_exited(index, generation);
         match &exit {
             Exit::Normal => tracing::info!(slot = index, generation, ?ran_for, "worker returned"),
             Exit::Failed(_) | Exit::Panicked { .. } => {

@@ -62,3 +62,64 @@ impl Drop for SendOnDrop {
         let _ = self.0.send("dropped");
     }
 }
+
+/// A waker that unparks the thread that made it.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn thread_waker() -> std::task::Waker {
+    std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())))
+}
+
+/// A boxed future that a test polls by hand, to see whether an operation
+/// finished at once or waits in line.
+pub struct Op<'a, T>(std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>);
+
+impl<'a, T> Op<'a, T> {
+    pub fn new(f: impl std::future::Future<Output = T> + 'a) -> Op<'a, T> {
+        Op(Box::pin(f))
+    }
+
+    /// Polls once.
+    pub fn poll(&mut self) -> std::task::Poll<T> {
+        let waker = thread_waker();
+        self.0
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+    }
+
+    /// Polls once and expects the operation still waiting.
+    pub fn pending(mut self, what: &str) -> Op<'a, T> {
+        assert!(
+            self.poll().is_pending(),
+            "{what}: finished, expected it to wait"
+        );
+        self
+    }
+
+    /// Waits (parking this thread) until the future finishes.
+    pub fn wait(mut self, what: &str) -> T {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let std::task::Poll::Ready(v) = self.poll() {
+                return v;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "{what}: still waiting after {PATIENCE:?}");
+            std::thread::park_timeout(left);
+        }
+    }
+}
+
+/// Starts `f` and expects it to finish at once.
+pub fn now<T>(f: impl std::future::Future<Output = T>) -> T {
+    match Op::new(f).poll() {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("expected the operation to finish at once"),
+    }
+}

@@ -25,6 +25,10 @@ enum Kind {
     Stopped,
     Spawn,
     Io,
+    Timeout,
+    LockLost,
+    TooLarge,
+    InvalidValue,
 }
 
 impl Error {
@@ -97,6 +101,30 @@ impl Error {
         Error::new(Kind::Spawn, format!("{what}: {source}"), Some(source))
     }
 
+    /// A wait that ran past its deadline.
+    #[doc(hidden)]
+    pub fn timeout(message: impl Into<String>) -> Error {
+        Error::new(Kind::Timeout, message, None)
+    }
+
+    /// A key lock that the store took back before its holder released it.
+    #[doc(hidden)]
+    pub fn lock_lost(message: impl Into<String>) -> Error {
+        Error::new(Kind::LockLost, message, None)
+    }
+
+    /// A key or value over its collection's limit.
+    #[doc(hidden)]
+    pub fn too_large(message: impl Into<String>) -> Error {
+        Error::new(Kind::TooLarge, message, None)
+    }
+
+    /// A stored value that is not what the operation expects.
+    #[doc(hidden)]
+    pub fn invalid_value(message: impl Into<String>) -> Error {
+        Error::new(Kind::InvalidValue, message, None)
+    }
+
     /// Returns true if a listen address could not be parsed or resolved.
     pub fn is_invalid_address(&self) -> bool {
         self.inner.kind == Kind::InvalidAddress
@@ -133,6 +161,32 @@ impl Error {
     /// Returns true if a thread or runtime could not be created.
     pub fn is_spawn(&self) -> bool {
         self.inner.kind == Kind::Spawn
+    }
+
+    /// Returns true if a wait ran out of time, such as
+    /// [`Collection::acquire_timeout`](crate::Collection::acquire_timeout).
+    pub fn is_timeout(&self) -> bool {
+        self.inner.kind == Kind::Timeout
+    }
+
+    /// Returns true if a [`KeyLock`](crate::KeyLock) was taken back by the
+    /// store before it was released (its lease ran out, or the store released
+    /// it for a worker that had exited); its changes were not committed.
+    pub fn is_lock_lost(&self) -> bool {
+        self.inner.kind == Kind::LockLost
+    }
+
+    /// Returns true if a key or a value is over its collection's size limit
+    /// ([`CollectionOptions`](crate::CollectionOptions)).
+    pub fn is_too_large(&self) -> bool {
+        self.inner.kind == Kind::TooLarge
+    }
+
+    /// Returns true if a stored value is not what the operation expects: not a
+    /// decimal `i64` for [`incr`](crate::Collection::incr), or not decodable
+    /// (or encodable) as the type asked of `get_as`/`set_as`.
+    pub fn is_invalid_value(&self) -> bool {
+        self.inner.kind == Kind::InvalidValue
     }
 }
 

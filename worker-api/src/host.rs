@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
+use crate::backend::StoreBackend;
 use crate::Error;
 
 /// What a worker asks of its master.
@@ -19,4 +22,7 @@ pub trait Host: Send + Sync + 'static {
 
     /// Marks this generation of `slot` ready.
     fn ready(&self, slot: usize, generation: u64);
+
+    /// The cluster's store engine.
+    fn store(&self) -> Arc<dyn StoreBackend>;
 }

@@ -30,14 +30,20 @@
 //! [forkless]: https://docs.rs/forkless
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
+#[doc(hidden)]
+pub mod backend;
 mod error;
 #[doc(hidden)]
 pub mod host;
 mod listener;
 mod shutdown;
+mod store;
 mod worker;
 
 pub use error::Error;
 pub use listener::{ListenAddr, Listener};
 pub use shutdown::ShutdownSignal;
+pub use store::{BlockingCollection, Collection, CollectionOptions, KeyLock, LockOptions, Store};
 pub use worker::Worker;
+
+pub use bytes::Bytes;

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::backend::Owner;
 use crate::host::Host;
 use crate::listener::{ListenAddr, Listener};
-use crate::{Error, ShutdownSignal};
+use crate::{Error, ShutdownSignal, Store};
 
 /// The context of one generation of one worker.
 ///
@@ -144,6 +145,21 @@ impl Worker {
     /// ```
     pub fn shutdown_signal(&self) -> ShutdownSignal {
         ShutdownSignal::new(self.shutdown.clone())
+    }
+
+    /// The cluster's shared [`Store`].
+    ///
+    /// Locks taken through this handle belong to this generation of the
+    /// worker: if it exits (returns, fails, panics or is terminated) while
+    /// holding one, the store releases it and the next waiter gets the key.
+    pub fn store(&self) -> Store {
+        Store::new(
+            self.host.store(),
+            Some(Owner {
+                slot: self.slot,
+                generation: self.generation,
+            }),
+        )
     }
 
     /// Returns true once this worker has been asked to stop.

@@ -1,0 +1,883 @@
+//! The in-process store engine behind `Store`, `Collection` and `KeyLock`.
+//!
+//! Each collection is split into shards, each a small mutex-guarded hash map.
+//! An operation locks one shard, does O(1) work and unlocks: no I/O, no
+//! allocation beyond the key and value, never across an `await`. So a worker
+//! calls the engine directly, with no thread hop, and still never stalls its
+//! runtime. An operation that must wait (its key is locked) leaves a oneshot
+//! sender in the key's queue and returns; the release that lets it run
+//! answers it, in arrival order.
+//!
+//! One housekeeping thread, `forkless-store`, fires the timers: lock leases,
+//! acquire timeouts, and the sweeps that drop expired keys nobody reads
+//! (reads check expiry themselves, so a sweep only frees memory).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use forkless_worker::backend::{
+    Change, CollectionBackend, Grant, Op, Outcome, Owner, Reply, StoreBackend, Wait,
+};
+use forkless_worker::{CollectionOptions, Error};
+use tokio::sync::oneshot;
+
+type Hasher = foldhash::fast::RandomState;
+type Answer = oneshot::Sender<Result<Outcome, Error>>;
+
+/// Shards per collection: enough that workers on different keys rarely meet
+/// on a mutex.
+const SHARDS: usize = 32;
+
+/// The longest pause between two sweeps of a collection with expiry.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The store of one cluster.
+pub(crate) struct Engine {
+    collections: RwLock<HashMap<String, Arc<Coll>>>,
+    core: Arc<Core>,
+    housekeeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What every collection of a store shares.
+struct Core {
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    /// Per slot, the newest generation that has exited: locks are neither
+    /// granted to it nor to any older one.
+    exited: Mutex<HashMap<usize, u64>>,
+    timers: Mutex<Timers>,
+    timers_changed: Condvar,
+}
+
+#[derive(Default)]
+struct Timers {
+    heap: BinaryHeap<Reverse<Timer>>,
+    stop: bool,
+}
+
+struct Timer {
+    at: Instant,
+    id: u64,
+    coll: Arc<Coll>,
+    kind: TimerKind,
+}
+
+enum TimerKind {
+    Lease { key: Box<str>, token: u64 },
+    WaitTimeout { key: Box<str>, waiter: u64 },
+    Sweep,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Timer) -> bool {
+        (self.at, self.id) == (other.at, other.id)
+    }
+}
+
+impl Eq for Timer {}
+
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Timer) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Timer {
+    fn cmp(&self, other: &Timer) -> std::cmp::Ordering {
+        (self.at, self.id).cmp(&(other.at, other.id))
+    }
+}
+
+/// One collection.
+struct Coll {
+    name: String,
+    me: Weak<Coll>,
+    core: Arc<Core>,
+    options: Mutex<CollectionOptions>,
+    sweeping: AtomicBool,
+    hasher: Hasher,
+    shards: Box<[Shard]>,
+}
+
+/// A shard on a cache line of its own, so that two workers busy on two
+/// shards do not share one.
+#[repr(align(128))]
+struct Shard(Mutex<ShardData>);
+
+struct ShardData {
+    map: HashMap<Box<str>, Entry, Hasher>,
+    limits: Limits,
+    /// How many keys of this shard are locked: a worker's exit only scans
+    /// shards with locks.
+    locks: usize,
+    /// Stands in for "last access" while expiry is off.
+    epoch: Instant,
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    expire: Option<Duration>,
+    max_key: usize,
+    max_value: usize,
+    max_hold: Option<Duration>,
+}
+
+impl From<&CollectionOptions> for Limits {
+    fn from(o: &CollectionOptions) -> Limits {
+        Limits {
+            expire: o.expire_keys,
+            max_key: o.max_key_size,
+            max_value: o.max_value_size,
+            max_hold: o.max_hold,
+        }
+    }
+}
+
+/// A key. It exists while it holds a value or a lock.
+struct Entry {
+    value: Option<Bytes>,
+    touched: Instant,
+    lock: Option<Box<Locked>>,
+}
+
+struct Locked {
+    token: u64,
+    owner: Option<Owner>,
+    queue: VecDeque<Queued>,
+}
+
+/// An operation waiting for a lock to be released.
+struct Queued {
+    id: u64,
+    owner: Option<Owner>,
+    op: Op,
+    answer: Answer,
+}
+
+/// What an operation on a shard needs besides the entry.
+struct Ctx<'a> {
+    coll: &'a Coll,
+    key: &'a str,
+    limits: Limits,
+    now: Option<Instant>,
+    locks: &'a mut usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Shard critical sections hold no user code, so a poisoned mutex still
+    // guards consistent data.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Engine {
+    /// Creates the engine and starts its housekeeping thread.
+    pub(crate) fn new() -> std::io::Result<Arc<Engine>> {
+        let core = Arc::new(Core {
+            closed: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            exited: Mutex::new(HashMap::new()),
+            timers: Mutex::new(Timers::default()),
+            timers_changed: Condvar::new(),
+        });
+        let housekeeper = {
+            let core = core.clone();
+            std::thread::Builder::new()
+                .name("forkless-store".into())
+                .spawn(move || core.housekeep())?
+        };
+        Ok(Arc::new(Engine {
+            collections: RwLock::new(HashMap::new()),
+            core,
+            housekeeper: Mutex::new(Some(housekeeper)),
+        }))
+    }
+
+    fn collections(&self) -> Vec<Arc<Coll>> {
+        let map = self
+            .collections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.values().cloned().collect()
+    }
+
+    /// Takes back every lock held by this generation of `slot`, and refuses
+    /// it any lock from now on (it may still be running, abandoned as hung).
+    pub(crate) fn owner_exited(&self, slot: usize, generation: u64) {
+        {
+            let mut exited = lock(&self.core.exited);
+            let newest = exited.entry(slot).or_insert(generation);
+            *newest = (*newest).max(generation);
+        }
+        let owner = Owner { slot, generation };
+        for coll in self.collections() {
+            coll.release_owner(owner);
+        }
+    }
+
+    /// Closes the store: every waiting operation and every later one fails
+    /// with a "stopped" error. Stops the housekeeping thread.
+    pub(crate) fn close(&self) {
+        self.core.closed.store(true, Ordering::SeqCst);
+        for coll in self.collections() {
+            for shard in coll.shards.iter() {
+                // Dropping the queues closes their answer channels.
+                lock(&shard.0).map.clear();
+            }
+        }
+        self.collections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        {
+            let mut timers = lock(&self.core.timers);
+            timers.stop = true;
+            timers.heap.clear();
+        }
+        self.core.timers_changed.notify_all();
+        let handle = lock(&self.housekeeper).take();
+        if let Some(handle) = handle {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl StoreBackend for Engine {
+    fn collection(&self, name: &str) -> Arc<dyn CollectionBackend> {
+        if let Some(c) = self
+            .collections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return c.clone();
+        }
+        let mut map = self
+            .collections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.entry(name.to_owned())
+            .or_insert_with(|| Coll::new(name, self.core.clone()))
+            .clone()
+    }
+}
+
+impl Core {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn alive(&self, owner: Option<Owner>) -> bool {
+        owner.map_or(true, |o| {
+            lock(&self.exited)
+                .get(&o.slot)
+                .map_or(true, |&g| o.generation > g)
+        })
+    }
+
+    fn schedule(&self, at: Instant, coll: Arc<Coll>, kind: TimerKind) {
+        let mut timers = lock(&self.timers);
+        if timers.stop {
+            return;
+        }
+        let earliest = timers.heap.peek().map_or(true, |Reverse(t)| at < t.at);
+        timers.heap.push(Reverse(Timer {
+            at,
+            id: self.next_id(),
+            coll,
+            kind,
+        }));
+        drop(timers);
+        if earliest {
+            self.timers_changed.notify_one();
+        }
+    }
+
+    /// The housekeeping thread: fires timers when they are due.
+    fn housekeep(&self) {
+        let mut timers = lock(&self.timers);
+        loop {
+            if timers.stop {
+                return;
+            }
+            let now = Instant::now();
+            let due = match timers.heap.peek() {
+                None => {
+                    timers = self
+                        .timers_changed
+                        .wait(timers)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                Some(Reverse(t)) if t.at <= now => timers.heap.pop(),
+                Some(Reverse(t)) => {
+                    let wait = t.at - now;
+                    timers = self
+                        .timers_changed
+                        .wait_timeout(timers, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    continue;
+                }
+            };
+            drop(timers);
+            if let Some(Reverse(timer)) = due {
+                timer.coll.fire(timer.kind);
+            }
+            timers = lock(&self.timers);
+        }
+    }
+}
+
+impl Coll {
+    fn new(name: &str, core: Arc<Core>) -> Arc<Coll> {
+        let defaults = CollectionOptions::default();
+        let epoch = Instant::now();
+        Arc::new_cyclic(|me| Coll {
+            name: name.to_owned(),
+            me: me.clone(),
+            core,
+            sweeping: AtomicBool::new(false),
+            hasher: Hasher::default(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Shard(Mutex::new(ShardData {
+                        map: HashMap::default(),
+                        limits: Limits::from(&defaults),
+                        locks: 0,
+                        epoch,
+                    }))
+                })
+                .collect(),
+            options: Mutex::new(defaults),
+        })
+    }
+
+    fn arc(&self) -> Arc<Coll> {
+        // `self` is reached through an `Arc`, so the upgrade cannot fail
+        // while a method of it runs.
+        self.me.upgrade().unwrap_or_else(|| unreachable!())
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, ShardData> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        lock(&self.shards[i].0)
+    }
+
+    fn stopped(&self) -> Error {
+        Error::stopped(&format!("store collection {:?}", self.name))
+    }
+
+    fn lock_lost(&self, key: &str) -> Error {
+        Error::lock_lost(format!(
+            "the lock on key {key:?} in collection {:?} is no longer held (its lease ran out, \
+             or its worker exited and the store released it); nothing was committed",
+            self.name
+        ))
+    }
+
+    fn too_large(&self, what: &str, size: usize, max: usize, key: &str) -> Error {
+        Error::too_large(format!(
+            "{what} of {size} bytes is over collection {:?}'s limit of {max} bytes (key {:?})",
+            self.name,
+            shorten(key)
+        ))
+    }
+
+    /// Refuses an operation whose key or value is over the limits.
+    fn check(&self, key: &str, op: &Op, limits: &Limits) -> Result<(), Error> {
+        if key.len() > limits.max_key {
+            return Err(self.too_large("a key", key.len(), limits.max_key, key));
+        }
+        let value = match op {
+            Op::Set(v) => Some(v),
+            Op::CompareAndSwap { new: Some(v), .. } => Some(v),
+            _ => None,
+        };
+        match value {
+            Some(v) if v.len() > limits.max_value => {
+                Err(self.too_large("a value", v.len(), limits.max_value, key))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes back the locks held by `owner`.
+    fn release_owner(&self, owner: Owner) {
+        for shard in self.shards.iter() {
+            let mut data = lock(&shard.0);
+            if data.locks == 0 {
+                continue;
+            }
+            let held: Vec<Box<str>> = data
+                .map
+                .iter()
+                .filter(|(_, e)| e.lock.as_ref().is_some_and(|l| l.owner == Some(owner)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in held {
+                tracing::info!(
+                    collection = %self.name,
+                    key = %shorten(&key),
+                    slot = owner.slot,
+                    generation = owner.generation,
+                    "released a lock held by a worker that exited"
+                );
+                take_lock(self, &mut data, &key, None);
+            }
+        }
+    }
+
+    fn fire(&self, kind: TimerKind) {
+        match kind {
+            TimerKind::Lease { key, token } => {
+                let mut data = self.shard(&key);
+                if take_lock(self, &mut data, &key, Some(token)) {
+                    tracing::warn!(
+                        collection = %self.name,
+                        key = %shorten(&key),
+                        "a lock's lease ran out; the store took it back"
+                    );
+                }
+            }
+            TimerKind::WaitTimeout { key, waiter } => {
+                let mut data = self.shard(&key);
+                let Some(locked) = data.map.get_mut(&*key).and_then(|e| e.lock.as_mut()) else {
+                    return;
+                };
+                if let Some(i) = locked.queue.iter().position(|q| q.id == waiter) {
+                    if let Some(q) = locked.queue.remove(i) {
+                        let _ = q.answer.send(Ok(Outcome::NotGranted));
+                    }
+                }
+            }
+            TimerKind::Sweep => self.sweep(),
+        }
+    }
+
+    /// Drops the expired keys of every shard, and comes back later while the
+    /// collection has expiry.
+    fn sweep(&self) {
+        let mut expire = None;
+        for shard in self.shards.iter() {
+            let mut data = lock(&shard.0);
+            let Some(ttl) = data.limits.expire else {
+                continue;
+            };
+            expire = Some(ttl);
+            let now = Instant::now();
+            data.map
+                .retain(|_, e| e.lock.is_some() || now.saturating_duration_since(e.touched) < ttl);
+        }
+        match expire {
+            Some(ttl) if !self.core.is_closed() => self.schedule_sweep(ttl),
+            _ => self.sweeping.store(false, Ordering::SeqCst),
+        }
+    }
+
+    fn schedule_sweep(&self, ttl: Duration) {
+        let interval = (ttl / 2).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
+        self.core
+            .schedule(Instant::now() + interval, self.arc(), TimerKind::Sweep);
+    }
+}
+
+/// Releases the lock on `key` (if `token` is given, only if it is held with
+/// that token) without committing anything, and lets the queue behind it run.
+/// Returns whether a lock was released.
+fn take_lock(coll: &Coll, data: &mut ShardData, key: &str, token: Option<u64>) -> bool {
+    let ShardData {
+        map, limits, locks, ..
+    } = data;
+    let now = limits.expire.map(|_| Instant::now());
+    let Some(entry) = map.get_mut(key) else {
+        return false;
+    };
+    let Some(locked) = entry.lock.take_if(|l| token.map_or(true, |t| t == l.token)) else {
+        return false;
+    };
+    *locks -= 1;
+    let mut ctx = Ctx {
+        coll,
+        key,
+        limits: *limits,
+        now,
+        locks,
+    };
+    ctx.touch(entry);
+    ctx.advance(entry, locked.queue);
+    if entry.is_empty() {
+        map.remove(key);
+    }
+    true
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.value.is_none() && self.lock.is_none()
+    }
+}
+
+impl Ctx<'_> {
+    fn touch(&self, e: &mut Entry) {
+        if let Some(now) = self.now {
+            e.touched = now;
+        }
+    }
+
+    fn expired(&self, e: &Entry) -> bool {
+        match (self.limits.expire, self.now) {
+            (Some(ttl), Some(now)) => {
+                e.lock.is_none() && now.saturating_duration_since(e.touched) >= ttl
+            }
+            _ => false,
+        }
+    }
+
+    /// Runs `op` on an unlocked entry (`value: None` is a missing key).
+    fn apply(&mut self, e: &mut Entry, owner: Option<Owner>, op: Op) -> Result<Outcome, Error> {
+        match op {
+            Op::Get => {
+                if e.value.is_some() {
+                    self.touch(e);
+                }
+                Ok(Outcome::Value(e.value.clone()))
+            }
+            Op::Set(v) => {
+                e.value = Some(v);
+                self.touch(e);
+                Ok(Outcome::Done)
+            }
+            Op::Del => Ok(Outcome::Removed(e.value.take().is_some())),
+            Op::Incr(by) => {
+                let current = match &e.value {
+                    None => 0,
+                    Some(v) => std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .ok_or_else(|| {
+                            Error::invalid_value(format!(
+                                "incr: the value of key {:?} in collection {:?} is not a decimal i64",
+                                shorten(self.key),
+                                self.coll.name
+                            ))
+                        })?,
+                };
+                let n = current.checked_add(by).ok_or_else(|| {
+                    Error::invalid_value(format!(
+                        "incr: {current} + {by} overflows an i64 (key {:?} in collection {:?})",
+                        shorten(self.key),
+                        self.coll.name
+                    ))
+                })?;
+                e.value = Some(Bytes::from(n.to_string()));
+                self.touch(e);
+                Ok(Outcome::Int(n))
+            }
+            Op::CompareAndSwap { expected, new } => {
+                let swap = e.value == expected;
+                if swap {
+                    e.value = new;
+                }
+                if e.value.is_some() {
+                    self.touch(e);
+                }
+                Ok(Outcome::Swapped(swap))
+            }
+            Op::Acquire { lease, .. } => {
+                if !self.coll.core.alive(owner) {
+                    return Err(self.coll.stopped());
+                }
+                Ok(Outcome::Granted(self.grant(
+                    e,
+                    owner,
+                    lease,
+                    VecDeque::new(),
+                )))
+            }
+        }
+    }
+
+    /// Locks `e` for `owner`, with `queue` waiting behind.
+    fn grant(
+        &mut self,
+        e: &mut Entry,
+        owner: Option<Owner>,
+        lease: Option<Duration>,
+        queue: VecDeque<Queued>,
+    ) -> Grant {
+        let token = self.coll.core.next_id();
+        e.lock = Some(Box::new(Locked {
+            token,
+            owner,
+            queue,
+        }));
+        *self.locks += 1;
+        if let Some(lease) = lease.or(self.limits.max_hold) {
+            self.coll.core.schedule(
+                Instant::now() + lease,
+                self.coll.arc(),
+                TimerKind::Lease {
+                    key: self.key.into(),
+                    token,
+                },
+            );
+        }
+        Grant {
+            token,
+            value: e.value.clone(),
+        }
+    }
+
+    /// Runs the operations that waited behind a released lock, in order,
+    /// until one of them takes the lock.
+    fn advance(&mut self, e: &mut Entry, mut queue: VecDeque<Queued>) {
+        while let Some(q) = queue.pop_front() {
+            if q.answer.is_closed() {
+                continue;
+            }
+            let Op::Acquire { lease, .. } = q.op else {
+                let result = self.apply(e, q.owner, q.op);
+                let _ = q.answer.send(result);
+                continue;
+            };
+            if !self.coll.core.alive(q.owner) {
+                let _ = q.answer.send(Err(self.coll.stopped()));
+                continue;
+            }
+            let grant = self.grant(e, q.owner, lease, VecDeque::new());
+            if q.answer.send(Ok(Outcome::Granted(grant))).is_ok() {
+                if let Some(locked) = e.lock.as_mut() {
+                    locked.queue = queue;
+                }
+                return;
+            }
+            // The waiter left after all: undo and go on down the line.
+            e.lock = None;
+            *self.locks -= 1;
+        }
+    }
+}
+
+impl CollectionBackend for Coll {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn configure(&self, options: &CollectionOptions) -> Reply {
+        Reply::Ready(self.configure_now(options))
+    }
+
+    fn options(&self) -> CollectionOptions {
+        lock(&self.options).clone()
+    }
+
+    fn op(&self, owner: Option<Owner>, key: &str, op: Op) -> Reply {
+        let mut guard = self.shard(key);
+        if self.core.is_closed() {
+            return Reply::Ready(Err(self.stopped()));
+        }
+        let ShardData {
+            map,
+            limits,
+            locks,
+            epoch,
+        } = &mut *guard;
+        if let Err(e) = self.check(key, &op, limits) {
+            return Reply::Ready(Err(e));
+        }
+        let mut ctx = Ctx {
+            coll: self,
+            key,
+            limits: *limits,
+            now: limits.expire.map(|_| Instant::now()),
+            locks,
+        };
+        match map.get_mut(key) {
+            Some(entry) => {
+                if let Some(locked) = &mut entry.lock {
+                    return self.enqueue(locked, owner, key, op);
+                }
+                if ctx.expired(entry) {
+                    entry.value = None;
+                }
+                let result = ctx.apply(entry, owner, op);
+                if entry.is_empty() {
+                    map.remove(key);
+                }
+                Reply::Ready(result)
+            }
+            None => {
+                let mut entry = Entry {
+                    value: None,
+                    touched: ctx.now.unwrap_or(*epoch),
+                    lock: None,
+                };
+                let result = ctx.apply(&mut entry, owner, op);
+                if !entry.is_empty() {
+                    map.insert(key.into(), entry);
+                }
+                Reply::Ready(result)
+            }
+        }
+    }
+
+    fn release(&self, key: &str, token: u64, change: Change) -> Reply {
+        let mut guard = self.shard(key);
+        if self.core.is_closed() {
+            return Reply::Ready(Err(self.stopped()));
+        }
+        let data = &mut *guard;
+        let held = data
+            .map
+            .get(key)
+            .and_then(|e| e.lock.as_ref())
+            .is_some_and(|l| l.token == token);
+        if !held {
+            return Reply::Ready(Err(self.lock_lost(key)));
+        }
+        let mut result = Ok(Outcome::Done);
+        if let Some(entry) = data.map.get_mut(key) {
+            match change {
+                Change::Keep => {}
+                Change::Set(v) if v.len() > data.limits.max_value => {
+                    result = Err(self.too_large("a value", v.len(), data.limits.max_value, key));
+                }
+                Change::Set(v) => entry.value = Some(v),
+                Change::Del => entry.value = None,
+            }
+        }
+        take_lock(self, data, key, Some(token));
+        Reply::Ready(result)
+    }
+
+    fn count(&self) -> Reply {
+        if self.core.is_closed() {
+            return Reply::Ready(Err(self.stopped()));
+        }
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let data = lock(&shard.0);
+            n += match data.limits.expire {
+                None => data.map.len(),
+                Some(ttl) => {
+                    let now = Instant::now();
+                    data.map
+                        .values()
+                        .filter(|e| {
+                            e.lock.is_some() || now.saturating_duration_since(e.touched) < ttl
+                        })
+                        .count()
+                }
+            };
+        }
+        Reply::Ready(Ok(Outcome::Count(n)))
+    }
+}
+
+impl Coll {
+    fn configure_now(&self, options: &CollectionOptions) -> Result<Outcome, Error> {
+        if self.core.is_closed() {
+            return Err(self.stopped());
+        }
+        let bad = |what: &str| {
+            Err(Error::config(format!(
+                "collection {:?}: {what} (got {options:?})",
+                self.name
+            )))
+        };
+        if options.expire_keys == Some(Duration::ZERO) {
+            return bad("expire_keys must be more than zero; use None to keep keys");
+        }
+        if options.max_hold == Some(Duration::ZERO) {
+            return bad("max_hold must be more than zero; use None for no limit");
+        }
+        if options.max_key_size == 0 || options.max_value_size == 0 {
+            return bad("max_key_size and max_value_size must be at least 1");
+        }
+        let limits = Limits::from(options);
+        *lock(&self.options) = options.clone();
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut data = lock(&shard.0);
+            if data.limits.expire.is_none() && limits.expire.is_some() {
+                // Keys start their time to live now, not when they were set.
+                for e in data.map.values_mut() {
+                    e.touched = now;
+                }
+            }
+            data.limits = limits;
+        }
+        if let Some(ttl) = limits.expire {
+            if !self.sweeping.swap(true, Ordering::SeqCst) {
+                self.schedule_sweep(ttl);
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn enqueue(&self, locked: &mut Locked, owner: Option<Owner>, key: &str, op: Op) -> Reply {
+        let timeout = match op {
+            Op::Acquire { wait: Wait::No, .. } => return Reply::Ready(Ok(Outcome::NotGranted)),
+            Op::Acquire {
+                wait: Wait::For(d), ..
+            } if d.is_zero() => return Reply::Ready(Ok(Outcome::NotGranted)),
+            Op::Acquire {
+                wait: Wait::For(d), ..
+            } => Some(d),
+            _ => None,
+        };
+        let (answer, rx) = oneshot::channel();
+        let id = self.core.next_id();
+        if let Some(d) = timeout {
+            self.core.schedule(
+                Instant::now() + d,
+                self.arc(),
+                TimerKind::WaitTimeout {
+                    key: key.into(),
+                    waiter: id,
+                },
+            );
+        }
+        locked.queue.push_back(Queued {
+            id,
+            owner,
+            op,
+            answer,
+        });
+        Reply::Later(rx)
+    }
+}
+
+/// A key as shown in messages: at most 64 characters.
+fn shorten(key: &str) -> String {
+    match key.char_indices().nth(64) {
+        None => key.to_owned(),
+        Some((i, _)) => format!("{}...", &key[..i]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorten_cuts_long_keys_on_a_char_boundary() {
+        assert_eq!(shorten("abc"), "abc");
+        let long = "é".repeat(100);
+        let short = shorten(&long);
+        assert_eq!(short.chars().count(), 67);
+        assert!(short.ends_with("..."));
+    }
+}
