@@ -65,6 +65,53 @@
 //! }
 //! ```
 //!
+//! # The shared store
+//!
+//! Workers share state through the cluster's [`Store`]: named
+//! [collections](Collection) of byte values ([`Bytes`]; `get_as`/`set_as`
+//! store serde types as JSON), with key locks, expiry, `incr` and
+//! compare-and-swap. It is the API of Node's strong-store-cluster, in
+//! process: reach it with [`Worker::store`] from a worker and
+//! [`Cluster::store`] from anywhere else (async code, or a plain thread
+//! through [`Collection::blocking`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use forkless::CollectionOptions;
+//!
+//! # async fn body(worker: forkless::Worker) -> Result<(), forkless::Error> {
+//! let sessions = worker.store().collection("sessions");
+//! sessions
+//!     .configure(CollectionOptions {
+//!         expire_keys: Some(Duration::from_secs(30 * 60)),
+//!         ..CollectionOptions::default()
+//!     })
+//!     .await?;
+//!
+//! // A read-modify-write that no other worker can interleave with.
+//! let mut lock = sessions.acquire("session:42").await?;
+//! let visits: u64 = lock.get_as()?.unwrap_or(0);
+//! lock.set_as(&(visits + 1))?;
+//! lock.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - An operation on a locked key waits behind the lock, first come first
+//!   served; the lock's changes are committed at [`KeyLock::release`], and
+//!   dropping a lock discards them.
+//! - A lock held by a worker that exits (returns, fails, panics, is
+//!   terminated) is released for it, and the next in line gets the key.
+//! - [`Collection::try_acquire`], [`Collection::acquire_timeout`], and a lease
+//!   ([`LockOptions::lease`], [`CollectionOptions::max_hold`]) after which the
+//!   store takes a lock back and refuses its holder's late commit.
+//! - Keys and values have size limits (4 KiB and 1 MiB by default); going
+//!   over them is an error, as is every operation after the cluster stopped.
+//!
+//! Operations run in the calling worker's thread under a short per-shard
+//! mutex (no thread hop, no I/O), and take part in tokio's cooperative
+//! budget, so a loop of store calls does not starve the worker's other tasks.
+//!
 //! # Panics and `panic = "abort"`
 //!
 //! Supervision catches panics with `catch_unwind`. A binary built with
@@ -76,8 +123,8 @@
 //! | crate | what it holds |
 //! |---|---|
 //! | `forkless` | this facade: re-exports and `#[forkless::main]` |
-//! | `forkless-worker` | what worker code touches: [`Worker`], [`Listener`], [`Error`]; for libraries |
-//! | `forkless-runtime` | the master: [`Builder`], [`Cluster`], supervision, listener registry |
+//! | `forkless-worker` | what worker code touches: [`Worker`], [`Listener`], [`Store`], [`Collection`], [`KeyLock`], [`Error`]; for libraries |
+//! | `forkless-runtime` | the master: [`Builder`], [`Cluster`], supervision, listener registry, the store's engine |
 //! | `forkless-macros` | the attribute |
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 

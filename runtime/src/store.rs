@@ -12,8 +12,7 @@
 //! acquire timeouts, and the sweeps that drop expired keys nobody reads
 //! (reads check expiry themselves, so a sweep only frees memory).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
@@ -55,15 +54,18 @@ struct Core {
     timers_changed: Condvar,
 }
 
+/// Pending timers by deadline. A lease or a wait that ends early cancels its
+/// timer, so the map holds only timers that can still fire.
 #[derive(Default)]
 struct Timers {
-    heap: BinaryHeap<Reverse<Timer>>,
+    due: BTreeMap<TimerKey, Timer>,
     stop: bool,
 }
 
+/// A timer's deadline and a unique id.
+type TimerKey = (Instant, u64);
+
 struct Timer {
-    at: Instant,
-    id: u64,
     coll: Arc<Coll>,
     kind: TimerKind,
 }
@@ -72,26 +74,6 @@ enum TimerKind {
     Lease { key: Box<str>, token: u64 },
     WaitTimeout { key: Box<str>, waiter: u64 },
     Sweep,
-}
-
-impl PartialEq for Timer {
-    fn eq(&self, other: &Timer) -> bool {
-        (self.at, self.id) == (other.at, other.id)
-    }
-}
-
-impl Eq for Timer {}
-
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, other: &Timer) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Timer {
-    fn cmp(&self, other: &Timer) -> std::cmp::Ordering {
-        (self.at, self.id).cmp(&(other.at, other.id))
-    }
 }
 
 /// One collection.
@@ -149,12 +131,14 @@ struct Entry {
 struct Locked {
     token: u64,
     owner: Option<Owner>,
+    lease: Option<TimerKey>,
     queue: VecDeque<Queued>,
 }
 
 /// An operation waiting for a lock to be released.
 struct Queued {
     id: u64,
+    timeout: Option<TimerKey>,
     owner: Option<Owner>,
     op: Op,
     answer: Answer,
@@ -237,7 +221,7 @@ impl Engine {
         {
             let mut timers = lock(&self.core.timers);
             timers.stop = true;
-            timers.heap.clear();
+            timers.due.clear();
         }
         self.core.timers_changed.notify_all();
         let handle = lock(&self.housekeeper).take();
@@ -286,21 +270,24 @@ impl Core {
         })
     }
 
-    fn schedule(&self, at: Instant, coll: Arc<Coll>, kind: TimerKind) {
+    fn schedule(&self, at: Instant, coll: Arc<Coll>, kind: TimerKind) -> TimerKey {
+        let key = (at, self.next_id());
         let mut timers = lock(&self.timers);
         if timers.stop {
-            return;
+            return key;
         }
-        let earliest = timers.heap.peek().map_or(true, |Reverse(t)| at < t.at);
-        timers.heap.push(Reverse(Timer {
-            at,
-            id: self.next_id(),
-            coll,
-            kind,
-        }));
+        let earliest = timers.due.first_key_value().map_or(true, |(k, _)| key < *k);
+        timers.due.insert(key, Timer { coll, kind });
         drop(timers);
         if earliest {
             self.timers_changed.notify_one();
+        }
+        key
+    }
+
+    fn cancel(&self, timer: Option<TimerKey>) {
+        if let Some(key) = timer {
+            lock(&self.timers).due.remove(&key);
         }
     }
 
@@ -312,7 +299,7 @@ impl Core {
                 return;
             }
             let now = Instant::now();
-            let due = match timers.heap.peek() {
+            let due = match timers.due.first_key_value() {
                 None => {
                     timers = self
                         .timers_changed
@@ -320,9 +307,9 @@ impl Core {
                         .unwrap_or_else(PoisonError::into_inner);
                     continue;
                 }
-                Some(Reverse(t)) if t.at <= now => timers.heap.pop(),
-                Some(Reverse(t)) => {
-                    let wait = t.at - now;
+                Some(((at, _), _)) if *at <= now => timers.due.pop_first(),
+                Some(((at, _), _)) => {
+                    let wait = *at - now;
                     timers = self
                         .timers_changed
                         .wait_timeout(timers, wait)
@@ -332,7 +319,7 @@ impl Core {
                 }
             };
             drop(timers);
-            if let Some(Reverse(timer)) = due {
+            if let Some((_, timer)) = due {
                 timer.coll.fire(timer.kind);
             }
             timers = lock(&self.timers);
@@ -508,6 +495,7 @@ fn take_lock(coll: &Coll, data: &mut ShardData, key: &str, token: Option<u64>) -
         return false;
     };
     *locks -= 1;
+    coll.core.cancel(locked.lease);
     let mut ctx = Ctx {
         coll,
         key,
@@ -618,13 +606,7 @@ impl Ctx<'_> {
         queue: VecDeque<Queued>,
     ) -> Grant {
         let token = self.coll.core.next_id();
-        e.lock = Some(Box::new(Locked {
-            token,
-            owner,
-            queue,
-        }));
-        *self.locks += 1;
-        if let Some(lease) = lease.or(self.limits.max_hold) {
+        let lease = lease.or(self.limits.max_hold).map(|lease| {
             self.coll.core.schedule(
                 Instant::now() + lease,
                 self.coll.arc(),
@@ -632,8 +614,15 @@ impl Ctx<'_> {
                     key: self.key.into(),
                     token,
                 },
-            );
-        }
+            )
+        });
+        e.lock = Some(Box::new(Locked {
+            token,
+            owner,
+            lease,
+            queue,
+        }));
+        *self.locks += 1;
         Grant {
             token,
             value: e.value.clone(),
@@ -644,6 +633,7 @@ impl Ctx<'_> {
     /// until one of them takes the lock.
     fn advance(&mut self, e: &mut Entry, mut queue: VecDeque<Queued>) {
         while let Some(q) = queue.pop_front() {
+            self.coll.core.cancel(q.timeout);
             if q.answer.is_closed() {
                 continue;
             }
@@ -664,7 +654,9 @@ impl Ctx<'_> {
                 return;
             }
             // The waiter left after all: undo and go on down the line.
-            e.lock = None;
+            if let Some(locked) = e.lock.take() {
+                self.coll.core.cancel(locked.lease);
+            }
             *self.locks -= 1;
         }
     }
@@ -840,7 +832,7 @@ impl Coll {
         };
         let (answer, rx) = oneshot::channel();
         let id = self.core.next_id();
-        if let Some(d) = timeout {
+        let timeout = timeout.map(|d| {
             self.core.schedule(
                 Instant::now() + d,
                 self.arc(),
@@ -848,10 +840,11 @@ impl Coll {
                     key: key.into(),
                     waiter: id,
                 },
-            );
-        }
+            )
+        });
         locked.queue.push_back(Queued {
             id,
+            timeout,
             owner,
             op,
             answer,
@@ -871,6 +864,55 @@ fn shorten(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ready(reply: Reply) -> Outcome {
+        match reply {
+            Reply::Ready(r) => r.expect("ok"),
+            Reply::Later(_) => panic!("expected an answer at once"),
+        }
+    }
+
+    fn token(outcome: Outcome) -> u64 {
+        match outcome {
+            Outcome::Granted(g) => g.token,
+            other => panic!("expected a grant: {other:?}"),
+        }
+    }
+
+    fn pending_timers(engine: &Engine) -> usize {
+        lock(&engine.core.timers).due.len()
+    }
+
+    #[test]
+    fn leases_and_wait_timeouts_that_end_early_leave_no_timer_behind() {
+        let engine = Engine::new().expect("engine");
+        let c = engine.collection("timers");
+        let hour = Duration::from_secs(3600);
+        let acquire = |wait| Op::Acquire {
+            wait,
+            lease: Some(hour),
+        };
+        let first = token(ready(c.op(None, "k", acquire(Wait::Forever))));
+        assert_eq!(pending_timers(&engine), 1, "the lease");
+        let Reply::Later(mut rx) = c.op(None, "k", acquire(Wait::For(hour))) else {
+            panic!("expected to wait");
+        };
+        assert_eq!(pending_timers(&engine), 2, "the lease and the wait");
+        ready(c.release("k", first, Change::Keep));
+        let second = match rx.try_recv() {
+            Ok(Ok(outcome)) => token(outcome),
+            other => panic!("expected the grant: {other:?}"),
+        };
+        assert_eq!(pending_timers(&engine), 1, "the second lease only");
+        ready(c.release("k", second, Change::Keep));
+        assert_eq!(pending_timers(&engine), 0);
+        assert!(matches!(ready(c.count()), Outcome::Count(0)));
+        engine.close();
+        assert!(
+            lock(&engine.housekeeper).is_none(),
+            "the housekeeper was joined"
+        );
+    }
 
     #[test]
     fn shorten_cuts_long_keys_on_a_char_boundary() {
