@@ -4,6 +4,7 @@
 //! cargo run --release --example hello -- --port 8080 --workers 4
 //! curl http://127.0.0.1:8080/         # Hello, World!
 //! curl http://127.0.0.1:8080/whoami   # slot 1 generation 0 core 1
+//! curl http://127.0.0.1:8080/hits     # hits 3: a counter in the cluster's store, shared by all workers
 //! curl http://127.0.0.1:8080/crash    # answers, then that worker panics and is respawned
 //! ```
 //!
@@ -131,6 +132,10 @@ async fn handle(
                     .map_or_else(|| "-".to_owned(), |c| c.to_string())
             ),
         ),
+        (&Method::GET, "/hits") => match worker.store().collection("hello").incr("hits", 1).await {
+            Ok(n) => text(StatusCode::OK, format!("hits {n}\n")),
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        },
         (&Method::GET, "/crash") => {
             crash.set(true);
             let mut response = text(

@@ -97,6 +97,7 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
         ("HTTP/1.1 200 OK".into(), "Hello, World!".into())
     );
     assert_eq!(get(addr, "/nowhere").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(get(addr, "/hits").1, "hits 1\n");
     // Answers, then the worker panics; the next request waits in the slot's
     // queue for generation 1, on the same core.
     assert_eq!(
@@ -107,6 +108,8 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
         get(addr, "/whoami").1,
         format!("slot 0 generation 1 core {core}\n")
     );
+    // The store outlives the worker.
+    assert_eq!(get(addr, "/hits").1, "hits 2\n");
 
     sigterm(&child);
     let stdout = child.stdout.take();
