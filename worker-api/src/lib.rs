@@ -6,7 +6,8 @@
 //! handed to it says where it runs ([`slot`](Worker::slot),
 //! [`generation`](Worker::generation), [`core`](Worker::core)), opens
 //! listeners that outlive the worker ([`listen`](Worker::listen)), and tells
-//! it when to stop ([`shutdown_signal`](Worker::shutdown_signal)).
+//! it when to stop ([`shutdown_signal`](Worker::shutdown_signal)), and reaches
+//! the cluster's shared key/value [`Store`] ([`store`](Worker::store)).
 //!
 //! This crate knows nothing about threads or supervision: those belong to the
 //! master, in `forkless-runtime`. Libraries that only need a worker's context

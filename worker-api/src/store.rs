@@ -289,6 +289,11 @@ impl Collection {
     /// before. The lock is held until [`KeyLock::release`] (which commits the
     /// lock's changes) or until the `KeyLock` is dropped (which discards
     /// them). A lock held by a worker that exits is released for it.
+    ///
+    /// Locks are not reentrant: acquiring a key that the caller already
+    /// holds waits for that very lock (forever, unless it has a lease). Use
+    /// [`acquire_timeout`](Collection::acquire_timeout) or a lease where a
+    /// code path might.
     pub async fn acquire(&self, key: &str) -> Result<KeyLock, Error> {
         self.acquire_with(key, LockOptions::new()).await
     }
