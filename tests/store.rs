@@ -6,18 +6,8 @@ mod common;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{now, recv, Op, PATIENCE};
+use common::{idle_cluster, now, recv, Op, PATIENCE};
 use forkless::{Bytes, Cluster, CollectionOptions, LockOptions};
-
-/// A running 1-worker cluster whose worker idles until shutdown.
-fn idle_cluster() -> Cluster {
-    Cluster::builder()
-        .workers(1)
-        .start(|worker| async move {
-            worker.shutdown_signal().await;
-        })
-        .expect("start")
-}
 
 fn stop(cluster: Cluster) {
     cluster.shutdown();

@@ -190,12 +190,7 @@ enum Reply {
 
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        Cluster::builder()
-            .workers(1)
-            .start(|w: forkless::Worker| async move { w.shutdown_signal().await })
-            .expect("start")
-    })
+    CLUSTER.get_or_init(common::idle_cluster)
 }
 
 fn start(c: &Collection, key: usize, op: &ModelOp) -> Op<'static, Result<Reply, Error>> {

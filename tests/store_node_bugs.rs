@@ -6,7 +6,7 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{now, recv, Op};
+use common::{idle_cluster, now, recv, Op};
 use forkless::{Bytes, Cluster, CollectionOptions, Exit, Worker};
 use tokio::sync::oneshot;
 
@@ -139,10 +139,7 @@ fn bug1_several_waiters_take_the_lock_in_turn_after_the_holder_panics() {
 
 #[test]
 fn bug2_with_expiry_deleting_the_last_key_then_setting_another_works() {
-    let cluster = Cluster::builder()
-        .workers(1)
-        .start(|w: Worker| async move { w.shutdown_signal().await })
-        .expect("start");
+    let cluster = idle_cluster();
     let c = cluster.store().collection("expiring").blocking();
     c.configure(CollectionOptions {
         expire_keys: Some(Duration::from_secs(3600)),
@@ -164,10 +161,7 @@ fn bug2_with_expiry_deleting_the_last_key_then_setting_another_works() {
 
 #[test]
 fn bug3_a_del_queued_behind_a_lock_does_not_strand_the_waiters_after_it() {
-    let cluster = Cluster::builder()
-        .workers(1)
-        .start(|w: Worker| async move { w.shutdown_signal().await })
-        .expect("start");
+    let cluster = idle_cluster();
     let c = cluster.store().collection("del");
     now(c.set("k", "v")).unwrap();
     let lock = now(c.acquire("k")).unwrap();
@@ -191,10 +185,7 @@ fn bug3_a_del_queued_behind_a_lock_does_not_strand_the_waiters_after_it() {
 
 #[test]
 fn bug4_getting_a_missing_key_creates_nothing() {
-    let cluster = Cluster::builder()
-        .workers(1)
-        .start(|w: Worker| async move { w.shutdown_signal().await })
-        .expect("start");
+    let cluster = idle_cluster();
     for expiry in [None, Some(Duration::from_secs(3600))] {
         let c = cluster
             .store()

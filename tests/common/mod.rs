@@ -10,6 +10,17 @@ use std::time::Duration;
 
 use forkless::{Listener, Worker};
 
+/// A running 1-worker cluster whose worker idles until shutdown: for tests
+/// of the store, reached through the cluster's handle.
+pub fn idle_cluster() -> forkless::Cluster {
+    forkless::Cluster::builder()
+        .workers(1)
+        .start(|worker: Worker| async move {
+            worker.shutdown_signal().await;
+        })
+        .expect("start")
+}
+
 /// Long enough for a busy 2-core machine; only reached when a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
