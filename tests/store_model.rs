@@ -1,6 +1,9 @@
 //! The store against a model: a map plus a FIFO queue per locked key,
 //! driven by random operations from several clients whose operations
-//! interleave (each may be waiting behind another's lock).
+//! interleave (each may be waiting behind another's lock). Each client uses
+//! the store handle of a different worker of one cluster (the handle is
+//! `Send`), so the operations come from several workers; the test thread
+//! drives them all, which makes every interleaving it picks exact.
 //!
 //! Every step starts or ends one client's operation and then polls every
 //! waiting one: the model says, for each, whether it must have finished and
@@ -13,7 +16,7 @@ use std::sync::OnceLock;
 use std::task::Poll;
 
 use common::Op;
-use forkless::{Bytes, Cluster, Collection, Error, KeyLock};
+use forkless::{Bytes, Cluster, Collection, Error, KeyLock, Store};
 use proptest::prelude::*;
 
 const CLIENTS: usize = 3;
@@ -188,9 +191,28 @@ enum Reply {
     Lock(KeyLock),
 }
 
-fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(common::idle_cluster)
+/// The store handles of a cluster's workers, one per client. The cluster
+/// lives as long as the test binary.
+fn stores() -> &'static [Store] {
+    static STORES: OnceLock<(Cluster, Vec<Store>)> = OnceLock::new();
+    let (_, stores) = STORES.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cluster = Cluster::builder()
+            .workers(CLIENTS)
+            .pin_cores(false)
+            .start(move |worker: forkless::Worker| {
+                tx.send((worker.slot(), worker.store()))
+                    .expect("test alive");
+                async move { worker.shutdown_signal().await }
+            })
+            .expect("start");
+        let mut stores: Vec<(usize, Store)> = (0..CLIENTS)
+            .map(|_| common::recv(&rx, "a worker's store"))
+            .collect();
+        stores.sort_by_key(|(slot, _)| *slot);
+        (cluster, stores.into_iter().map(|(_, s)| s).collect())
+    });
+    stores
 }
 
 fn start(c: &Collection, key: usize, op: &ModelOp) -> Op<'static, Result<Reply, Error>> {
@@ -221,7 +243,7 @@ fn value(i: usize) -> Bytes {
 }
 
 fn run(actions: Vec<(usize, Action)>, name: &str) -> Result<(), TestCaseError> {
-    let c = cluster().store().collection(name);
+    let colls: Vec<Collection> = stores().iter().map(|s| s.collection(name)).collect();
     let mut model = Model::default();
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::default()).collect();
 
@@ -276,7 +298,7 @@ fn run(actions: Vec<(usize, Action)>, name: &str) -> Result<(), TestCaseError> {
                 } else {
                     model.apply(i, *k, ModelOp::Acquire)
                 };
-                let got = common::now(c.try_acquire(KEYS[*k]))
+                let got = common::now(colls[i].try_acquire(KEYS[*k]))
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let got = match got {
                     Some(lock) => {
@@ -291,7 +313,7 @@ fn run(actions: Vec<(usize, Action)>, name: &str) -> Result<(), TestCaseError> {
             }
         };
         if let Some((key, op)) = started {
-            let future = start(&c, key, &op);
+            let future = start(&colls[i], key, &op);
             if let Some(answer) = model.start(i, key, op) {
                 model.answered.insert(i, answer);
             }
@@ -342,10 +364,10 @@ fn run(actions: Vec<(usize, Action)>, name: &str) -> Result<(), TestCaseError> {
         }
     }
     for (k, key) in KEYS.iter().enumerate() {
-        let got = common::now(c.get(key)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let got = common::now(colls[0].get(key)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(got, model.values.get(&k).cloned(), "final value of {}", key);
     }
-    let len = common::now(c.len()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let len = common::now(colls[0].len()).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(len, model.values.len());
     Ok(())
 }
