@@ -10,6 +10,7 @@ use forkless_worker::host::Host;
 use forkless_worker::{Error, Store};
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::registry::Registry;
 use crate::store::Engine;
 use crate::{Builder, Exit};
@@ -48,6 +49,7 @@ pub(crate) struct Shared {
     pub(crate) tx: Sender<Msg>,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) store: Arc<Engine>,
+    pub(crate) clock: Arc<Clock>,
     stopping: AtomicBool,
     done: Mutex<Option<Report>>,
     done_cv: Condvar,
@@ -71,12 +73,14 @@ pub(crate) enum Msg {
 
 impl Shared {
     pub(crate) fn new(name: String, tx: Sender<Msg>, backlog: u32) -> Result<Shared, Error> {
-        let store = Engine::new().map_err(|e| Error::spawn("cannot spawn the store thread", e))?;
+        let clock = Clock::start().map_err(|e| Error::spawn("cannot spawn the timer thread", e))?;
+        let store = Engine::new(clock.clone());
         Ok(Shared {
             name,
             tx,
             registry: Mutex::new(Registry::new(backlog)),
             store,
+            clock,
             stopping: AtomicBool::new(false),
             done: Mutex::new(None),
             done_cv: Condvar::new(),
@@ -92,6 +96,7 @@ impl Shared {
     pub(crate) fn finish(&self, report: Report) {
         // Every worker is gone: what still waits on the store fails now.
         self.store.close();
+        self.clock.stop();
         *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(report.clone());
         self.done_tx.send_replace(Some(report));
         self.done_cv.notify_all();

@@ -16,6 +16,7 @@
 
 mod body;
 mod builder;
+mod clock;
 mod cluster;
 mod exit;
 mod master;

@@ -82,6 +82,7 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
         })
         .map_err(|e| {
             shared.store.close();
+            shared.clock.stop();
             Error::spawn("cannot spawn the master thread", e)
         })?;
     match init_rx.recv() {

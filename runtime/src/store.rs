@@ -8,15 +8,14 @@
 //! sender in the key's queue and returns; the release that lets it run
 //! answers it, in arrival order.
 //!
-//! One housekeeping thread, `forkless-store`, fires the timers: lock leases,
-//! acquire timeouts, and the sweeps that drop expired keys nobody reads
-//! (reads check expiry themselves, so a sweep only frees memory).
+//! The cluster's timer thread ([`Clock`]) fires the store's timers: lock
+//! leases, acquire timeouts, and the sweeps that drop expired keys nobody
+//! reads (reads check expiry themselves, so a sweep only frees memory).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +24,8 @@ use forkless_worker::backend::{
 };
 use forkless_worker::{CollectionOptions, Error};
 use tokio::sync::oneshot;
+
+use crate::clock::{Clock, TimerKey};
 
 type Hasher = foldhash::fast::RandomState;
 type Answer = oneshot::Sender<Result<Outcome, Error>>;
@@ -40,7 +41,6 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct Engine {
     collections: RwLock<HashMap<String, Arc<Coll>>>,
     core: Arc<Core>,
-    housekeeper: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What every collection of a store shares.
@@ -50,24 +50,7 @@ struct Core {
     /// Per slot, the newest generation that has exited: locks are neither
     /// granted to it nor to any older one.
     exited: Mutex<HashMap<usize, u64>>,
-    timers: Mutex<Timers>,
-    timers_changed: Condvar,
-}
-
-/// Pending timers by deadline. A lease or a wait that ends early cancels its
-/// timer, so the map holds only timers that can still fire.
-#[derive(Default)]
-struct Timers {
-    due: BTreeMap<TimerKey, Timer>,
-    stop: bool,
-}
-
-/// A timer's deadline and a unique id.
-type TimerKey = (Instant, u64);
-
-struct Timer {
-    coll: Arc<Coll>,
-    kind: TimerKind,
+    clock: Arc<Clock>,
 }
 
 enum TimerKind {
@@ -160,26 +143,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Engine {
-    /// Creates the engine and starts its housekeeping thread.
-    pub(crate) fn new() -> std::io::Result<Arc<Engine>> {
+    /// Creates the engine, with its timers on `clock`.
+    pub(crate) fn new(clock: Arc<Clock>) -> Arc<Engine> {
         let core = Arc::new(Core {
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             exited: Mutex::new(HashMap::new()),
-            timers: Mutex::new(Timers::default()),
-            timers_changed: Condvar::new(),
+            clock,
         });
-        let housekeeper = {
-            let core = core.clone();
-            std::thread::Builder::new()
-                .name("forkless-store".into())
-                .spawn(move || core.housekeep())?
-        };
-        Ok(Arc::new(Engine {
+        Arc::new(Engine {
             collections: RwLock::new(HashMap::new()),
             core,
-            housekeeper: Mutex::new(Some(housekeeper)),
-        }))
+        })
     }
 
     fn collections(&self) -> Vec<Arc<Coll>> {
@@ -205,7 +180,7 @@ impl Engine {
     }
 
     /// Closes the store: every waiting operation and every later one fails
-    /// with a "stopped" error. Stops the housekeeping thread.
+    /// with a "stopped" error.
     pub(crate) fn close(&self) {
         self.core.closed.store(true, Ordering::SeqCst);
         for coll in self.collections() {
@@ -218,18 +193,6 @@ impl Engine {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
-        {
-            let mut timers = lock(&self.core.timers);
-            timers.stop = true;
-            timers.due.clear();
-        }
-        self.core.timers_changed.notify_all();
-        let handle = lock(&self.housekeeper).take();
-        if let Some(handle) = handle {
-            if handle.thread().id() != std::thread::current().id() {
-                let _ = handle.join();
-            }
-        }
     }
 }
 
@@ -271,59 +234,11 @@ impl Core {
     }
 
     fn schedule(&self, at: Instant, coll: Arc<Coll>, kind: TimerKind) -> TimerKey {
-        let key = (at, self.next_id());
-        let mut timers = lock(&self.timers);
-        if timers.stop {
-            return key;
-        }
-        let earliest = timers.due.first_key_value().map_or(true, |(k, _)| key < *k);
-        timers.due.insert(key, Timer { coll, kind });
-        drop(timers);
-        if earliest {
-            self.timers_changed.notify_one();
-        }
-        key
+        self.clock.schedule(at, move || coll.fire(kind))
     }
 
     fn cancel(&self, timer: Option<TimerKey>) {
-        if let Some(key) = timer {
-            lock(&self.timers).due.remove(&key);
-        }
-    }
-
-    /// The housekeeping thread: fires timers when they are due.
-    fn housekeep(&self) {
-        let mut timers = lock(&self.timers);
-        loop {
-            if timers.stop {
-                return;
-            }
-            let now = Instant::now();
-            let due = match timers.due.first_key_value() {
-                None => {
-                    timers = self
-                        .timers_changed
-                        .wait(timers)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    continue;
-                }
-                Some(((at, _), _)) if *at <= now => timers.due.pop_first(),
-                Some(((at, _), _)) => {
-                    let wait = *at - now;
-                    timers = self
-                        .timers_changed
-                        .wait_timeout(timers, wait)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                    continue;
-                }
-            };
-            drop(timers);
-            if let Some((_, timer)) = due {
-                timer.coll.fire(timer.kind);
-            }
-            timers = lock(&self.timers);
-        }
+        self.clock.cancel(timer);
     }
 }
 
@@ -880,12 +795,13 @@ mod tests {
     }
 
     fn pending_timers(engine: &Engine) -> usize {
-        lock(&engine.core.timers).due.len()
+        engine.core.clock.pending()
     }
 
     #[test]
     fn leases_and_wait_timeouts_that_end_early_leave_no_timer_behind() {
-        let engine = Engine::new().expect("engine");
+        let clock = Clock::start().expect("clock");
+        let engine = Engine::new(clock.clone());
         let c = engine.collection("timers");
         let hour = Duration::from_secs(3600);
         let acquire = |wait| Op::Acquire {
@@ -908,10 +824,8 @@ mod tests {
         assert_eq!(pending_timers(&engine), 0);
         assert!(matches!(ready(c.count()), Outcome::Count(0)));
         engine.close();
-        assert!(
-            lock(&engine.housekeeper).is_none(),
-            "the housekeeper was joined"
-        );
+        assert!(matches!(c.count(), Reply::Ready(Err(e)) if e.is_stopped()));
+        clock.stop();
     }
 
     #[test]
