@@ -132,8 +132,8 @@ pub use forkless_runtime::{
     BodyResult, Builder, Cluster, Exit, GenerationReport, Report, Restart, SlotReport,
 };
 pub use forkless_worker::{
-    BlockingCollection, Bytes, Collection, CollectionOptions, Error, KeyLock, ListenAddr, Listener,
-    LockOptions, ShutdownSignal, Store, Worker,
+    BlockingCollection, Bus, Bytes, Collection, CollectionOptions, Envelope, Error, Inbox, KeyLock,
+    ListenAddr, Listener, LockOptions, ShutdownSignal, Store, Subscription, Worker,
 };
 
 /// Runs an `async fn main(worker: forkless::Worker)` as a forkless cluster,

@@ -60,6 +60,8 @@ pub struct Builder {
     pub(crate) max_restarts: u32,
     pub(crate) restart: Restart,
     pub(crate) name: String,
+    pub(crate) inbox_capacity: usize,
+    pub(crate) request_timeout: Duration,
 }
 
 impl Default for Builder {
@@ -75,6 +77,8 @@ impl Default for Builder {
             max_restarts: 10,
             restart: Restart::Always,
             name: "forkless".to_owned(),
+            inbox_capacity: 1024,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -178,6 +182,24 @@ impl Builder {
         self
     }
 
+    /// How many messages each slot's bus inbox (and each topic
+    /// subscription) holds; a sender waits while it is full.
+    ///
+    /// The default is 1024. 0 is refused when the cluster starts.
+    pub fn inbox_capacity(mut self, capacity: usize) -> Builder {
+        self.inbox_capacity = capacity;
+        self
+    }
+
+    /// How long [`Bus::request`](forkless_worker::Bus::request) waits for a
+    /// reply.
+    ///
+    /// The default is 30 seconds. Zero is refused when the cluster starts.
+    pub fn request_timeout(mut self, timeout: Duration) -> Builder {
+        self.request_timeout = timeout;
+        self
+    }
+
     /// Starts the cluster, and blocks until it stops.
     ///
     /// `body` is called once per generation of each worker, on that worker's
@@ -237,9 +259,24 @@ impl Builder {
                 "workers must be at least 1, got 0 (leave it unset to run one per core)",
             ));
         }
+        if self.inbox_capacity == 0 {
+            return Err(Error::config("inbox_capacity must be at least 1, got 0"));
+        }
+        if self.inbox_capacity > MAX_INBOX_CAPACITY {
+            return Err(Error::config(format!(
+                "inbox_capacity must be at most {MAX_INBOX_CAPACITY}, got {}",
+                self.inbox_capacity
+            )));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::config("request_timeout must be more than zero"));
+        }
         crate::master::start(self, erase(body))
     }
 }
+
+/// The largest inbox tokio's bounded channel takes.
+const MAX_INBOX_CAPACITY: usize = usize::MAX >> 3;
 
 /// Refuses a build whose panics abort the process: supervision would be a lie.
 fn check_panic_strategy(aborts: bool) -> Result<(), Error> {
@@ -276,6 +313,8 @@ mod tests {
         assert_eq!(b.throttle_delay, Duration::from_secs(2));
         assert_eq!(b.max_backoff, Duration::from_secs(30));
         assert_eq!(b.max_restarts, 10);
+        assert_eq!(b.inbox_capacity, 1024);
+        assert_eq!(b.request_timeout, Duration::from_secs(30));
         assert_eq!(b.restart, Restart::Always);
     }
 }

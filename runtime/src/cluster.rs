@@ -5,11 +5,12 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use forkless_worker::backend::StoreBackend;
+use forkless_worker::backend::{BusBackend, Owner, StoreBackend};
 use forkless_worker::host::Host;
-use forkless_worker::{Error, Store};
+use forkless_worker::{Bus, Error, Store};
 use tokio::sync::watch;
 
+use crate::bus::Router;
 use crate::clock::Clock;
 use crate::registry::Registry;
 use crate::store::Engine;
@@ -49,6 +50,7 @@ pub(crate) struct Shared {
     pub(crate) tx: Sender<Msg>,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) store: Arc<Engine>,
+    pub(crate) bus: Arc<Router>,
     pub(crate) clock: Arc<Clock>,
     stopping: AtomicBool,
     done: Mutex<Option<Report>>,
@@ -72,14 +74,22 @@ pub(crate) enum Msg {
 }
 
 impl Shared {
-    pub(crate) fn new(name: String, tx: Sender<Msg>, backlog: u32) -> Result<Shared, Error> {
+    pub(crate) fn new(builder: &Builder, size: usize, tx: Sender<Msg>) -> Result<Shared, Error> {
         let clock = Clock::start().map_err(|e| Error::spawn("cannot spawn the timer thread", e))?;
         let store = Engine::new(clock.clone());
+        let bus = Arc::new(Router::new(
+            size,
+            builder.inbox_capacity,
+            builder.request_timeout,
+            clock.clone(),
+        ));
+        let (name, backlog) = (builder.name.clone(), builder.backlog);
         Ok(Shared {
             name,
             tx,
             registry: Mutex::new(Registry::new(backlog)),
             store,
+            bus,
             clock,
             stopping: AtomicBool::new(false),
             done: Mutex::new(None),
@@ -93,9 +103,22 @@ impl Shared {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A generation has exited: the store and the bus take back what it held.
+    pub(crate) fn owner_exited(&self, slot: usize, generation: u64) {
+        self.store.owner_exited(slot, generation);
+        self.bus.owner_exited(Owner { slot, generation });
+    }
+
+    /// A slot will not run again: its sockets and its inbox close.
+    pub(crate) fn slot_ended(&self, slot: usize) {
+        self.registry().close_slot(slot);
+        self.bus.close_slot(slot);
+    }
+
     pub(crate) fn finish(&self, report: Report) {
         // Every worker is gone: what still waits on the store fails now.
         self.store.close();
+        self.bus.close();
         self.clock.stop();
         *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(report.clone());
         self.done_tx.send_replace(Some(report));
@@ -122,6 +145,10 @@ impl Host for Shared {
 
     fn store(&self) -> Arc<dyn StoreBackend> {
         self.store.clone()
+    }
+
+    fn bus(&self) -> Arc<dyn BusBackend> {
+        self.bus.clone()
     }
 }
 
@@ -154,6 +181,25 @@ impl Cluster {
     /// ```
     pub fn store(&self) -> Store {
         Store::new(self.shared.store.clone(), None)
+    }
+
+    /// The cluster's message [`Bus`], the same one its workers reach with
+    /// [`Worker::bus`](forkless_worker::Worker::bus). Messages sent through
+    /// this handle have no sender slot
+    /// ([`Envelope::from`](forkless_worker::Envelope::from) is `None`).
+    ///
+    /// Its methods are `async`; they need no particular runtime, and request
+    /// timeouts are kept by the cluster's timer thread. Once the cluster has
+    /// stopped, every call fails with [`Error::is_stopped`].
+    ///
+    /// ```no_run
+    /// # async fn f(cluster: forkless_runtime::Cluster) -> Result<(), forkless_worker::Error> {
+    /// let answer = cluster.bus().request(0, "ping").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn bus(&self) -> Bus {
+        Bus::new(self.shared.bus.clone(), None)
     }
 
     /// Stops the cluster gracefully: every worker's

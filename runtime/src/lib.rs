@@ -16,6 +16,7 @@
 
 mod body;
 mod builder;
+mod bus;
 mod clock;
 mod cluster;
 mod exit;

@@ -36,7 +36,7 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
     install_panic_hook();
 
     let (tx, rx) = crossbeam_channel::unbounded();
-    let shared = Arc::new(Shared::new(builder.name.clone(), tx, builder.backlog)?);
+    let shared = Arc::new(Shared::new(&builder, size, tx)?);
     let slots = (0..size)
         .map(|index| {
             Slot::new(
@@ -308,7 +308,7 @@ impl Master {
                     generation = live.generation,
                     "worker did not return after terminate; abandoning its thread"
                 );
-                self.shared.store.owner_exited(slot.index, live.generation);
+                self.shared.owner_exited(slot.index, live.generation);
                 slot.record(GenerationReport {
                     generation: live.generation,
                     exit: Exit::Hung,
@@ -330,7 +330,7 @@ impl Master {
             return;
         };
         let ran_for = live.started.elapsed();
-        self.shared.store.owner_exited(index, generation);
+        self.shared.owner_exited(index, generation);
         match &exit {
             Exit::Normal => tracing::info!(slot = index, generation, ?ran_for, "worker returned"),
             Exit::Failed(_) | Exit::Panicked { .. } => {
@@ -365,7 +365,7 @@ impl Master {
                 "slot ends: restart policy {:?}",
                 config.restart
             );
-            self.shared.registry().close_slot(index);
+            self.shared.slot_ended(index);
             return;
         }
         let delay = if quick {
@@ -378,7 +378,7 @@ impl Master {
                     slot.quick_failures
                 );
                 slot.gave_up = true;
-                self.shared.registry().close_slot(index);
+                self.shared.slot_ended(index);
                 return;
             }
             backoff(

@@ -53,6 +53,7 @@ fn run(g: Generation) {
         }
     }
     capture_panics_on_this_thread();
+    forkless_worker::mark_tokio_timer_thread();
     CLUSTER.with(|c| c.set(Some(g.cluster)));
     let exit = run_body(g.factory, g.worker, g.terminate);
     let _ = g.tx.send(Msg::Exited {

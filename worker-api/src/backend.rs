@@ -142,3 +142,129 @@ pub trait CollectionBackend: Send + Sync + 'static {
     /// The number of keys that hold a value or a lock.
     fn count(&self) -> Reply;
 }
+
+/// A slot's inbox: a bounded queue that outlives the slot's workers. Its
+/// newest claimant (see [`Mailbox::claim`]) reads it.
+pub struct Mailbox {
+    /// Where messages for the slot go.
+    pub tx: tokio::sync::mpsc::Sender<crate::Envelope>,
+    rx: std::sync::Mutex<tokio::sync::mpsc::Receiver<crate::Envelope>>,
+    claims: std::sync::atomic::AtomicU64,
+}
+
+impl Mailbox {
+    /// An empty inbox with room for `capacity` messages.
+    pub fn new(capacity: usize) -> Mailbox {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        Mailbox {
+            tx,
+            rx: std::sync::Mutex::new(rx),
+            claims: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Makes the caller the inbox's only reader; earlier claimants read
+    /// nothing more. Returns the claim to present to [`Mailbox::poll_recv`].
+    pub fn claim(&self) -> u64 {
+        self.claims
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1
+    }
+
+    /// Receives for `claim`: `Ready(None)` once a newer claim was made, or
+    /// the inbox is closed and empty.
+    pub fn poll_recv(
+        &self,
+        claim: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<crate::Envelope>> {
+        if self.claims.load(std::sync::atomic::Ordering::Acquire) != claim {
+            return std::task::Poll::Ready(None);
+        }
+        self.receiver().poll_recv(cx)
+    }
+
+    /// Refuses new messages and drops the queued ones (whose requests then
+    /// fail with "no reply"). Returns how many were dropped.
+    pub fn close(&self) -> usize {
+        let mut rx = self.receiver();
+        rx.close();
+        let mut dropped = 0;
+        while rx.try_recv().is_ok() {
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// How many messages wait in the inbox.
+    pub fn len(&self) -> usize {
+        self.receiver().len()
+    }
+
+    /// Returns true if no message waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn receiver(&self) -> std::sync::MutexGuard<'_, tokio::sync::mpsc::Receiver<crate::Envelope>> {
+        // Nothing runs under this lock that could panic halfway.
+        self.rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").finish_non_exhaustive()
+    }
+}
+
+/// Resolves at a deadline kept by the cluster's timer thread, for code that
+/// runs without a tokio timer. Dropping it cancels the timer.
+pub struct Alarm {
+    /// Fires at the deadline.
+    pub rx: oneshot::Receiver<()>,
+    /// Cancels the timer.
+    pub cancel: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            cancel();
+        }
+    }
+}
+
+/// A subscription's queue, as the bus's router gives it.
+pub struct Subscribed {
+    /// Identifies the subscription, to unsubscribe it.
+    pub id: u64,
+    /// The messages published on the topic from now on.
+    pub rx: tokio::sync::mpsc::Receiver<crate::Envelope>,
+}
+
+/// The router behind a [`Bus`](crate::Bus): slot inboxes and topics.
+pub trait BusBackend: Send + Sync + 'static {
+    /// Every slot's inbox, by slot.
+    fn mailboxes(&self) -> Arc<[Arc<Mailbox>]>;
+
+    /// Subscribes `owner` to `topic`.
+    fn subscribe(&self, owner: Option<Owner>, topic: &str) -> Result<Subscribed, Error>;
+
+    /// Ends subscription `id` to `topic`.
+    fn unsubscribe(&self, topic: &str, id: u64);
+
+    /// The queues of `topic`'s subscribers.
+    fn subscribers(&self, topic: &str) -> Arc<[tokio::sync::mpsc::Sender<crate::Envelope>]>;
+
+    /// Returns true once the cluster has stopped.
+    fn is_closed(&self) -> bool;
+
+    /// Fires after `after`, on the cluster's timer thread.
+    fn alarm(&self, after: Duration) -> Alarm;
+
+    /// How long a request waits for its reply unless told otherwise.
+    fn request_timeout(&self) -> Duration;
+}

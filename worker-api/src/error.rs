@@ -29,6 +29,9 @@ enum Kind {
     LockLost,
     TooLarge,
     InvalidValue,
+    NoSuchSlot,
+    Full,
+    NoReply,
 }
 
 impl Error {
@@ -125,6 +128,28 @@ impl Error {
         Error::new(Kind::InvalidValue, message, None)
     }
 
+    /// A bus message addressed to a slot the cluster does not have.
+    #[doc(hidden)]
+    pub fn no_such_slot(slot: usize, size: usize) -> Error {
+        Error::new(
+            Kind::NoSuchSlot,
+            format!("no slot {slot}: the cluster has slots 0..{size}"),
+            None,
+        )
+    }
+
+    /// A bounded queue with no room.
+    #[doc(hidden)]
+    pub fn full(message: impl Into<String>) -> Error {
+        Error::new(Kind::Full, message, None)
+    }
+
+    /// A request whose receiver dropped it without replying.
+    #[doc(hidden)]
+    pub fn no_reply(message: impl Into<String>) -> Error {
+        Error::new(Kind::NoReply, message, None)
+    }
+
     /// Returns true if a listen address could not be parsed or resolved.
     pub fn is_invalid_address(&self) -> bool {
         self.inner.kind == Kind::InvalidAddress
@@ -180,6 +205,24 @@ impl Error {
     /// ([`CollectionOptions`](crate::CollectionOptions)).
     pub fn is_too_large(&self) -> bool {
         self.inner.kind == Kind::TooLarge
+    }
+
+    /// Returns true if a bus message was addressed to a slot the cluster
+    /// does not have.
+    pub fn is_no_such_slot(&self) -> bool {
+        self.inner.kind == Kind::NoSuchSlot
+    }
+
+    /// Returns true if a [`Bus::try_send`](crate::Bus::try_send) found the
+    /// inbox full.
+    pub fn is_full(&self) -> bool {
+        self.inner.kind == Kind::Full
+    }
+
+    /// Returns true if a [`Bus::request`](crate::Bus::request) ended without
+    /// a reply: its receiver dropped it, or exited before replying.
+    pub fn is_no_reply(&self) -> bool {
+        self.inner.kind == Kind::NoReply
     }
 
     /// Returns true if a stored value is not what the operation expects: not a

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
-use crate::backend::StoreBackend;
+use crate::backend::{BusBackend, StoreBackend};
 use crate::Error;
 
 /// What a worker asks of its master.
@@ -25,4 +25,7 @@ pub trait Host: Send + Sync + 'static {
 
     /// The cluster's store engine.
     fn store(&self) -> Arc<dyn StoreBackend>;
+
+    /// The cluster's bus router.
+    fn bus(&self) -> Arc<dyn BusBackend>;
 }

@@ -7,7 +7,8 @@
 //! [`generation`](Worker::generation), [`core`](Worker::core)), opens
 //! listeners that outlive the worker ([`listen`](Worker::listen)), and tells
 //! it when to stop ([`shutdown_signal`](Worker::shutdown_signal)), and reaches
-//! the cluster's shared key/value [`Store`] ([`store`](Worker::store)).
+//! the cluster's shared key/value [`Store`] ([`store`](Worker::store)) and
+//! message [`Bus`] ([`bus`](Worker::bus), [`inbox`](Worker::inbox)).
 //!
 //! This crate knows nothing about threads or supervision: those belong to the
 //! master, in `forkless-runtime`. Libraries that only need a worker's context
@@ -33,6 +34,7 @@
 
 #[doc(hidden)]
 pub mod backend;
+mod bus;
 mod error;
 #[doc(hidden)]
 pub mod host;
@@ -41,6 +43,9 @@ mod shutdown;
 mod store;
 mod worker;
 
+pub use bus::{Bus, Envelope, Inbox, Subscription};
+#[doc(hidden)]
+pub use bus::mark_tokio_timer_thread;
 pub use error::Error;
 pub use listener::{ListenAddr, Listener};
 pub use shutdown::ShutdownSignal;

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::backend::Owner;
+use crate::backend::{Mailbox, Owner};
 use crate::host::Host;
 use crate::listener::{ListenAddr, Listener};
-use crate::{Error, ShutdownSignal, Store};
+use crate::{Bus, Error, Inbox, ShutdownSignal, Store};
 
 /// The context of one generation of one worker.
 ///
@@ -160,6 +160,50 @@ impl Worker {
                 generation: self.generation,
             }),
         )
+    }
+
+    /// The cluster's message [`Bus`]. Messages sent through it name this
+    /// worker's slot as their sender.
+    pub fn bus(&self) -> Bus {
+        Bus::new(
+            self.host.bus(),
+            Some(Owner {
+                slot: self.slot,
+                generation: self.generation,
+            }),
+        )
+    }
+
+    /// This slot's inbox: the messages sent to the slot through the
+    /// [`Bus`], including those that arrived while the slot was restarting.
+    ///
+    /// A slot has one reader: taking the inbox again (here, or in the next
+    /// generation) ends the earlier `Inbox`. It also ends once this worker
+    /// is asked to stop, leaving what is queued for the next generation.
+    ///
+    /// ```no_run
+    /// # async fn body(worker: forkless_worker::Worker) {
+    /// let mut inbox = worker.inbox();
+    /// while let Some(envelope) = inbox.recv().await {
+    ///     if envelope.is_request() {
+    ///         let answer = format!("slot {} got {} bytes", worker.slot(), envelope.message().len());
+    ///         envelope.reply(answer);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn inbox(&self) -> Inbox {
+        let mailboxes = self.host.bus().mailboxes();
+        let mailbox = mailboxes
+            .get(self.slot)
+            .cloned()
+            .unwrap_or_else(|| {
+                // Not a slot of the cluster: an inbox that has ended.
+                let closed = Mailbox::new(1);
+                closed.close();
+                Arc::new(closed)
+            });
+        Inbox::new(mailbox, self.shutdown_signal())
     }
 
     /// Returns true once this worker has been asked to stop.

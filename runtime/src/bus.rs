@@ -1,0 +1,165 @@
+//! The bus's router: one inbox per slot, the topics and their subscribers.
+//!
+//! An inbox is a bounded tokio channel owned by its slot, not by a worker:
+//! a generation that exits leaves the queued messages for the next one, and
+//! only a slot that stops for good (or the cluster's stop) closes it. Senders
+//! put messages straight into the receiver's channel: the router is not on
+//! the path of a message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use forkless_worker::backend::{Alarm, BusBackend, Mailbox, Owner, Subscribed};
+use forkless_worker::{Envelope, Error};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+
+pub(crate) struct Router {
+    mailboxes: Arc<[Arc<Mailbox>]>,
+    topics: Mutex<HashMap<String, Topic>>,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    capacity: usize,
+    request_timeout: Duration,
+    clock: Arc<Clock>,
+}
+
+#[derive(Default)]
+struct Topic {
+    subscribers: Vec<Subscriber>,
+    /// The subscribers' queues, as publishers take them: rebuilt on each
+    /// change, so that a publish copies one pointer.
+    senders: Arc<[mpsc::Sender<Envelope>]>,
+}
+
+struct Subscriber {
+    id: u64,
+    owner: Option<Owner>,
+    tx: mpsc::Sender<Envelope>,
+}
+
+impl Topic {
+    fn rebuild(&mut self) {
+        self.senders = self.subscribers.iter().map(|s| s.tx.clone()).collect();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The topic map holds no invariant that a panic could break halfway.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Router {
+    pub(crate) fn new(
+        size: usize,
+        capacity: usize,
+        request_timeout: Duration,
+        clock: Arc<Clock>,
+    ) -> Router {
+        Router {
+            mailboxes: (0..size).map(|_| Arc::new(Mailbox::new(capacity))).collect(),
+            topics: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            capacity,
+            request_timeout,
+            clock,
+        }
+    }
+
+    /// Closes the inbox of a slot that will not run again: senders get an
+    /// error from now on, and queued requests fail with "no reply".
+    pub(crate) fn close_slot(&self, slot: usize) {
+        if let Some(mailbox) = self.mailboxes.get(slot) {
+            let dropped = mailbox.close();
+            if dropped > 0 {
+                tracing::warn!(slot, dropped, "the slot's inbox closed with messages in it");
+            }
+        }
+    }
+
+    /// Ends the subscriptions of a worker that exited (one abandoned as hung
+    /// would otherwise hold up its topics' publishers).
+    pub(crate) fn owner_exited(&self, owner: Owner) {
+        let mut topics = lock(&self.topics);
+        topics.retain(|_, topic| {
+            let before = topic.subscribers.len();
+            topic.subscribers.retain(|s| s.owner != Some(owner));
+            if topic.subscribers.len() != before {
+                topic.rebuild();
+            }
+            !topic.subscribers.is_empty()
+        });
+    }
+
+    /// Closes the bus: every inbox and subscription ends, every call fails.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for slot in 0..self.mailboxes.len() {
+            self.close_slot(slot);
+        }
+        let topics = std::mem::take(&mut *lock(&self.topics));
+        drop(topics);
+    }
+}
+
+impl BusBackend for Router {
+    fn mailboxes(&self) -> Arc<[Arc<Mailbox>]> {
+        self.mailboxes.clone()
+    }
+
+    fn subscribe(&self, owner: Option<Owner>, topic: &str) -> Result<Subscribed, Error> {
+        let mut topics = lock(&self.topics);
+        // Checked under the lock that `close` takes after setting the flag:
+        // no subscription is added to a closed bus.
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::stopped(&format!("subscribe to topic {topic:?}")));
+        }
+        let (tx, rx) = mpsc::channel(self.capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = topics.entry(topic.to_owned()).or_default();
+        entry.subscribers.push(Subscriber { id, owner, tx });
+        entry.rebuild();
+        Ok(Subscribed { id, rx })
+    }
+
+    fn unsubscribe(&self, topic: &str, id: u64) {
+        let mut topics = lock(&self.topics);
+        if let Some(entry) = topics.get_mut(topic) {
+            entry.subscribers.retain(|s| s.id != id);
+            entry.rebuild();
+            if entry.subscribers.is_empty() {
+                topics.remove(topic);
+            }
+        }
+    }
+
+    fn subscribers(&self, topic: &str) -> Arc<[mpsc::Sender<Envelope>]> {
+        lock(&self.topics)
+            .get(topic)
+            .map_or_else(|| Arc::from([]), |t| t.senders.clone())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn alarm(&self, after: Duration) -> Alarm {
+        let (tx, rx) = oneshot::channel();
+        let key = self.clock.schedule(Instant::now() + after, move || {
+            let _ = tx.send(());
+        });
+        let clock = self.clock.clone();
+        Alarm {
+            rx,
+            cancel: Some(Box::new(move || clock.cancel(Some(key)))),
+        }
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+}
