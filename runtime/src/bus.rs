@@ -60,7 +60,9 @@ impl Router {
         clock: Arc<Clock>,
     ) -> Router {
         Router {
-            mailboxes: (0..size).map(|_| Arc::new(Mailbox::new(capacity))).collect(),
+            mailboxes: (0..size)
+                .map(|_| Arc::new(Mailbox::new(capacity)))
+                .collect(),
             topics: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),

@@ -112,7 +112,11 @@ impl Bus {
     }
 
     /// Sends `message` encoded as JSON; see [`send`](Bus::send).
-    pub async fn send_as<T: Serialize + ?Sized>(&self, slot: usize, message: &T) -> Result<(), Error> {
+    pub async fn send_as<T: Serialize + ?Sized>(
+        &self,
+        slot: usize,
+        message: &T,
+    ) -> Result<(), Error> {
         self.send(slot, encode(message)?).await
     }
 
@@ -123,7 +127,10 @@ impl Bus {
     /// [`Error::is_full`] if it has none; otherwise as [`send`](Bus::send).
     pub fn try_send(&self, slot: usize, message: impl Into<Bytes>) -> Result<(), Error> {
         let mailbox = self.mailbox(slot)?;
-        match mailbox.tx.try_send(self.envelope(message.into(), None, None)) {
+        match mailbox
+            .tx
+            .try_send(self.envelope(message.into(), None, None))
+        {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(Error::full(format!(
                 "the inbox of slot {slot} is full ({} messages)",
@@ -232,11 +239,7 @@ impl Bus {
                 ))
             })
         };
-        let late = || {
-            Error::timeout(format!(
-                "no reply from slot {slot} within {timeout:?}"
-            ))
-        };
+        let late = || Error::timeout(format!("no reply from slot {slot} within {timeout:?}"));
         if TOKIO_TIMER.with(Cell::get) {
             tokio::time::timeout(timeout, exchange)
                 .await

@@ -43,9 +43,9 @@ mod shutdown;
 mod store;
 mod worker;
 
-pub use bus::{Bus, Envelope, Inbox, Subscription};
 #[doc(hidden)]
 pub use bus::mark_tokio_timer_thread;
+pub use bus::{Bus, Envelope, Inbox, Subscription};
 pub use error::Error;
 pub use listener::{ListenAddr, Listener};
 pub use shutdown::ShutdownSignal;

@@ -194,15 +194,12 @@ impl Worker {
     /// ```
     pub fn inbox(&self) -> Inbox {
         let mailboxes = self.host.bus().mailboxes();
-        let mailbox = mailboxes
-            .get(self.slot)
-            .cloned()
-            .unwrap_or_else(|| {
-                // Not a slot of the cluster: an inbox that has ended.
-                let closed = Mailbox::new(1);
-                closed.close();
-                Arc::new(closed)
-            });
+        let mailbox = mailboxes.get(self.slot).cloned().unwrap_or_else(|| {
+            // Not a slot of the cluster: an inbox that has ended.
+            let closed = Mailbox::new(1);
+            closed.close();
+            Arc::new(closed)
+        });
         Inbox::new(mailbox, self.shutdown_signal())
     }
 
