@@ -112,6 +112,38 @@
 //! mutex (no thread hop, no I/O), and take part in tokio's cooperative
 //! budget, so a loop of store calls does not starve the worker's other tasks.
 //!
+//! # The message bus
+//!
+//! Node's cluster has no channel between workers; forkless has a [`Bus`]:
+//! every slot has a bounded inbox that outlives its workers (what is sent
+//! while a slot restarts reaches the next generation), read with
+//! [`Worker::inbox`]. Messages are [`Bytes`] (`*_as` methods send serde
+//! types as JSON), kept in order per sender and receiver.
+//!
+//! ```no_run
+//! # async fn body(worker: forkless::Worker) -> Result<(), forkless::Error> {
+//! let bus = worker.bus();
+//! if worker.slot() == 0 {
+//!     bus.send(1, "hello, slot 1").await?;          // waits while the inbox is full
+//!     let reply = bus.request(1, "ping").await?;    // with the cluster's request timeout
+//!     bus.broadcast("config changed").await?;       // every live slot, once
+//!     bus.publish("orders", "order 7 paid").await?; // every subscriber of the topic
+//! }
+//! let mut inbox = worker.inbox(); // ends once the worker is asked to stop
+//! while let Some(envelope) = inbox.recv().await {
+//!     if envelope.is_request() {
+//!         envelope.reply("pong");
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Sending to a slot that does not exist is an error at once; a request
+//! whose receiver drops it or exits before replying is an error, not a hang;
+//! so is anything after the cluster stopped. From outside the workers, use
+//! [`Cluster::bus`].
+//!
 //! # Panics and `panic = "abort"`
 //!
 //! Supervision catches panics with `catch_unwind`. A binary built with
@@ -123,8 +155,8 @@
 //! | crate | what it holds |
 //! |---|---|
 //! | `forkless` | this facade: re-exports and `#[forkless::main]` |
-//! | `forkless-worker` | what worker code touches: [`Worker`], [`Listener`], [`Store`], [`Collection`], [`KeyLock`], [`Error`]; for libraries |
-//! | `forkless-runtime` | the master: [`Builder`], [`Cluster`], supervision, listener registry, the store's engine |
+//! | `forkless-worker` | what worker code touches: [`Worker`], [`Listener`], [`Store`], [`Collection`], [`KeyLock`], [`Bus`], [`Inbox`], [`Error`]; for libraries |
+//! | `forkless-runtime` | the master: [`Builder`], [`Cluster`], supervision, listener registry, the store's engine, the bus's router |
 //! | `forkless-macros` | the attribute |
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
