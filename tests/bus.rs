@@ -438,6 +438,34 @@ fn topics_reach_every_subscriber_once_until_it_unsubscribes() {
 }
 
 #[test]
+fn a_subscription_leaked_by_a_worker_that_exits_is_ended_for_it() {
+    let (tx, rx) = mpsc::channel();
+    let cluster = Cluster::builder()
+        .workers(1)
+        .throttle_delay(Duration::ZERO)
+        .start(move |worker: Worker| {
+            let tx = tx.clone();
+            async move {
+                if worker.generation() == 0 {
+                    let sub = worker.bus().subscribe("leaky")?;
+                    #[allow(clippy::mem_forget)]
+                    std::mem::forget(sub);
+                    tx.send(()).expect("test alive");
+                    panic!("exits with a leaked subscription");
+                }
+                tx.send(()).expect("test alive");
+                worker.shutdown_signal().await;
+                Ok::<_, forkless::Error>(())
+            }
+        })
+        .expect("start");
+    recv(&rx, "generation 0 subscribed");
+    recv(&rx, "generation 1 running");
+    assert_eq!(now(cluster.bus().publish("leaky", "anyone?")).unwrap(), 0);
+    stop(cluster);
+}
+
+#[test]
 fn typed_messages_round_trip_as_json() {
     #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
     struct Job {
