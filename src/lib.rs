@@ -161,7 +161,8 @@
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
 pub use forkless_runtime::{
-    BodyResult, Builder, Cluster, Exit, GenerationReport, Report, Restart, SlotReport,
+    BodyResult, Builder, Cluster, Event, Events, Exit, GenerationReport, Report, Restart,
+    SlotReport, Status, TaskPanic, WorkerState, WorkerStatus,
 };
 pub use forkless_worker::{
     BlockingCollection, Bus, Bytes, Collection, CollectionOptions, Envelope, Error, Inbox, KeyLock,

@@ -62,6 +62,25 @@ pub struct Builder {
     pub(crate) name: String,
     pub(crate) inbox_capacity: usize,
     pub(crate) request_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) stall_timeout: Duration,
+    pub(crate) task_panic: TaskPanic,
+    pub(crate) notify_systemd: bool,
+}
+
+/// What a panic in a task that a worker spawned (`spawn_local`,
+/// `tokio::spawn`) does, in [`Builder::task_panic`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskPanic {
+    /// The task ends, as tokio does by default (its `JoinHandle` returns the
+    /// panic); the worker serves on. Reported as
+    /// [`Event::TaskPanicked`](crate::Event::TaskPanicked).
+    #[default]
+    Isolate,
+    /// The whole worker ends as [`Exit::Panicked`](crate::Exit::Panicked)
+    /// with the task's panic, and is restarted by the [`Restart`] policy:
+    /// for services where a task's panic leaves shared state broken.
+    CrashWorker,
 }
 
 impl Default for Builder {
@@ -79,6 +98,10 @@ impl Default for Builder {
             name: "forkless".to_owned(),
             inbox_capacity: 1024,
             request_timeout: Duration::from_secs(30),
+            ready_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(2),
+            task_panic: TaskPanic::Isolate,
+            notify_systemd: true,
         }
     }
 }
@@ -200,6 +223,46 @@ impl Builder {
         self
     }
 
+    /// How long a new generation has to become ready during a rolling
+    /// restart (it listens, or calls `Worker::ready`) before the roll stops
+    /// and the old generation serves on.
+    ///
+    /// The default is 30 seconds.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Builder {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a worker's event loop may go without turning (a blocking
+    /// call in async code, a busy loop) before it is reported stalled:
+    /// [`Event::Stalled`](crate::Event::Stalled), its status, an error log.
+    ///
+    /// The default is 2 seconds. Each worker runs a heartbeat task four
+    /// times per `stall_timeout`.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Builder {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// What a panic in a task spawned by a worker does.
+    ///
+    /// The default is [`TaskPanic::Isolate`].
+    pub fn task_panic(mut self, policy: TaskPanic) -> Builder {
+        self.task_panic = policy;
+        self
+    }
+
+    /// Whether to send systemd readiness notifications (`READY=1` once every
+    /// first worker is ready, `RELOADING=1` during a rolling restart,
+    /// `STOPPING=1`, and `WATCHDOG=1` pings while no worker is stalled) when
+    /// `NOTIFY_SOCKET` is set. Without it, nothing is sent either way.
+    ///
+    /// The default is `true`.
+    pub fn notify_systemd(mut self, notify: bool) -> Builder {
+        self.notify_systemd = notify;
+        self
+    }
+
     /// Starts the cluster, and blocks until it stops.
     ///
     /// `body` is called once per generation of each worker, on that worker's
@@ -270,6 +333,15 @@ impl Builder {
         }
         if self.request_timeout.is_zero() {
             return Err(Error::config("request_timeout must be more than zero"));
+        }
+        if self.ready_timeout.is_zero() {
+            return Err(Error::config("ready_timeout must be more than zero"));
+        }
+        if self.stall_timeout < Duration::from_millis(4) {
+            return Err(Error::config(format!(
+                "stall_timeout must be at least 4ms, got {:?}",
+                self.stall_timeout
+            )));
         }
         crate::master::start(self, erase(body))
     }

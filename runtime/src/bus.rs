@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use forkless_worker::backend::{Alarm, BusBackend, Mailbox, Owner, Subscribed};
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::Clock;
 
 pub(crate) struct Router {
-    mailboxes: Arc<[Arc<Mailbox>]>,
+    mailboxes: RwLock<Arc<[Arc<Mailbox>]>>,
     topics: Mutex<HashMap<String, Topic>>,
     closed: AtomicBool,
     next_id: AtomicU64,
@@ -60,9 +60,11 @@ impl Router {
         clock: Arc<Clock>,
     ) -> Router {
         Router {
-            mailboxes: (0..size)
-                .map(|_| Arc::new(Mailbox::new(capacity)))
-                .collect(),
+            mailboxes: RwLock::new(
+                (0..size)
+                    .map(|_| Arc::new(Mailbox::new(capacity)))
+                    .collect(),
+            ),
             topics: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -75,12 +77,38 @@ impl Router {
     /// Closes the inbox of a slot that will not run again: senders get an
     /// error from now on, and queued requests fail with "no reply".
     pub(crate) fn close_slot(&self, slot: usize) {
-        if let Some(mailbox) = self.mailboxes.get(slot) {
+        if let Some(mailbox) = self.mailboxes().get(slot) {
             let dropped = mailbox.close();
             if dropped > 0 {
                 tracing::warn!(slot, dropped, "the slot's inbox closed with messages in it");
             }
         }
+    }
+
+    /// Gives the bus `size` slots. Inboxes of slots that go away close (their
+    /// queued requests fail with "no reply"); slots that come (back) get a
+    /// new, empty inbox.
+    pub(crate) fn resize(&self, size: usize) {
+        let mut mailboxes = self
+            .mailboxes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (slot, mailbox) in mailboxes.iter().enumerate().skip(size) {
+            let dropped = mailbox.close();
+            if dropped > 0 {
+                tracing::warn!(
+                    slot,
+                    dropped,
+                    "a retired slot's inbox closed with messages in it"
+                );
+            }
+        }
+        *mailboxes = (0..size)
+            .map(|slot| match mailboxes.get(slot) {
+                Some(m) if !m.tx.is_closed() => m.clone(),
+                _ => Arc::new(Mailbox::new(self.capacity)),
+            })
+            .collect();
     }
 
     /// Ends the subscriptions of a worker that exited (one abandoned as hung
@@ -100,7 +128,7 @@ impl Router {
     /// Closes the bus: every inbox and subscription ends, every call fails.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        for slot in 0..self.mailboxes.len() {
+        for slot in 0..self.mailboxes().len() {
             self.close_slot(slot);
         }
         let topics = std::mem::take(&mut *lock(&self.topics));
@@ -110,7 +138,10 @@ impl Router {
 
 impl BusBackend for Router {
     fn mailboxes(&self) -> Arc<[Arc<Mailbox>]> {
-        self.mailboxes.clone()
+        self.mailboxes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn subscribe(&self, owner: Option<Owner>, topic: &str) -> Result<Subscribed, Error> {

@@ -2,16 +2,17 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use forkless_worker::backend::{BusBackend, Owner, StoreBackend};
-use forkless_worker::host::Host;
+use forkless_worker::host::{Host, Listening};
 use forkless_worker::{Bus, Error, Store};
 use tokio::sync::watch;
 
 use crate::bus::Router;
 use crate::clock::Clock;
+use crate::events::{Events, Hub, Status, View};
 use crate::registry::Registry;
 use crate::store::Engine;
 use crate::{Builder, Exit};
@@ -44,6 +45,9 @@ pub struct Cluster {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// The most workers `resize` (and `FORKLESS_WORKERS`) accept.
+pub(crate) const MAX_WORKERS: usize = 4096;
+
 /// What the handles, the worker contexts and the master share.
 pub(crate) struct Shared {
     pub(crate) name: String,
@@ -52,7 +56,11 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<Engine>,
     pub(crate) bus: Arc<Router>,
     pub(crate) clock: Arc<Clock>,
-    stopping: AtomicBool,
+    pub(crate) events: Hub,
+    pub(crate) view: Mutex<View>,
+    /// When the cluster started: heartbeats count from here.
+    pub(crate) epoch: Instant,
+    pub(crate) stopping: AtomicBool,
     done: Mutex<Option<Report>>,
     done_cv: Condvar,
     done_tx: watch::Sender<Option<Report>>,
@@ -69,6 +77,15 @@ pub(crate) enum Msg {
         slot: usize,
         generation: u64,
     },
+    /// A spawned task panicked on a worker; `crash`: the worker ends for it.
+    TaskPanicked {
+        slot: usize,
+        generation: u64,
+        message: String,
+        location: Option<String>,
+    },
+    Restart,
+    Resize(usize),
     Shutdown,
     Terminate,
 }
@@ -91,6 +108,9 @@ impl Shared {
             store,
             bus,
             clock,
+            events: Hub::new(),
+            view: Mutex::new(View::default()),
+            epoch: Instant::now(),
             stopping: AtomicBool::new(false),
             done: Mutex::new(None),
             done_cv: Condvar::new(),
@@ -109,9 +129,10 @@ impl Shared {
         self.bus.owner_exited(Owner { slot, generation });
     }
 
-    /// A slot will not run again: its sockets and its inbox close.
-    pub(crate) fn slot_ended(&self, slot: usize) {
-        self.registry().close_slot(slot);
+    /// A slot will not run again: a survivor accepts from its sockets (so
+    /// nothing queued there is lost), and its inbox closes.
+    pub(crate) fn slot_ended(&self, slot: usize, survivors: &[usize]) {
+        self.registry().retire_slot(slot, survivors);
         self.bus.close_slot(slot);
     }
 
@@ -127,12 +148,7 @@ impl Shared {
 }
 
 impl Host for Shared {
-    fn listen(
-        &self,
-        slot: usize,
-        addr: SocketAddr,
-        shown: &str,
-    ) -> Result<std::net::TcpListener, Error> {
+    fn listen(&self, slot: usize, addr: SocketAddr, shown: &str) -> Result<Listening, Error> {
         if self.stopping.load(Ordering::Acquire) {
             return Err(Error::stopped(&format!("listen on {shown}")));
         }
@@ -200,6 +216,86 @@ impl Cluster {
     /// ```
     pub fn bus(&self) -> Bus {
         Bus::new(self.shared.bus.clone(), None)
+    }
+
+    /// The cluster's events: what its supervisor did, from its start (the
+    /// last 1024) and as it happens, until [`Event::Stopped`].
+    ///
+    /// ```no_run
+    /// # fn f(cluster: forkless_runtime::Cluster) {
+    /// let mut events = cluster.events();
+    /// while let Some(event) = events.blocking_recv() {
+    ///     println!("{event:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn events(&self) -> Events {
+        self.shared.events.subscribe()
+    }
+
+    /// A snapshot of every slot: generation, state, restarts, last exit, and
+    /// its worker's figures (connections accepted, tasks, busy ratio, loop
+    /// lag, from tokio's runtime metrics and a heartbeat).
+    pub fn status(&self) -> Status {
+        let view = self
+            .shared
+            .view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        view.status(&self.shared.name)
+    }
+
+    /// Restarts every worker, one slot at a time, without dropping a
+    /// connection: each slot's next generation starts on the same core and
+    /// socket, and its old generation is asked to stop only once the new one
+    /// is ready. A new generation that exits, or is not ready within
+    /// `ready_timeout`, stops the roll; the old one serves on. SIGHUP does
+    /// this when [`Builder::run`] owns the signals.
+    ///
+    /// Returns at once; follow it with [`events`](Cluster::events). A call
+    /// while a roll runs is merged into it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_stopped`] once the cluster is stopping.
+    pub fn restart(&self) -> Result<(), Error> {
+        self.check_running("restart")?;
+        let _ = self.shared.tx.send(Msg::Restart);
+        Ok(())
+    }
+
+    /// Grows or shrinks the cluster to `workers` slots. New slots start like
+    /// the first ones; the highest slots retire on a shrink: their workers
+    /// are asked to stop, and a surviving worker accepts from their
+    /// sockets, so no connection the kernel queued there is lost. SIGTTIN and
+    /// SIGTTOU add and remove one when [`Builder::run`] owns the signals.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_config`] for 0 (use [`shutdown`](Cluster::shutdown)) or
+    /// more than 4096; [`Error::is_stopped`] once the cluster is stopping.
+    pub fn resize(&self, workers: usize) -> Result<(), Error> {
+        if workers == 0 {
+            return Err(Error::config(
+                "resize(0): a cluster needs at least one worker; use shutdown() to stop it",
+            ));
+        }
+        if workers > MAX_WORKERS {
+            return Err(Error::config(format!(
+                "resize({workers}): at most {MAX_WORKERS} workers"
+            )));
+        }
+        self.check_running("resize")?;
+        let _ = self.shared.tx.send(Msg::Resize(workers));
+        Ok(())
+    }
+
+    fn check_running(&self, what: &str) -> Result<(), Error> {
+        if self.shared.stopping.load(Ordering::Acquire) || self.is_stopped() {
+            return Err(Error::stopped(what));
+        }
+        Ok(())
     }
 
     /// Stops the cluster gracefully: every worker's

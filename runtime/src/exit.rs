@@ -2,7 +2,9 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::panic;
-use std::sync::Once;
+use std::sync::{Arc, Once};
+
+use tokio::sync::Notify;
 
 /// How one generation of a worker ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,10 @@ impl fmt::Display for Exit {
 thread_local! {
     static CAPTURING: Cell<bool> = const { Cell::new(false) };
     static LAST_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Panics seen on this worker thread since the watcher last looked, and
+    /// how to wake it.
+    static PANICS: RefCell<Vec<(String, Option<String>)>> = const { RefCell::new(Vec::new()) };
+    static PANIC_WATCHER: RefCell<Option<Arc<Notify>>> = const { RefCell::new(None) };
 }
 
 /// Installs, once per process, a panic hook that records where panics on
@@ -74,7 +80,22 @@ pub(crate) fn install_panic_hook() {
                 let location = info
                     .location()
                     .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-                LAST_LOCATION.with(|last| *last.borrow_mut() = location);
+                LAST_LOCATION.with(|last| *last.borrow_mut() = location.clone());
+                // If the panic ends the body, the thread unwinds out of it and
+                // nobody reads this; if a task's, tokio catches it and the
+                // watcher reports it.
+                let _ = PANICS.try_with(|p| {
+                    if let Ok(mut p) = p.try_borrow_mut() {
+                        p.push((message(info.payload()), location));
+                    }
+                });
+                let _ = PANIC_WATCHER.try_with(|w| {
+                    if let Ok(w) = w.try_borrow() {
+                        if let Some(w) = w.as_ref() {
+                            w.notify_one();
+                        }
+                    }
+                });
             }
             previous(info);
         }));
@@ -86,18 +107,35 @@ pub(crate) fn capture_panics_on_this_thread() {
     CAPTURING.with(|c| c.set(true));
 }
 
-/// Builds `Exit::Panicked` from a caught payload and the last location the
-/// hook recorded on this thread.
-pub(crate) fn panicked(payload: &(dyn Any + Send)) -> Exit {
-    let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+/// Wakes `watcher` at each panic on this thread; [`take_panics`] says which.
+pub(crate) fn watch_panics_on_this_thread(watcher: Arc<Notify>) {
+    PANIC_WATCHER.with(|w| *w.borrow_mut() = Some(watcher));
+}
+
+/// The panics seen on this thread since the last call: message and
+/// location.
+pub(crate) fn take_panics() -> Vec<(String, Option<String>)> {
+    PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
+
+fn message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "Box<dyn Any>".to_owned()
-    };
+    }
+}
+
+/// Builds `Exit::Panicked` from a caught payload and the last location the
+/// hook recorded on this thread.
+pub(crate) fn panicked(payload: &(dyn Any + Send)) -> Exit {
     let location = LAST_LOCATION.with(|last| last.borrow_mut().take());
-    Exit::Panicked { message, location }
+    Exit::Panicked {
+        message: message(payload),
+        location,
+    }
 }
 
 #[cfg(test)]

@@ -19,14 +19,17 @@ mod builder;
 mod bus;
 mod clock;
 mod cluster;
+mod events;
 mod exit;
 mod master;
 mod registry;
 mod signals;
 mod store;
+mod systemd;
 mod worker_thread;
 
 pub use body::BodyResult;
-pub use builder::{Builder, Restart};
+pub use builder::{Builder, Restart, TaskPanic};
 pub use cluster::{Cluster, GenerationReport, Report, SlotReport};
+pub use events::{Event, Events, Status, WorkerState, WorkerStatus};
 pub use exit::Exit;

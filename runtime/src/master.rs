@@ -1,19 +1,29 @@
 //! The master thread: owns the slots, spawns each generation, classifies its
-//! exit, throttles respawns, and runs the stop sequence. It never runs user
-//! code.
+//! exit, throttles respawns, rolls restarts, resizes, watches for stalls,
+//! and runs the stop sequence. It never runs user code.
+//!
+//! A slot has at most one *current* generation (the one serving), during a
+//! rolling restart one *candidate* (the next one, not yet ready), and any
+//! number of *draining* ones (asked to stop, finishing their work). All of
+//! them share the slot's sockets, so a connection queued there is served by
+//! whichever accepts it.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use forkless_worker::host::WorkerStats;
 use forkless_worker::{Error, Worker};
 use tokio::sync::{oneshot, watch};
 
 use crate::body::Factory;
 use crate::cluster::{GenerationReport, Msg, Report, Shared, SlotReport};
+use crate::events::{Event, SlotView, View, WorkerState};
 use crate::exit::{install_panic_hook, Exit};
+use crate::systemd::Systemd;
 use crate::worker_thread::{self, Generation};
 use crate::{Builder, Cluster, Restart};
 
@@ -38,20 +48,24 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
     let (tx, rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared::new(&builder, size, tx)?);
     let slots = (0..size)
-        .map(|index| {
-            Slot::new(
-                index,
-                (!cores.is_empty()).then(|| cores[index % cores.len()]),
-            )
-        })
+        .map(|index| Slot::new(index, core_for(&cores, index)))
         .collect();
+    let systemd = Systemd::new(builder.notify_systemd);
+    let now = Instant::now();
     let mut master = Master {
         config: builder,
         shared: shared.clone(),
         factory,
         rx,
+        cores,
         slots,
+        size,
         phase: Phase::Running,
+        roll: None,
+        systemd,
+        announced_ready: false,
+        next_check: now,
+        next_ping: now,
     };
 
     let (init_tx, init_rx) = crossbeam_channel::bounded(1);
@@ -98,13 +112,29 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
     }
 }
 
+/// Slot `i`'s core: the `i`-th allowed core, wrapping around.
+fn core_for(cores: &[usize], index: usize) -> Option<usize> {
+    (!cores.is_empty()).then(|| cores[index % cores.len()])
+}
+
 struct Master {
     config: Builder,
     shared: Arc<Shared>,
     factory: Factory,
     rx: Receiver<Msg>,
+    cores: Vec<usize>,
+    /// Every slot the cluster ever had; `0..size` are active, the rest
+    /// retired by a shrink.
     slots: Vec<Slot>,
+    size: usize,
     phase: Phase,
+    roll: Option<Roll>,
+    systemd: Systemd,
+    announced_ready: bool,
+    /// When the stall watchdog looks next.
+    next_check: Instant,
+    /// When systemd's watchdog is pinged next.
+    next_ping: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,11 +153,19 @@ enum Phase {
 struct Slot {
     index: usize,
     core: Option<usize>,
-    live: Option<Live>,
+    current: Option<Live>,
+    candidate: Option<Live>,
+    draining: Vec<Live>,
     next_generation: u64,
     quick_failures: u32,
     respawn_at: Option<Instant>,
     gave_up: bool,
+    /// Its restart policy ended it.
+    ended: bool,
+    /// Retired by a shrink.
+    retired: bool,
+    restarts: u64,
+    last_exit: Option<Exit>,
     history: VecDeque<GenerationReport>,
 }
 
@@ -136,11 +174,17 @@ impl Slot {
         Slot {
             index,
             core,
-            live: None,
+            current: None,
+            candidate: None,
+            draining: Vec::new(),
             next_generation: 0,
             quick_failures: 0,
             respawn_at: None,
             gave_up: false,
+            ended: false,
+            retired: false,
+            restarts: 0,
+            last_exit: None,
             history: VecDeque::new(),
         }
     }
@@ -151,24 +195,115 @@ impl Slot {
         }
         self.history.push_back(generation);
     }
+
+    /// Whether it serves (or will again after a throttled respawn).
+    fn in_service(&self) -> bool {
+        !self.gave_up && !self.ended && !self.retired
+    }
+
+    fn lives(&self) -> impl Iterator<Item = &Live> {
+        self.current
+            .iter()
+            .chain(self.candidate.iter())
+            .chain(self.draining.iter())
+    }
+
+    fn lives_mut(&mut self) -> impl Iterator<Item = &mut Live> {
+        self.current
+            .iter_mut()
+            .chain(self.candidate.iter_mut())
+            .chain(self.draining.iter_mut())
+    }
+
+    fn has_workers(&self) -> bool {
+        self.current.is_some() || self.candidate.is_some() || !self.draining.is_empty()
+    }
+
+    /// Moves the current and candidate generations to the draining ones,
+    /// asking them to stop.
+    fn drain_all(&mut self, now: Instant, shutdown_timeout: Duration) {
+        for mut live in self.current.take().into_iter().chain(self.candidate.take()) {
+            live.ask_to_stop(now, shutdown_timeout);
+            self.draining.push(live);
+        }
+    }
 }
 
-/// The running generation of a slot.
+/// A running generation of a slot.
 struct Live {
     generation: u64,
     started: Instant,
+    started_at: SystemTime,
+    /// Microseconds from the cluster's start, like heartbeats.
+    started_micros: u64,
     ready_after: Option<Duration>,
     stop: watch::Sender<bool>,
     terminate: Option<oneshot::Sender<()>>,
+    stats: Arc<WorkerStats>,
+    stalled: bool,
+    /// For a draining generation: when to terminate it, then abandon it.
+    deadline: Option<(Instant, Stage)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Terminate,
+    Abandon,
+}
+
+impl Live {
+    fn ask_to_stop(&mut self, now: Instant, shutdown_timeout: Duration) {
+        let _ = self.stop.send(true);
+        if self.deadline.is_none() {
+            self.deadline = Some((now + shutdown_timeout, Stage::Terminate));
+        }
+    }
+
+    fn terminate(&mut self, now: Instant, terminate_timeout: Duration) {
+        let _ = self.stop.send(true);
+        if let Some(terminate) = self.terminate.take() {
+            let _ = terminate.send(());
+        }
+        self.deadline = Some((now + terminate_timeout, Stage::Abandon));
+    }
+}
+
+/// A rolling restart under way.
+struct Roll {
+    pending: VecDeque<usize>,
+    step: Option<Step>,
+    restarted: usize,
+}
+
+/// The slot being rolled: its candidate generation must be ready by
+/// `deadline`.
+struct Step {
+    slot: usize,
+    generation: u64,
+    deadline: Instant,
+}
+
+/// Which generation of a slot a message is about.
+enum Role {
+    Current,
+    Candidate,
+    Draining,
 }
 
 impl Master {
     fn start_all(&mut self) -> Result<(), Error> {
         for index in 0..self.slots.len() {
-            self.spawn(index)
+            let live = self
+                .spawn_live(index)
                 .map_err(|e| Error::spawn(format!("cannot spawn worker {index}"), e))?;
+            self.slots[index].current = Some(live);
         }
+        self.publish();
         Ok(())
+    }
+
+    fn emit(&self, event: Event) {
+        self.shared.events.emit(event);
     }
 
     fn run(mut self) {
@@ -188,23 +323,42 @@ impl Master {
                 self.handle(msg);
             }
             self.fire_timers();
+            self.publish();
         }
         self.shared.registry().close_all();
         let report = self.report();
         tracing::info!(name = %self.shared.name, restarts = report.restarts(), "cluster stopped");
         self.shared.finish(report);
+        self.emit(Event::Stopped);
     }
 
     /// The cluster ends when no worker runs and none is due to.
     fn finished(&self) -> bool {
         self.slots.iter().all(|s| {
-            s.live.is_none() && (s.respawn_at.is_none() || !matches!(self.phase, Phase::Running))
+            !s.has_workers() && (s.respawn_at.is_none() || !matches!(self.phase, Phase::Running))
         })
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Running => self.slots.iter().filter_map(|s| s.respawn_at).min(),
+            Phase::Running => {
+                let respawns = self.slots.iter().filter_map(|s| s.respawn_at);
+                let drains = self
+                    .slots
+                    .iter()
+                    .flat_map(|s| s.draining.iter().filter_map(|l| l.deadline.map(|d| d.0)));
+                let roll = self
+                    .roll
+                    .as_ref()
+                    .and_then(|r| r.step.as_ref().map(|s| s.deadline));
+                let ping = self.systemd.watchdog_interval().map(|_| self.next_ping);
+                respawns
+                    .chain(drains)
+                    .chain(roll)
+                    .chain(ping)
+                    .chain(Some(self.next_check))
+                    .min()
+            }
             Phase::Stopping { deadline } | Phase::Terminating { deadline } => Some(deadline),
         }
     }
@@ -216,14 +370,20 @@ impl Master {
                 generation,
                 exit,
             } => self.exited(slot, generation, exit),
-            Msg::Ready { slot, generation } => {
-                if let Some(live) = self.live_mut(slot, generation) {
-                    if live.ready_after.is_none() {
-                        live.ready_after = Some(live.started.elapsed());
-                        tracing::debug!(slot, generation, "worker ready");
-                    }
-                }
-            }
+            Msg::Ready { slot, generation } => self.ready(slot, generation),
+            Msg::TaskPanicked {
+                slot,
+                generation,
+                message,
+                location,
+            } => self.emit(Event::TaskPanicked {
+                slot,
+                generation,
+                message,
+                location,
+            }),
+            Msg::Restart => self.start_roll(),
+            Msg::Resize(size) => self.resize(size),
             Msg::Shutdown => match self.phase {
                 Phase::Running => self.begin_stop(false),
                 // A second request while stopping: stop waiting.
@@ -238,95 +398,105 @@ impl Master {
         }
     }
 
-    fn live_mut(&mut self, slot: usize, generation: u64) -> Option<&mut Live> {
-        self.slots
-            .get_mut(slot)?
-            .live
-            .as_mut()
-            .filter(|l| l.generation == generation)
-    }
-
-    fn fire_timers(&mut self) {
-        let now = Instant::now();
-        match self.phase {
-            Phase::Running => {
-                for index in 0..self.slots.len() {
-                    if self.slots[index].respawn_at.is_some_and(|at| at <= now) {
-                        self.slots[index].respawn_at = None;
-                        self.respawn(index);
-                    }
-                }
-            }
-            Phase::Stopping { deadline } if deadline <= now => self.begin_stop(true),
-            Phase::Terminating { deadline } if deadline <= now => self.abandon_hung(),
-            Phase::Stopping { .. } | Phase::Terminating { .. } => {}
-        }
-    }
-
-    /// Graceful stop (`terminate == false`) or terminate.
-    fn begin_stop(&mut self, terminate: bool) {
-        let now = Instant::now();
-        if terminate {
-            tracing::info!(
-                name = %self.shared.name,
-                timeout = ?self.config.terminate_timeout,
-                "terminating workers"
-            );
-            for slot in &mut self.slots {
-                if let Some(live) = &mut slot.live {
-                    let _ = live.stop.send(true);
-                    if let Some(terminate) = live.terminate.take() {
-                        let _ = terminate.send(());
-                    }
-                }
-            }
-            self.phase = Phase::Terminating {
-                deadline: now + self.config.terminate_timeout,
-            };
+    fn role(&self, index: usize, generation: u64) -> Option<Role> {
+        let slot = self.slots.get(index)?;
+        if slot
+            .current
+            .as_ref()
+            .is_some_and(|l| l.generation == generation)
+        {
+            Some(Role::Current)
+        } else if slot
+            .candidate
+            .as_ref()
+            .is_some_and(|l| l.generation == generation)
+        {
+            Some(Role::Candidate)
+        } else if slot.draining.iter().any(|l| l.generation == generation) {
+            Some(Role::Draining)
         } else {
-            tracing::info!(
-                name = %self.shared.name,
-                timeout = ?self.config.shutdown_timeout,
-                "stopping workers gracefully"
-            );
-            for slot in &mut self.slots {
-                if let Some(live) = &slot.live {
-                    let _ = live.stop.send(true);
-                }
-            }
-            self.phase = Phase::Stopping {
-                deadline: now + self.config.shutdown_timeout,
-            };
+            None
         }
     }
 
-    fn abandon_hung(&mut self) {
-        for slot in &mut self.slots {
-            if let Some(live) = slot.live.take() {
-                tracing::error!(
-                    slot = slot.index,
-                    generation = live.generation,
-                    "worker did not return after terminate; abandoning its thread"
-                );
-                self.shared.owner_exited(slot.index, live.generation);
-                slot.record(GenerationReport {
-                    generation: live.generation,
-                    exit: Exit::Hung,
-                    ran_for: live.started.elapsed(),
-                    ready_after: live.ready_after,
-                    restart_delay: None,
-                });
+    fn ready(&mut self, index: usize, generation: u64) {
+        let Some(role) = self.role(index, generation) else {
+            return;
+        };
+        let slot = &mut self.slots[index];
+        let Some(live) = slot.lives_mut().find(|l| l.generation == generation) else {
+            return;
+        };
+        if live.ready_after.is_some() {
+            return;
+        }
+        let after = live.started.elapsed();
+        live.ready_after = Some(after);
+        tracing::debug!(slot = index, generation, ?after, "worker ready");
+        self.emit(Event::WorkerReady {
+            slot: index,
+            generation,
+            after,
+        });
+        let step_done = self
+            .roll
+            .as_ref()
+            .and_then(|r| r.step.as_ref())
+            .is_some_and(|s| s.slot == index && s.generation == generation);
+        if step_done {
+            if let Role::Candidate = role {
+                // The new generation serves: only now is the old one asked
+                // to stop.
+                let now = Instant::now();
+                let slot = &mut self.slots[index];
+                if let Some(mut old) = slot.current.take() {
+                    old.ask_to_stop(now, self.config.shutdown_timeout);
+                    slot.draining.push(old);
+                }
+                slot.current = slot.candidate.take();
             }
+            if let Some(roll) = &mut self.roll {
+                roll.restarted += 1;
+                roll.step = None;
+            }
+            self.next_roll_step();
+        }
+        self.announce_ready();
+    }
+
+    /// `READY=1` once every first worker is ready.
+    fn announce_ready(&mut self) {
+        if self.announced_ready {
+            return;
+        }
+        let all = self.slots[..self.size].iter().all(|s| {
+            !s.in_service() || s.current.as_ref().is_some_and(|l| l.ready_after.is_some())
+        });
+        if all {
+            self.announced_ready = true;
+            self.systemd.ready(&format!("{} workers ready", self.size));
         }
     }
 
     fn exited(&mut self, index: usize, generation: u64, exit: Exit) {
-        let Some(slot) = self.slots.get_mut(index) else {
-            return;
-        };
-        let Some(live) = slot.live.take_if(|l| l.generation == generation) else {
+        let Some(role) = self.role(index, generation) else {
             // A thread abandoned as hung finished after all.
             tracing::info!(slot = index, generation, %exit, "abandoned worker returned");
+            return;
+        };
+        let slot = &mut self.slots[index];
+        let live = match role {
+            Role::Current => slot.current.take(),
+            Role::Candidate => slot.candidate.take(),
+            Role::Draining => {
+                let i = slot
+                    .draining
+                    .iter()
+                    .position(|l| l.generation == generation);
+                i.map(|i| slot.draining.swap_remove(i))
+            }
+        };
+        let Some(live) = live else {
             return;
         };
         let ran_for = live.started.elapsed();
@@ -345,9 +515,40 @@ impl Master {
             ready_after: live.ready_after,
             restart_delay: None,
         });
-        if matches!(self.phase, Phase::Running) {
-            self.after_exit(index, &exit, ran_for < self.config.throttle_delay);
+        slot.last_exit = Some(exit.clone());
+        self.emit(Event::WorkerExited {
+            slot: index,
+            generation,
+            exit: exit.clone(),
+            ran_for,
+        });
+        match role {
+            Role::Current => {
+                let slot = &mut self.slots[index];
+                if slot.candidate.is_some() {
+                    // Mid-roll: the new generation takes over at once.
+                    slot.current = slot.candidate.take();
+                    return;
+                }
+                if matches!(self.phase, Phase::Running) && slot.in_service() {
+                    self.after_exit(index, &exit, ran_for < self.config.throttle_delay);
+                }
+            }
+            Role::Candidate => {
+                let reason = format!("it exited before it was ready: {exit}");
+                self.roll_failed(index, generation, reason);
+            }
+            Role::Draining => {}
         }
+    }
+
+    /// The slots that accept for a retired or failed one.
+    fn survivors(&self, except: usize) -> Vec<usize> {
+        self.slots[..self.size]
+            .iter()
+            .filter(|s| s.index != except && s.in_service())
+            .map(|s| s.index)
+            .collect()
     }
 
     /// Decides whether and when the slot runs again.
@@ -365,20 +566,27 @@ impl Master {
                 "slot ends: restart policy {:?}",
                 config.restart
             );
-            self.shared.slot_ended(index);
+            slot.ended = true;
+            let survivors = self.survivors(index);
+            self.shared.slot_ended(index, &survivors);
             return;
         }
         let delay = if quick {
             slot.quick_failures += 1;
             if slot.quick_failures >= config.max_restarts {
+                let failures = slot.quick_failures;
                 tracing::error!(
                     slot = index,
-                    failures = slot.quick_failures,
-                    "slot gave up after {} quick failures in a row; the other slots serve on",
-                    slot.quick_failures
+                    failures,
+                    "slot gave up after {failures} quick failures in a row; the other slots serve on",
                 );
                 slot.gave_up = true;
-                self.shared.slot_ended(index);
+                let survivors = self.survivors(index);
+                self.shared.slot_ended(index, &survivors);
+                self.emit(Event::GaveUp {
+                    slot: index,
+                    failures,
+                });
                 return;
             }
             backoff(
@@ -393,6 +601,7 @@ impl Master {
         if let Some(last) = slot.history.back_mut() {
             last.restart_delay = Some(delay);
         }
+        self.emit(Event::Restarting { slot: index, delay });
         if delay.is_zero() {
             self.respawn(index);
         } else {
@@ -402,48 +611,490 @@ impl Master {
     }
 
     fn respawn(&mut self, index: usize) {
-        if let Err(e) = self.spawn(index) {
-            let generation = self.slots[index].next_generation - 1;
-            let exit = Exit::Failed(format!("cannot spawn the worker thread: {e}"));
-            tracing::error!(slot = index, generation, %exit, "worker failed");
-            self.slots[index].record(GenerationReport {
-                generation,
-                exit: exit.clone(),
-                ran_for: Duration::ZERO,
-                ready_after: None,
-                restart_delay: None,
-            });
-            // Always a quick failure, so that it cannot spin.
-            self.after_exit(index, &exit, true);
+        self.slots[index].restarts += 1;
+        match self.spawn_live(index) {
+            Ok(live) => self.slots[index].current = Some(live),
+            Err(e) => {
+                let slot = &mut self.slots[index];
+                let generation = slot.next_generation - 1;
+                let exit = Exit::Failed(format!("cannot spawn the worker thread: {e}"));
+                tracing::error!(slot = index, generation, %exit, "worker failed");
+                slot.record(GenerationReport {
+                    generation,
+                    exit: exit.clone(),
+                    ran_for: Duration::ZERO,
+                    ready_after: None,
+                    restart_delay: None,
+                });
+                slot.last_exit = Some(exit.clone());
+                // Always a quick failure, so that it cannot spin.
+                self.after_exit(index, &exit, true);
+            }
         }
     }
 
-    fn spawn(&mut self, index: usize) -> std::io::Result<()> {
+    /// Starts the slot's next generation on its own thread.
+    fn spawn_live(&mut self, index: usize) -> std::io::Result<Live> {
         let slot = &mut self.slots[index];
         let generation = slot.next_generation;
         slot.next_generation += 1;
+        let core = slot.core;
         let (stop, stop_rx) = watch::channel(false);
         let (terminate, terminate_rx) = oneshot::channel();
-        let worker = Worker::new(index, generation, slot.core, self.shared.clone(), stop_rx);
+        let stats = Arc::new(WorkerStats::default());
+        let worker = Worker::new(
+            index,
+            generation,
+            core,
+            self.shared.clone(),
+            stop_rx,
+            stats.clone(),
+        );
         worker_thread::spawn(Generation {
             cluster: Arc::as_ptr(&self.shared) as usize,
             slot: index,
             generation,
-            core: slot.core,
+            core,
             factory: self.factory.clone(),
             worker,
             terminate: terminate_rx,
             tx: self.shared.tx.clone(),
+            stats: stats.clone(),
+            beat: self.config.stall_timeout / 4,
+            epoch: self.shared.epoch,
+            task_panic: self.config.task_panic,
         })?;
-        tracing::debug!(slot = index, generation, core = ?slot.core, "worker started");
-        slot.live = Some(Live {
+        tracing::debug!(slot = index, generation, core = ?core, "worker started");
+        self.emit(Event::WorkerStarted {
+            slot: index,
+            generation,
+            core,
+        });
+        Ok(Live {
             generation,
             started: Instant::now(),
+            started_at: SystemTime::now(),
+            started_micros: micros(self.shared.epoch.elapsed()),
             ready_after: None,
             stop,
             terminate: Some(terminate),
+            stats,
+            stalled: false,
+            deadline: None,
+        })
+    }
+
+    fn start_roll(&mut self) {
+        if !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        if self.roll.is_some() {
+            tracing::info!("a rolling restart is under way; the request joins it");
+            return;
+        }
+        let pending: VecDeque<usize> = self.slots[..self.size]
+            .iter()
+            .filter(|s| s.in_service() && s.current.is_some())
+            .map(|s| s.index)
+            .collect();
+        tracing::info!(slots = pending.len(), "rolling restart");
+        self.emit(Event::RollStarted {
+            slots: pending.len(),
         });
-        Ok(())
+        self.systemd.reloading();
+        self.roll = Some(Roll {
+            pending,
+            step: None,
+            restarted: 0,
+        });
+        self.next_roll_step();
+    }
+
+    fn next_roll_step(&mut self) {
+        loop {
+            let Some(index) = self.roll.as_mut().and_then(|r| r.pending.pop_front()) else {
+                self.finish_roll(true);
+                return;
+            };
+            let slot = &self.slots[index];
+            if index >= self.size
+                || !slot.in_service()
+                || slot.current.is_none()
+                || slot.candidate.is_some()
+            {
+                continue;
+            }
+            match self.spawn_live(index) {
+                Ok(live) => {
+                    let generation = live.generation;
+                    self.slots[index].candidate = Some(live);
+                    if let Some(roll) = &mut self.roll {
+                        roll.step = Some(Step {
+                            slot: index,
+                            generation,
+                            deadline: Instant::now() + self.config.ready_timeout,
+                        });
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let generation = self.slots[index].next_generation - 1;
+                    self.roll_failed(index, generation, format!("cannot spawn it: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn roll_failed(&mut self, slot: usize, generation: u64, reason: String) {
+        if self.roll.is_none() {
+            return;
+        }
+        tracing::error!(slot, generation, %reason, "rolling restart stopped; the old generation serves on");
+        self.emit(Event::RollFailed {
+            slot,
+            generation,
+            reason,
+        });
+        self.finish_roll(false);
+    }
+
+    fn finish_roll(&mut self, completed: bool) {
+        let Some(roll) = self.roll.take() else {
+            return;
+        };
+        tracing::info!(
+            restarted = roll.restarted,
+            completed,
+            "rolling restart finished"
+        );
+        self.emit(Event::RollFinished {
+            restarted: roll.restarted,
+            completed,
+        });
+        if matches!(self.phase, Phase::Running) {
+            self.systemd.ready(&format!("{} workers ready", self.size));
+        }
+    }
+
+    fn resize(&mut self, size: usize) {
+        if !matches!(self.phase, Phase::Running) || size == self.size || size == 0 {
+            return;
+        }
+        let from = self.size;
+        let now = Instant::now();
+        if size > from {
+            for index in from..size {
+                if index < self.slots.len() {
+                    let slot = &mut self.slots[index];
+                    slot.retired = false;
+                    slot.quick_failures = 0;
+                    self.shared.registry().restore_slot(index);
+                } else {
+                    let core = core_for(&self.cores, index);
+                    self.slots.push(Slot::new(index, core));
+                }
+            }
+            self.size = size;
+            self.shared.bus.resize(size);
+            for index in from..size {
+                let slot = &self.slots[index];
+                if slot.current.is_none() && slot.in_service() {
+                    self.respawn_or_start(index);
+                }
+            }
+        } else {
+            self.size = size;
+            self.shared.bus.resize(size);
+            for index in (size..from).rev() {
+                let slot = &mut self.slots[index];
+                slot.retired = true;
+                slot.respawn_at = None;
+                slot.drain_all(now, self.config.shutdown_timeout);
+                let survivors = self.survivors(index);
+                self.shared.registry().retire_slot(index, &survivors);
+                let stepping = self
+                    .roll
+                    .as_ref()
+                    .and_then(|r| r.step.as_ref())
+                    .is_some_and(|s| s.slot == index);
+                if stepping {
+                    if let Some(roll) = &mut self.roll {
+                        roll.step = None;
+                    }
+                    self.next_roll_step();
+                }
+            }
+        }
+        tracing::info!(from, to = size, "resized");
+        self.emit(Event::Resized { from, to: size });
+    }
+
+    /// Starts a slot that has no worker (a new one, or one back from
+    /// retirement).
+    fn respawn_or_start(&mut self, index: usize) {
+        match self.spawn_live(index) {
+            Ok(live) => self.slots[index].current = Some(live),
+            Err(e) => {
+                let exit = Exit::Failed(format!("cannot spawn the worker thread: {e}"));
+                tracing::error!(slot = index, %exit, "worker failed");
+                self.slots[index].last_exit = Some(exit.clone());
+                self.after_exit(index, &exit, true);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        match self.phase {
+            Phase::Running => {
+                for index in 0..self.slots.len() {
+                    if self.slots[index].respawn_at.is_some_and(|at| at <= now) {
+                        self.slots[index].respawn_at = None;
+                        self.respawn(index);
+                    }
+                }
+                self.drain_timers(now);
+                let late = self
+                    .roll
+                    .as_ref()
+                    .and_then(|r| r.step.as_ref())
+                    .filter(|s| s.deadline <= now)
+                    .map(|s| (s.slot, s.generation));
+                if let Some((index, generation)) = late {
+                    let slot = &mut self.slots[index];
+                    if let Some(mut candidate) =
+                        slot.candidate.take_if(|c| c.generation == generation)
+                    {
+                        candidate.terminate(now, self.config.terminate_timeout);
+                        slot.draining.push(candidate);
+                    }
+                    let reason = format!(
+                        "it was not ready within ready_timeout ({:?})",
+                        self.config.ready_timeout
+                    );
+                    self.roll_failed(index, generation, reason);
+                }
+                if now >= self.next_check {
+                    self.watch_stalls();
+                    self.next_check = now + self.config.stall_timeout / 4;
+                }
+                if let Some(interval) = self.systemd.watchdog_interval() {
+                    if now >= self.next_ping {
+                        if !self.slots.iter().flat_map(Slot::lives).any(|l| l.stalled) {
+                            self.systemd.ping();
+                        }
+                        self.next_ping = now + interval;
+                    }
+                }
+            }
+            Phase::Stopping { deadline } if deadline <= now => self.begin_stop(true),
+            Phase::Terminating { deadline } if deadline <= now => self.abandon_hung(),
+            Phase::Stopping { .. } | Phase::Terminating { .. } => {}
+        }
+    }
+
+    /// Terminates draining generations past their shutdown timeout, and
+    /// abandons those past their terminate timeout.
+    fn drain_timers(&mut self, now: Instant) {
+        let terminate_timeout = self.config.terminate_timeout;
+        let mut hung = Vec::new();
+        for slot in &mut self.slots {
+            for live in &mut slot.draining {
+                match live.deadline {
+                    Some((at, Stage::Terminate)) if at <= now => {
+                        tracing::warn!(
+                            slot = slot.index,
+                            generation = live.generation,
+                            "terminating a generation that did not stop in time"
+                        );
+                        live.terminate(now, terminate_timeout);
+                    }
+                    Some((at, Stage::Abandon)) if at <= now => {
+                        hung.push((slot.index, live.generation));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (index, generation) in hung {
+            let slot = &mut self.slots[index];
+            if let Some(i) = slot
+                .draining
+                .iter()
+                .position(|l| l.generation == generation)
+            {
+                let live = slot.draining.swap_remove(i);
+                self.abandon(index, live);
+            }
+        }
+    }
+
+    fn watch_stalls(&mut self) {
+        let now = micros(self.shared.epoch.elapsed());
+        let limit = micros(self.config.stall_timeout);
+        let mut events = Vec::new();
+        for slot in &mut self.slots {
+            let index = slot.index;
+            for live in slot.lives_mut() {
+                let beat = live.stats.last_beat.load(Ordering::Relaxed);
+                let silent = now.saturating_sub(beat.max(live.started_micros));
+                if silent > limit && !live.stalled {
+                    live.stalled = true;
+                    let silent_for = Duration::from_micros(silent);
+                    tracing::error!(
+                        slot = index,
+                        generation = live.generation,
+                        ?silent_for,
+                        "worker stalled: its event loop has not turned (blocking code in async?)"
+                    );
+                    events.push(Event::Stalled {
+                        slot: index,
+                        generation: live.generation,
+                        silent_for,
+                    });
+                } else if silent <= limit && live.stalled {
+                    live.stalled = false;
+                    tracing::info!(
+                        slot = index,
+                        generation = live.generation,
+                        "worker recovered from a stall"
+                    );
+                    events.push(Event::Recovered {
+                        slot: index,
+                        generation: live.generation,
+                    });
+                }
+            }
+        }
+        for event in events {
+            self.emit(event);
+        }
+    }
+
+    /// Graceful stop (`terminate == false`) or terminate.
+    fn begin_stop(&mut self, terminate: bool) {
+        let now = Instant::now();
+        self.shared.stopping.store(true, Ordering::Release);
+        self.finish_roll(false);
+        self.emit(Event::Stopping { terminate });
+        self.systemd.stopping();
+        if terminate {
+            tracing::info!(
+                name = %self.shared.name,
+                timeout = ?self.config.terminate_timeout,
+                "terminating workers"
+            );
+            for slot in &mut self.slots {
+                for live in slot.lives_mut() {
+                    live.terminate(now, self.config.terminate_timeout);
+                }
+            }
+            self.phase = Phase::Terminating {
+                deadline: now + self.config.terminate_timeout,
+            };
+        } else {
+            tracing::info!(
+                name = %self.shared.name,
+                timeout = ?self.config.shutdown_timeout,
+                "stopping workers gracefully"
+            );
+            for slot in &mut self.slots {
+                for live in slot.lives_mut() {
+                    let _ = live.stop.send(true);
+                }
+            }
+            self.phase = Phase::Stopping {
+                deadline: now + self.config.shutdown_timeout,
+            };
+        }
+    }
+
+    fn abandon_hung(&mut self) {
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            let lives: Vec<Live> = slot
+                .current
+                .take()
+                .into_iter()
+                .chain(slot.candidate.take())
+                .chain(slot.draining.drain(..))
+                .collect();
+            for live in lives {
+                self.abandon(index, live);
+            }
+        }
+    }
+
+    fn abandon(&mut self, index: usize, live: Live) {
+        tracing::error!(
+            slot = index,
+            generation = live.generation,
+            "worker did not return after terminate; abandoning its thread"
+        );
+        self.shared.owner_exited(index, live.generation);
+        let ran_for = live.started.elapsed();
+        let slot = &mut self.slots[index];
+        slot.record(GenerationReport {
+            generation: live.generation,
+            exit: Exit::Hung,
+            ran_for,
+            ready_after: live.ready_after,
+            restart_delay: None,
+        });
+        slot.last_exit = Some(Exit::Hung);
+        self.emit(Event::WorkerExited {
+            slot: index,
+            generation: live.generation,
+            exit: Exit::Hung,
+            ran_for,
+        });
+    }
+
+    /// Publishes the view that `Cluster::status` reads.
+    fn publish(&self) {
+        let slots = self.slots[..self.size]
+            .iter()
+            .map(|s| {
+                let live = s.current.as_ref();
+                let state = if s.gave_up {
+                    WorkerState::GaveUp
+                } else if let Some(live) = live {
+                    if live.stalled {
+                        WorkerState::Stalled
+                    } else if live.ready_after.is_some() {
+                        WorkerState::Ready
+                    } else {
+                        WorkerState::Starting
+                    }
+                } else if s.respawn_at.is_some() && matches!(self.phase, Phase::Running) {
+                    WorkerState::Restarting
+                } else {
+                    WorkerState::Stopped
+                };
+                SlotView {
+                    slot: s.index,
+                    generation: live.map_or(s.next_generation.saturating_sub(1), |l| l.generation),
+                    core: s.core,
+                    state,
+                    started_at: live.map(|l| l.started_at),
+                    restarts: s.restarts,
+                    last_exit: s.last_exit.clone(),
+                    stats: live.map(|l| l.stats.clone()),
+                }
+            })
+            .collect();
+        let view = View {
+            size: self.size,
+            rolling: self.roll.is_some(),
+            stopping: !matches!(self.phase, Phase::Running),
+            slots,
+        };
+        *self
+            .shared
+            .view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = view;
     }
 
     fn report(&self) -> Report {
@@ -462,6 +1113,10 @@ impl Master {
                 .collect(),
         }
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().try_into().unwrap_or(u64::MAX)
 }
 
 /// `base * 2^(k-1)`, at most `max`.

@@ -5,29 +5,133 @@
 //! the one its slot holds here, so when the worker dies the socket, and the
 //! connections the kernel has queued on it, stay. The slot's next generation
 //! gets a duplicate of the same socket and accepts them. Closing a
-//! `SO_REUSEPORT` socket drops its accept queue on Linux, so sockets close only
-//! when their slot ends for good or the cluster stops.
+//! `SO_REUSEPORT` socket drops its accept queue on Linux (unless
+//! `net.ipv4.tcp_migrate_req` is set, which it is not by default), and the
+//! kernel keeps queueing new connections on a socket for as long as it is
+//! open. So a slot's sockets never close while the cluster runs: when a slot
+//! retires (a shrink) or gives up, a surviving slot *adopts* them, and its
+//! workers' listeners accept from them too; a slot that comes back takes
+//! them back. They close when the cluster stops.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use forkless_worker::host::{Adopted, Listening};
 use forkless_worker::Error;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
 
 pub(crate) struct Registry {
     backlog: i32,
     groups: Vec<Group>,
+    /// Listening sockets inherited through systemd socket activation
+    /// (`LISTEN_FDS`), not yet claimed by a `listen`.
+    inherited: Vec<(SocketAddr, Socket)>,
     closed: bool,
 }
 
-/// The sockets of one address, one per slot, all in one reuseport group.
+/// The sockets of one address, one per slot, all in one reuseport group;
+/// or one inherited socket that every slot shares.
 struct Group {
     /// The address as asked for (port 0 stays 0 here).
     requested: SocketAddr,
     /// The address bound (with the port the kernel picked for port 0).
     bound: SocketAddr,
     sockets: HashMap<usize, Socket>,
+    /// An inherited socket: every slot accepts from it (one shared queue).
+    shared: Option<Socket>,
+    /// Retired slot -> the slot that accepts from its socket for it.
+    adopted: HashMap<usize, usize>,
+    /// Per slot, what it adopts, as its listeners watch it.
+    adopters: HashMap<usize, watch::Sender<Adopted>>,
+}
+
+impl Group {
+    fn new(requested: SocketAddr, bound: SocketAddr) -> Group {
+        Group {
+            requested,
+            bound,
+            sockets: HashMap::new(),
+            shared: None,
+            adopted: HashMap::new(),
+            adopters: HashMap::new(),
+        }
+    }
+
+    /// Tells `adopter`'s listeners which sockets it accepts from now.
+    fn publish(&mut self, adopter: usize) {
+        let mut retired: Vec<usize> = self
+            .adopted
+            .iter()
+            .filter(|(_, a)| **a == adopter)
+            .map(|(r, _)| *r)
+            .collect();
+        retired.sort_unstable();
+        let list: Adopted = retired
+            .iter()
+            .filter_map(|r| self.sockets.get(r))
+            .filter_map(|socket| match socket.try_clone() {
+                Ok(dup) => Some(Arc::new(std::net::TcpListener::from(dup))),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot duplicate a socket to hand over");
+                    None
+                }
+            })
+            .collect();
+        self.adopters
+            .entry(adopter)
+            .or_insert_with(|| watch::channel(Adopted::from([])).0)
+            .send_replace(list);
+    }
+
+    /// Hands the sockets of `retired` (its own, and those it adopted) to the
+    /// slot of `survivors` that adopts the fewest.
+    fn retire(&mut self, retired: usize, survivors: &[usize]) {
+        let mut orphans: Vec<usize> = self
+            .adopted
+            .iter()
+            .filter(|(_, a)| **a == retired)
+            .map(|(r, _)| *r)
+            .collect();
+        if self.sockets.contains_key(&retired) {
+            orphans.push(retired);
+        }
+        if orphans.is_empty() {
+            return;
+        }
+        let mut touched = vec![retired];
+        for orphan in orphans {
+            let adopter = survivors
+                .iter()
+                .copied()
+                .filter(|s| *s != retired)
+                .min_by_key(|s| self.adopted.values().filter(|a| *a == s).count());
+            match adopter {
+                Some(adopter) => {
+                    tracing::info!(bound = %self.bound, slot = orphan, adopter, "a surviving worker accepts for a retired slot");
+                    self.adopted.insert(orphan, adopter);
+                    touched.push(adopter);
+                }
+                None => {
+                    // Nobody left to accept: close it.
+                    self.adopted.remove(&orphan);
+                    self.sockets.remove(&orphan);
+                }
+            }
+        }
+        for slot in touched {
+            self.publish(slot);
+        }
+    }
+
+    /// A retired slot runs again: it takes its socket back.
+    fn restore(&mut self, slot: usize) {
+        if let Some(adopter) = self.adopted.remove(&slot) {
+            self.publish(adopter);
+        }
+    }
 }
 
 impl Registry {
@@ -35,18 +139,19 @@ impl Registry {
         Registry {
             backlog: i32::try_from(backlog).unwrap_or(i32::MAX),
             groups: Vec::new(),
+            inherited: inherited_sockets(),
             closed: false,
         }
     }
 
     /// Returns a duplicate of the socket of (`addr`, `slot`), creating it on
-    /// first use.
+    /// first use, and what the slot adopts.
     pub(crate) fn listen(
         &mut self,
         slot: usize,
         addr: SocketAddr,
         shown: &str,
-    ) -> Result<std::net::TcpListener, Error> {
+    ) -> Result<Listening, Error> {
         if self.closed {
             return Err(Error::stopped(&format!("listen on {shown}")));
         }
@@ -58,41 +163,69 @@ impl Registry {
         let group = match index {
             Some(i) => &mut self.groups[i],
             None => {
-                // First socket for this address: make sure nobody else holds
-                // it. A socket that has SO_REUSEPORT would otherwise silently
-                // join another process's group (a second instance of the same
-                // service, say) and split its traffic.
-                if addr.port() != 0 {
-                    probe(addr).map_err(|e| Error::bind(shown, e))?;
-                }
-                let socket = bind(addr, backlog).map_err(|e| Error::bind(shown, e))?;
-                let bound = local_addr(&socket).map_err(|e| Error::bind(shown, e))?;
-                tracing::debug!(%bound, slot, "listening");
-                self.groups.push(Group {
-                    requested: addr,
-                    bound,
-                    sockets: HashMap::from([(slot, socket)]),
-                });
+                let inherited = self.inherited.iter().position(|(a, _)| *a == addr);
+                let group = if let Some(i) = inherited {
+                    let (bound, socket) = self.inherited.swap_remove(i);
+                    tracing::info!(%bound, "listening on a socket inherited from systemd");
+                    let mut group = Group::new(addr, bound);
+                    group.shared = Some(socket);
+                    group
+                } else {
+                    // First socket for this address: make sure nobody else
+                    // holds it. A socket that has SO_REUSEPORT would
+                    // otherwise silently join another process's group (a
+                    // second instance of the same service, say) and split
+                    // its traffic.
+                    if addr.port() != 0 {
+                        probe(addr).map_err(|e| Error::bind(shown, e))?;
+                    }
+                    let socket = bind(addr, backlog).map_err(|e| Error::bind(shown, e))?;
+                    let bound = local_addr(&socket).map_err(|e| Error::bind(shown, e))?;
+                    tracing::debug!(%bound, slot, "listening");
+                    let mut group = Group::new(addr, bound);
+                    group.sockets.insert(slot, socket);
+                    group
+                };
+                self.groups.push(group);
                 let last = self.groups.len() - 1;
                 &mut self.groups[last]
             }
         };
-        if !group.sockets.contains_key(&slot) {
-            let socket = bind(group.bound, backlog).map_err(|e| Error::bind(shown, e))?;
-            group.sockets.insert(slot, socket);
-        }
-        let socket = &group.sockets[&slot];
+        let socket = match &group.shared {
+            Some(shared) => shared,
+            None => {
+                if !group.sockets.contains_key(&slot) {
+                    let socket = bind(group.bound, backlog).map_err(|e| Error::bind(shown, e))?;
+                    group.sockets.insert(slot, socket);
+                }
+                &group.sockets[&slot]
+            }
+        };
         let dup = socket.try_clone().map_err(|e| Error::bind(shown, e))?;
-        Ok(dup.into())
+        let adopted = group
+            .adopters
+            .entry(slot)
+            .or_insert_with(|| watch::channel(Adopted::from([])).0)
+            .subscribe();
+        Ok(Listening {
+            listener: dup.into(),
+            adopted,
+        })
     }
 
-    /// Closes the sockets of a slot that will not run again, so that the
-    /// kernel stops queueing connections where nobody accepts them.
-    pub(crate) fn close_slot(&mut self, slot: usize) {
+    /// A slot stops running (a shrink, or it gave up): a surviving slot
+    /// accepts from its sockets from now on, so that nothing the kernel
+    /// queues there is lost. With no survivor, its sockets close.
+    pub(crate) fn retire_slot(&mut self, slot: usize, survivors: &[usize]) {
         for group in &mut self.groups {
-            if group.sockets.remove(&slot).is_some() {
-                tracing::debug!(bound = %group.bound, slot, "closed the slot's socket");
-            }
+            group.retire(slot, survivors);
+        }
+    }
+
+    /// A retired slot runs again and takes its sockets back.
+    pub(crate) fn restore_slot(&mut self, slot: usize) {
+        for group in &mut self.groups {
+            group.restore(slot);
         }
     }
 
@@ -100,7 +233,31 @@ impl Registry {
     pub(crate) fn close_all(&mut self) {
         self.closed = true;
         self.groups.clear();
+        self.inherited.clear();
     }
+}
+
+/// The TCP listeners systemd passed (`LISTEN_FDS`, `LISTEN_PID`), with their
+/// addresses. Others (Unix sockets, UDP) are left alone.
+fn inherited_sockets() -> Vec<(SocketAddr, Socket)> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut sockets = Vec::new();
+    for i in 0..fds.len() {
+        match fds.take_tcp_listener(i) {
+            Ok(Some(listener)) => {
+                let socket = Socket::from(listener);
+                match local_addr(&socket).and_then(|a| socket.set_nonblocking(true).map(|()| a)) {
+                    Ok(addr) => sockets.push((addr, socket)),
+                    Err(e) => {
+                        tracing::warn!(fd = 3 + i, error = %e, "ignoring an inherited socket")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(fd = 3 + i, error = %e, "inherited fd is not a TCP listener"),
+        }
+    }
+    sockets
 }
 
 fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
@@ -150,10 +307,12 @@ mod tests {
         let mut registry = Registry::new(16);
         let a = registry
             .listen(0, localhost(), "127.0.0.1:0")
-            .expect("slot 0");
+            .expect("slot 0")
+            .listener;
         let b = registry
             .listen(1, localhost(), "127.0.0.1:0")
-            .expect("slot 1");
+            .expect("slot 1")
+            .listener;
         let port = a.local_addr().expect("addr").port();
         assert_ne!(port, 0);
         assert_eq!(b.local_addr().expect("addr").port(), port);
@@ -161,7 +320,8 @@ mod tests {
         let bound = a.local_addr().expect("addr");
         let c = registry
             .listen(2, bound, &bound.to_string())
-            .expect("slot 2");
+            .expect("slot 2")
+            .listener;
         assert_eq!(c.local_addr().expect("addr"), bound);
     }
 
@@ -170,19 +330,50 @@ mod tests {
         let mut registry = Registry::new(16);
         let first = registry
             .listen(0, localhost(), "127.0.0.1:0")
-            .expect("listen");
+            .expect("listen")
+            .listener;
         let addr = first.local_addr().expect("addr");
         drop(first); // the worker died
         let _client = std::net::TcpStream::connect(addr).expect("queued by the kernel");
         let second = registry
             .listen(0, localhost(), "127.0.0.1:0")
-            .expect("listen");
+            .expect("listen")
+            .listener;
         second.set_nonblocking(false).expect("blocking");
         let (_conn, peer) = second
             .accept()
             .expect("the queued connection is still there");
         assert!(peer.ip().is_loopback());
         second.set_nonblocking(true).expect("nonblocking again");
+    }
+
+    #[test]
+    fn a_retired_slots_queue_is_handed_to_a_survivor_and_back() {
+        let mut registry = Registry::new(16);
+        // Only slot 1 listens yet, so the kernel queues this client there.
+        let one = registry
+            .listen(1, localhost(), "127.0.0.1:0")
+            .expect("slot 1");
+        let addr = one.listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("queued on slot 1");
+        drop(one);
+        let zero = registry.listen(0, addr, &addr.to_string()).expect("slot 0");
+        assert!(zero.adopted.borrow().is_empty());
+
+        registry.retire_slot(1, &[0]);
+        let adopted = zero.adopted.borrow().clone();
+        assert_eq!(adopted.len(), 1, "slot 0 accepts for slot 1");
+        adopted[0].set_nonblocking(false).expect("blocking");
+        let (_conn, peer) = adopted[0].accept().expect("slot 1's queued connection");
+        assert!(peer.ip().is_loopback());
+        adopted[0].set_nonblocking(true).expect("nonblocking again");
+
+        registry.restore_slot(1);
+        assert!(zero.adopted.borrow().is_empty(), "slot 1 took it back");
+        // With no survivor, a retired slot's socket closes.
+        registry.retire_slot(0, &[]);
+        registry.retire_slot(1, &[]);
+        assert!(registry.groups[0].sockets.is_empty());
     }
 
     #[test]

@@ -6,14 +6,22 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::thread;
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use crossbeam_channel::Sender;
+use forkless_worker::host::WorkerStats;
 use forkless_worker::Worker;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::LocalSet;
 
 use crate::body::Factory;
+use crate::builder::TaskPanic;
 use crate::cluster::Msg;
-use crate::exit::{capture_panics_on_this_thread, panicked, Exit};
+use crate::exit::{
+    capture_panics_on_this_thread, panicked, take_panics, watch_panics_on_this_thread, Exit,
+};
 
 thread_local! {
     /// The cluster (its `Shared`'s address) whose worker runs on this thread.
@@ -35,6 +43,12 @@ pub(crate) struct Generation {
     pub(crate) worker: Worker,
     pub(crate) terminate: oneshot::Receiver<()>,
     pub(crate) tx: Sender<Msg>,
+    pub(crate) stats: Arc<WorkerStats>,
+    /// The heartbeat's period.
+    pub(crate) beat: Duration,
+    /// The cluster's start, which heartbeats count from.
+    pub(crate) epoch: Instant,
+    pub(crate) task_panic: TaskPanic,
 }
 
 pub(crate) fn spawn(generation: Generation) -> io::Result<()> {
@@ -44,7 +58,7 @@ pub(crate) fn spawn(generation: Generation) -> io::Result<()> {
         .map(drop)
 }
 
-fn run(g: Generation) {
+fn run(mut g: Generation) {
     let span = tracing::info_span!("worker", slot = g.slot, generation = g.generation);
     let _span = span.enter();
     if let Some(core) = g.core {
@@ -55,7 +69,8 @@ fn run(g: Generation) {
     capture_panics_on_this_thread();
     forkless_worker::mark_tokio_timer_thread();
     CLUSTER.with(|c| c.set(Some(g.cluster)));
-    let exit = run_body(g.factory, g.worker, g.terminate);
+    let terminate = std::mem::replace(&mut g.terminate, oneshot::channel().1);
+    let exit = run_body(&g, terminate);
     let _ = g.tx.send(Msg::Exited {
         slot: g.slot,
         generation: g.generation,
@@ -63,7 +78,14 @@ fn run(g: Generation) {
     });
 }
 
-fn run_body(factory: Factory, worker: Worker, terminate: oneshot::Receiver<()>) -> Exit {
+/// How the body's run ended, short of a panic of its own.
+enum Ended {
+    Body(Result<(), String>),
+    Terminated,
+    TaskPanicked(String, Option<String>),
+}
+
+fn run_body(g: &Generation, terminate: oneshot::Receiver<()>) -> Exit {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -72,13 +94,19 @@ fn run_body(factory: Factory, worker: Worker, terminate: oneshot::Receiver<()>) 
         Err(e) => return Exit::Failed(format!("cannot build the worker's runtime: {e}")),
     };
     let local = LocalSet::new();
+    let panics = Arc::new(Notify::new());
+    watch_panics_on_this_thread(panics.clone());
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        let body = factory(worker);
-        rt.block_on(local.run_until(async move {
+        let body = (g.factory)(g.worker.clone());
+        rt.block_on(local.run_until(async {
+            tokio::task::spawn_local(heartbeat(g.stats.clone(), g.beat, g.epoch));
             tokio::select! {
                 biased;
-                _ = terminate => None,
-                result = body => Some(result),
+                _ = terminate => Ended::Terminated,
+                (message, location) = watch_task_panics(g, &panics) => {
+                    Ended::TaskPanicked(message, location)
+                }
+                result = body => Ended::Body(result),
             }
         }))
     }));
@@ -91,9 +119,71 @@ fn run_body(factory: Factory, worker: Worker, terminate: oneshot::Receiver<()>) 
     // Do not wait for `spawn_blocking` work: it may never end.
     rt.shutdown_background();
     match outcome {
-        Ok(Some(Ok(()))) => Exit::Normal,
-        Ok(Some(Err(message))) => Exit::Failed(message),
-        Ok(None) => Exit::Terminated,
+        Ok(Ended::Body(Ok(()))) => Exit::Normal,
+        Ok(Ended::Body(Err(message))) => Exit::Failed(message),
+        Ok(Ended::Terminated) => Exit::Terminated,
+        Ok(Ended::TaskPanicked(message, location)) => Exit::Panicked {
+            message: format!("a task panicked: {message}"),
+            location,
+        },
         Err(payload) => panicked(&*payload),
+    }
+}
+
+/// Reports each panic of a spawned task to the master; with
+/// [`TaskPanic::CrashWorker`], resolves with the first one, which ends the
+/// worker. (A panic of the body itself unwinds out of `block_on` before this
+/// runs again, so it is never taken for a task's.)
+async fn watch_task_panics(g: &Generation, panics: &Notify) -> (String, Option<String>) {
+    loop {
+        panics.notified().await;
+        for (message, location) in take_panics() {
+            tracing::error!(%message, location = location.as_deref().unwrap_or("?"), "a task panicked");
+            let _ = g.tx.send(Msg::TaskPanicked {
+                slot: g.slot,
+                generation: g.generation,
+                message: message.clone(),
+                location: location.clone(),
+            });
+            if g.task_panic == TaskPanic::CrashWorker {
+                return (message, location);
+            }
+        }
+    }
+}
+
+/// Beats every `period`: the time of the beat (for the master's stall
+/// watchdog), how late it ran (the loop's lag), the runtime's busy share and
+/// its alive tasks.
+async fn heartbeat(stats: Arc<WorkerStats>, period: Duration, epoch: Instant) {
+    let handle = tokio::runtime::Handle::current();
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_busy = handle.metrics().worker_total_busy_duration(0);
+    let mut last_at = Instant::now();
+    loop {
+        let scheduled = interval.tick().await;
+        let lag = tokio::time::Instant::now().saturating_duration_since(scheduled);
+        let metrics = handle.metrics();
+        let busy = metrics.worker_total_busy_duration(0);
+        let wall = last_at.elapsed();
+        if !wall.is_zero() {
+            let share = busy.saturating_sub(last_busy).as_secs_f64() / wall.as_secs_f64();
+            stats
+                .busy_permille
+                .store((share * 1000.0).clamp(0.0, 1000.0) as u64, Relaxed);
+        }
+        last_busy = busy;
+        last_at = Instant::now();
+        stats
+            .alive_tasks
+            .store(metrics.num_alive_tasks() as u64, Relaxed);
+        stats
+            .lag_micros
+            .store(lag.as_micros().try_into().unwrap_or(u64::MAX), Relaxed);
+        stats.last_beat.store(
+            epoch.elapsed().as_micros().try_into().unwrap_or(u64::MAX),
+            Relaxed,
+        );
     }
 }

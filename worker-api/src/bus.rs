@@ -281,9 +281,11 @@ impl Bus {
     fn mailbox(&self, slot: usize) -> Result<Cow<'_, Arc<Mailbox>>, Error> {
         self.check_open()?;
         if let Some(mailbox) = self.mailboxes.get(slot) {
-            return Ok(Cow::Borrowed(mailbox));
+            if !mailbox.tx.is_closed() {
+                return Ok(Cow::Borrowed(mailbox));
+            }
         }
-        // The cluster may have more slots than when this handle was made.
+        // The cluster may have been resized since this handle was made.
         let mailboxes = self.backend.mailboxes();
         match mailboxes.get(slot) {
             Some(mailbox) => Ok(Cow::Owned(mailbox.clone())),

@@ -1,10 +1,16 @@
 use std::fmt;
+use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+use crate::host::{Adopted, WorkerStats};
 
 /// A TCP listener of one worker, from [`Worker::listen`](crate::Worker::listen).
 ///
@@ -15,6 +21,16 @@ use tokio::sync::watch;
 pub struct Listener {
     inner: TcpListener,
     shutdown: watch::Receiver<bool>,
+    adoption: watch::Receiver<Adopted>,
+    adopted: Mutex<AdoptedListeners>,
+    stats: Arc<WorkerStats>,
+}
+
+/// This worker's own listeners on the sockets its slot adopts.
+struct AdoptedListeners {
+    /// The master's list they were made from.
+    from: Option<Adopted>,
+    listeners: Vec<TcpListener>,
 }
 
 /// How long `accept` waits before trying again when the process is out of
@@ -22,8 +38,66 @@ pub struct Listener {
 const RESOURCE_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Listener {
-    pub(crate) fn new(inner: TcpListener, shutdown: watch::Receiver<bool>) -> Listener {
-        Listener { inner, shutdown }
+    pub(crate) fn new(
+        inner: TcpListener,
+        shutdown: watch::Receiver<bool>,
+        adoption: watch::Receiver<Adopted>,
+        stats: Arc<WorkerStats>,
+    ) -> Listener {
+        Listener {
+            inner,
+            shutdown,
+            adoption,
+            adopted: Mutex::new(AdoptedListeners {
+                from: None,
+                listeners: Vec::new(),
+            }),
+            stats,
+        }
+    }
+
+    /// Makes listeners for the sockets the slot adopts, if that list changed.
+    fn refresh_adopted(&self) {
+        let current = self.adoption.borrow().clone();
+        let mut adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
+        if adopted
+            .from
+            .as_ref()
+            .is_some_and(|from| Arc::ptr_eq(from, &current))
+        {
+            return;
+        }
+        adopted.listeners = current
+            .iter()
+            .filter_map(|socket| {
+                let own = socket.try_clone().and_then(|s| {
+                    s.set_nonblocking(true)?;
+                    TcpListener::from_std(s)
+                });
+                match own {
+                    Ok(listener) => Some(listener),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot take over an adopted socket");
+                        None
+                    }
+                }
+            })
+            .collect();
+        adopted.from = Some(current);
+    }
+
+    /// Accepts from the worker's own socket first, then from adopted ones.
+    fn poll_accept_any(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        if let Poll::Ready(result) = self.inner.poll_accept(cx) {
+            return Poll::Ready(result);
+        }
+        let adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
+        for listener in &adopted.listeners {
+            if let Poll::Ready(result) = listener.poll_accept(cx) {
+                return Poll::Ready(result);
+            }
+        }
+        Poll::Pending
     }
 
     /// Accepts the next connection, or returns `None` once the worker is
@@ -31,7 +105,9 @@ impl Listener {
     ///
     /// After `None`, connections still queued in the kernel stay in the
     /// slot's socket, which the master keeps open: the slot's next
-    /// generation, or a surviving worker, accepts them.
+    /// generation, or a surviving worker, accepts them. When the cluster
+    /// shrinks (or a slot gives up), a surviving worker's listener accepts
+    /// from the retired slot's socket too, so its queue is never dropped.
     ///
     /// Errors that concern one connection only (reset or aborted before it
     /// was accepted) are skipped. When the process is out of file descriptors
@@ -44,10 +120,13 @@ impl Listener {
     /// lost when another branch completes first.
     pub async fn accept(&self) -> Option<io::Result<(TcpStream, SocketAddr)>> {
         let mut shutdown = self.shutdown.clone();
+        let mut adoption = self.adoption.clone();
+        let mut adoption_open = true;
         loop {
             if *shutdown.borrow_and_update() {
                 return None;
             }
+            self.refresh_adopted();
             let result = tokio::select! {
                 biased;
                 changed = shutdown.changed() => match changed {
@@ -56,10 +135,17 @@ impl Listener {
                     // stop, nor run it again. Stop too.
                     Err(_) => return None,
                 },
-                result = self.inner.accept() => result,
+                changed = adoption.changed(), if adoption_open => {
+                    adoption_open = changed.is_ok();
+                    continue;
+                }
+                result = poll_fn(|cx| self.poll_accept_any(cx)) => result,
             };
             match result {
-                Ok(conn) => return Some(Ok(conn)),
+                Ok(conn) => {
+                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    return Some(Ok(conn));
+                }
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) if is_resource_error(&e) => {
                     tracing::error!(error = %e, "accept failed, retrying in {:?}", RESOURCE_BACKOFF);
@@ -84,6 +170,9 @@ impl Listener {
     /// The underlying tokio listener, for servers that drive accept
     /// themselves. Its `accept` does not stop at shutdown: select on
     /// [`Worker::shutdown_signal`](crate::Worker::shutdown_signal) as well.
+    /// Nor does it accept from sockets adopted after a shrink, and its
+    /// connections are not counted in the cluster's status: prefer
+    /// [`accept`](Listener::accept).
     pub fn as_tokio(&self) -> &TcpListener {
         &self.inner
     }
@@ -247,7 +336,12 @@ mod tests {
     fn listener_with(stop: watch::Receiver<bool>) -> Listener {
         let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         std.set_nonblocking(true).expect("nonblocking");
-        Listener::new(TcpListener::from_std(std).expect("tokio listener"), stop)
+        Listener::new(
+            TcpListener::from_std(std).expect("tokio listener"),
+            stop,
+            watch::channel(Adopted::from([])).1,
+            Arc::default(),
+        )
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::backend::{Mailbox, Owner};
-use crate::host::Host;
+use crate::host::{Host, WorkerStats};
 use crate::listener::{ListenAddr, Listener};
 use crate::{Bus, Error, Inbox, ShutdownSignal, Store};
 
@@ -34,6 +34,7 @@ pub struct Worker {
     host: Arc<dyn Host>,
     shutdown: watch::Receiver<bool>,
     ready: Arc<AtomicBool>,
+    stats: Arc<WorkerStats>,
 }
 
 impl Worker {
@@ -45,6 +46,7 @@ impl Worker {
         core: Option<usize>,
         host: Arc<dyn Host>,
         shutdown: watch::Receiver<bool>,
+        stats: Arc<WorkerStats>,
     ) -> Worker {
         Worker {
             slot,
@@ -53,6 +55,7 @@ impl Worker {
             host,
             shutdown,
             ready: Arc::new(AtomicBool::new(false)),
+            stats,
         }
     }
 
@@ -107,11 +110,16 @@ impl Worker {
         let resolved = addr
             .resolve()
             .map_err(|e| Error::invalid_address(&shown, e))?;
-        let std_listener = self.host.listen(self.slot, resolved, &shown)?;
-        let listener =
-            tokio::net::TcpListener::from_std(std_listener).map_err(|e| Error::bind(&shown, e))?;
+        let listening = self.host.listen(self.slot, resolved, &shown)?;
+        let listener = tokio::net::TcpListener::from_std(listening.listener)
+            .map_err(|e| Error::bind(&shown, e))?;
         self.ready();
-        Ok(Listener::new(listener, self.shutdown.clone()))
+        Ok(Listener::new(
+            listener,
+            self.shutdown.clone(),
+            listening.adopted,
+            self.stats.clone(),
+        ))
     }
 
     /// Marks this worker ready to serve, for bodies that do not

@@ -1,0 +1,410 @@
+//! What the supervisor does, as a stream of [`Event`]s, and the cluster's
+//! [`Status`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast;
+
+use crate::Exit;
+
+/// Something the cluster's supervisor did or saw, from
+/// [`Cluster::events`](crate::Cluster::events). Each is also logged through
+/// `tracing`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A generation of a slot was started.
+    WorkerStarted {
+        /// The slot.
+        slot: usize,
+        /// The new generation.
+        generation: u64,
+        /// The core it is pinned to.
+        core: Option<usize>,
+    },
+    /// A generation became ready (it listens, or called `Worker::ready`).
+    WorkerReady {
+        /// The slot.
+        slot: usize,
+        /// The generation.
+        generation: u64,
+        /// How long after its start.
+        after: Duration,
+    },
+    /// A generation ended.
+    WorkerExited {
+        /// The slot.
+        slot: usize,
+        /// The generation.
+        generation: u64,
+        /// How.
+        exit: Exit,
+        /// How long it ran.
+        ran_for: Duration,
+    },
+    /// A slot will start its next generation after `delay`.
+    Restarting {
+        /// The slot.
+        slot: usize,
+        /// The wait before the start (zero: at once).
+        delay: Duration,
+    },
+    /// A slot stopped restarting after too many quick failures; the other
+    /// slots serve on, and a surviving worker accepts from its sockets.
+    GaveUp {
+        /// The slot.
+        slot: usize,
+        /// Quick failures in a row.
+        failures: u32,
+    },
+    /// A worker's event loop has not turned for `stall_timeout` or more.
+    Stalled {
+        /// The slot.
+        slot: usize,
+        /// The generation.
+        generation: u64,
+        /// How long since its last heartbeat.
+        silent_for: Duration,
+    },
+    /// A stalled worker's loop turns again.
+    Recovered {
+        /// The slot.
+        slot: usize,
+        /// The generation.
+        generation: u64,
+    },
+    /// A task spawned by a worker panicked (the body itself did not).
+    TaskPanicked {
+        /// The slot.
+        slot: usize,
+        /// The generation.
+        generation: u64,
+        /// The panic's message.
+        message: String,
+        /// Where it panicked, when known.
+        location: Option<String>,
+    },
+    /// The number of slots changed.
+    Resized {
+        /// The size before.
+        from: usize,
+        /// The size now.
+        to: usize,
+    },
+    /// A rolling restart began.
+    RollStarted {
+        /// How many slots it will restart.
+        slots: usize,
+    },
+    /// A new generation did not take over during a rolling restart: the
+    /// roll stops, and the slot's old generation serves on.
+    RollFailed {
+        /// The slot.
+        slot: usize,
+        /// The new generation that failed.
+        generation: u64,
+        /// Why: its exit, or that it was not ready in time.
+        reason: String,
+    },
+    /// A rolling restart ended.
+    RollFinished {
+        /// How many slots got a new generation.
+        restarted: usize,
+        /// False if it stopped at a failure.
+        completed: bool,
+    },
+    /// The cluster began to stop (`terminate`: by force).
+    Stopping {
+        /// True when workers are terminated rather than asked to stop.
+        terminate: bool,
+    },
+    /// Every worker has ended. The last event.
+    Stopped,
+    /// This stream fell behind and lost `missed` events.
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
+}
+
+/// How many past events a new [`Events`] stream starts with.
+const HISTORY: usize = 1024;
+
+/// The cluster's event log: a bounded history plus a broadcast of what
+/// comes next, so that a stream taken late still sees the start.
+pub(crate) struct Hub {
+    history: Mutex<VecDeque<Event>>,
+    tx: broadcast::Sender<Event>,
+}
+
+impl Hub {
+    pub(crate) fn new() -> Hub {
+        Hub {
+            history: Mutex::new(VecDeque::new()),
+            tx: broadcast::channel(HISTORY).0,
+        }
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(event.clone());
+        let _ = self.tx.send(event);
+    }
+
+    pub(crate) fn subscribe(&self) -> Events {
+        let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        Events {
+            past: history.iter().cloned().collect(),
+            rx: Some(self.tx.subscribe()),
+            next: None,
+        }
+    }
+}
+
+/// The cluster's events, from [`Cluster::events`](crate::Cluster::events):
+/// first the recent past (up to 1024 events, from the cluster's start), then
+/// each new one. Ends after [`Event::Stopped`].
+///
+/// A `futures_core::Stream`; or call [`recv`](Events::recv) (async) or
+/// [`blocking_recv`](Events::blocking_recv) (from a plain thread).
+pub struct Events {
+    past: VecDeque<Event>,
+    rx: Option<broadcast::Receiver<Event>>,
+    next: Option<NextEvent>,
+}
+
+/// A pending `recv` on the broadcast, which hands the receiver back.
+type NextEvent = Pin<Box<dyn Future<Output = (Option<Event>, broadcast::Receiver<Event>)> + Send>>;
+
+fn classify(result: Result<Event, broadcast::error::RecvError>) -> Option<Event> {
+    match result {
+        Ok(event) => Some(event),
+        Err(broadcast::error::RecvError::Lagged(missed)) => Some(Event::Lagged { missed }),
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
+}
+
+impl Events {
+    /// The next event, or `None` after [`Event::Stopped`].
+    pub async fn recv(&mut self) -> Option<Event> {
+        std::future::poll_fn(|cx| self.poll_next_event(cx)).await
+    }
+
+    /// [`recv`](Events::recv) for threads that do not run async code.
+    ///
+    /// # Panics
+    ///
+    /// When called inside a tokio runtime.
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        if let Some(event) = self.past.pop_front() {
+            return Some(self.end_after(event));
+        }
+        let event = classify(self.rx.as_mut()?.blocking_recv());
+        match event {
+            Some(event) => Some(self.end_after(event)),
+            None => {
+                self.rx = None;
+                None
+            }
+        }
+    }
+
+    fn end_after(&mut self, event: Event) -> Event {
+        if event == Event::Stopped {
+            self.rx = None;
+            self.next = None;
+            self.past.clear();
+        }
+        event
+    }
+
+    fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        if let Some(event) = self.past.pop_front() {
+            return Poll::Ready(Some(self.end_after(event)));
+        }
+        if self.next.is_none() {
+            let Some(mut rx) = self.rx.take() else {
+                return Poll::Ready(None);
+            };
+            self.next = Some(Box::pin(async move {
+                let event = classify(rx.recv().await);
+                (event, rx)
+            }));
+        }
+        let Some(next) = self.next.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match next.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready((event, rx)) => {
+                self.next = None;
+                match event {
+                    Some(event) => {
+                        self.rx = Some(rx);
+                        Poll::Ready(Some(self.end_after(event)))
+                    }
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+}
+
+impl futures_core::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.get_mut().poll_next_event(cx)
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("past", &self.past.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of the cluster, from [`Cluster::status`](crate::Cluster::status).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Status {
+    /// The cluster's name.
+    pub name: String,
+    /// How many slots the cluster has. It does not change during a rolling
+    /// restart.
+    pub size: usize,
+    /// Whether a rolling restart is under way.
+    pub rolling: bool,
+    /// Whether the cluster is stopping or has stopped.
+    pub stopping: bool,
+    /// One entry per slot, `0..size`: its serving generation.
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One slot in a [`Status`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// The slot.
+    pub slot: usize,
+    /// Its serving (or last) generation.
+    pub generation: u64,
+    /// The core it is pinned to.
+    pub core: Option<usize>,
+    /// What it is doing.
+    pub state: WorkerState,
+    /// When this generation started.
+    pub started_at: Option<SystemTime>,
+    /// How many times the slot was started again after an exit.
+    pub restarts: u64,
+    /// How the slot's last generation to end ended.
+    pub last_exit: Option<Exit>,
+    /// Connections this generation accepted.
+    pub accepted: u64,
+    /// Tasks alive in its runtime (the body included).
+    pub alive_tasks: u64,
+    /// Share of time its runtime was busy over the last heartbeat period,
+    /// from 0 to 1.
+    pub busy_ratio: f64,
+    /// How late its last heartbeat ran: the event loop's lag.
+    pub loop_lag: Duration,
+}
+
+/// What a slot is doing, in a [`WorkerStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Started, not yet ready.
+    Starting,
+    /// Ready and serving.
+    Ready,
+    /// Its event loop has not turned for `stall_timeout` or more.
+    Stalled,
+    /// No worker runs; the next starts after a throttling delay.
+    Restarting,
+    /// The slot gave up after too many quick failures.
+    GaveUp,
+    /// The slot ended by its restart policy, or the cluster stopped.
+    Stopped,
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Stalled => "stalled",
+            WorkerState::Restarting => "restarting",
+            WorkerState::GaveUp => "gave up",
+            WorkerState::Stopped => "stopped",
+        })
+    }
+}
+
+/// What the master publishes of one slot for [`Status`]; the figures come
+/// from the worker's live stats when `status()` is called.
+#[derive(Clone)]
+pub(crate) struct SlotView {
+    pub(crate) slot: usize,
+    pub(crate) generation: u64,
+    pub(crate) core: Option<usize>,
+    pub(crate) state: WorkerState,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) restarts: u64,
+    pub(crate) last_exit: Option<Exit>,
+    pub(crate) stats: Option<Arc<forkless_worker::host::WorkerStats>>,
+}
+
+/// The master's published view of the cluster.
+#[derive(Clone, Default)]
+pub(crate) struct View {
+    pub(crate) size: usize,
+    pub(crate) rolling: bool,
+    pub(crate) stopping: bool,
+    pub(crate) slots: Vec<SlotView>,
+}
+
+impl View {
+    pub(crate) fn status(&self, name: &str) -> Status {
+        use std::sync::atomic::Ordering::Relaxed;
+        Status {
+            name: name.to_owned(),
+            size: self.size,
+            rolling: self.rolling,
+            stopping: self.stopping,
+            workers: self
+                .slots
+                .iter()
+                .map(|s| {
+                    let stat = |f: fn(&forkless_worker::host::WorkerStats) -> u64| {
+                        s.stats.as_ref().map_or(0, |st| f(st))
+                    };
+                    WorkerStatus {
+                        slot: s.slot,
+                        generation: s.generation,
+                        core: s.core,
+                        state: s.state,
+                        started_at: s.started_at,
+                        restarts: s.restarts,
+                        last_exit: s.last_exit.clone(),
+                        accepted: stat(|st| st.accepted.load(Relaxed)),
+                        alive_tasks: stat(|st| st.alive_tasks.load(Relaxed)),
+                        busy_ratio: stat(|st| st.busy_permille.load(Relaxed)) as f64 / 1000.0,
+                        loop_lag: Duration::from_micros(stat(|st| st.lag_micros.load(Relaxed))),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
