@@ -317,6 +317,13 @@ impl Builder {
         Fut::Output: BodyResult,
     {
         check_panic_strategy(cfg!(panic = "abort"))?;
+        let this = crate::env::from_process(self)?;
+        this.check()?;
+        crate::master::start(this, erase(body))
+    }
+
+    /// Refuses values out of range.
+    fn check(&self) -> Result<(), Error> {
         if self.workers == Some(0) {
             return Err(Error::config(
                 "workers must be at least 1, got 0 (leave it unset to run one per core)",
@@ -343,7 +350,13 @@ impl Builder {
                 self.stall_timeout
             )));
         }
-        crate::master::start(self, erase(body))
+        if let Some(n) = self.workers.filter(|n| *n > crate::cluster::MAX_WORKERS) {
+            return Err(Error::config(format!(
+                "workers must be at most {}, got {n}",
+                crate::cluster::MAX_WORKERS
+            )));
+        }
+        Ok(())
     }
 }
 

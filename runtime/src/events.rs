@@ -312,7 +312,10 @@ pub struct WorkerStatus {
     pub last_exit: Option<Exit>,
     /// Connections this generation accepted.
     pub accepted: u64,
-    /// Tasks alive in its runtime (the body included).
+    /// Tasks alive in its runtime, as tokio's stable metrics count them:
+    /// tasks started with `tokio::spawn` on the worker. Tasks started with
+    /// `spawn_local` live in the worker's `LocalSet`, which tokio does not
+    /// count (nor the body itself).
     pub alive_tasks: u64,
     /// Share of time its runtime was busy over the last heartbeat period,
     /// from 0 to 1.

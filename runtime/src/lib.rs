@@ -19,6 +19,7 @@ mod builder;
 mod bus;
 mod clock;
 mod cluster;
+mod env;
 mod events;
 mod exit;
 mod master;

@@ -1,0 +1,228 @@
+//! `FORKLESS_*` environment variables: operators' overrides of the builder's
+//! values, read once when the cluster starts. A bad value is a start-up error
+//! that names the variable and the value; nothing starts half-configured.
+
+use std::time::Duration;
+
+use forkless_worker::Error;
+
+use crate::builder::TaskPanic;
+use crate::{Builder, Restart};
+
+/// Every variable, with what it sets, for the docs and for spotting typos.
+pub(crate) const VARIABLES: &[&str] = &[
+    "FORKLESS_WORKERS",
+    "FORKLESS_PIN_CORES",
+    "FORKLESS_BACKLOG",
+    "FORKLESS_SHUTDOWN_TIMEOUT",
+    "FORKLESS_TERMINATE_TIMEOUT",
+    "FORKLESS_THROTTLE_DELAY",
+    "FORKLESS_MAX_BACKOFF",
+    "FORKLESS_MAX_RESTARTS",
+    "FORKLESS_RESTART",
+    "FORKLESS_NAME",
+    "FORKLESS_INBOX_CAPACITY",
+    "FORKLESS_REQUEST_TIMEOUT",
+    "FORKLESS_READY_TIMEOUT",
+    "FORKLESS_STALL_TIMEOUT",
+    "FORKLESS_TASK_PANIC",
+    "FORKLESS_NOTIFY_SYSTEMD",
+];
+
+fn bad(name: &str, value: &str, expected: &str) -> Error {
+    Error::config(format!("{name}={value:?}: {expected}"))
+}
+
+fn number<T: std::str::FromStr>(name: &str, value: &str, expected: &str) -> Result<T, Error> {
+    value.trim().parse().map_err(|_| bad(name, value, expected))
+}
+
+fn duration(name: &str, value: &str) -> Result<Duration, Error> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        bad(
+            name,
+            value,
+            &format!("not a duration ({e}); write it like \"500ms\", \"5s\" or \"1m 30s\""),
+        )
+    })
+}
+
+fn boolean(name: &str, value: &str) -> Result<bool, Error> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(
+            name,
+            value,
+            "not a boolean (true/false, 1/0, yes/no, on/off)",
+        )),
+    }
+}
+
+/// Applies the variables that `lookup` finds to `builder`.
+pub(crate) fn apply(
+    mut builder: Builder,
+    lookup: impl Fn(&str) -> Option<Result<String, String>>,
+) -> Result<Builder, Error> {
+    for &name in VARIABLES {
+        let value = match lookup(name) {
+            None => continue,
+            Some(Ok(value)) => value,
+            Some(Err(raw)) => return Err(bad(name, &raw, "not valid UTF-8")),
+        };
+        let v = value.as_str();
+        match name {
+            "FORKLESS_WORKERS" => {
+                let expected = "not a number of workers (an integer from 1 to 4096)";
+                let n: usize = number(name, v, expected)?;
+                if n == 0 || n > crate::cluster::MAX_WORKERS {
+                    return Err(bad(name, v, expected));
+                }
+                builder.workers = Some(n);
+            }
+            "FORKLESS_PIN_CORES" => builder.pin_cores = boolean(name, v)?,
+            "FORKLESS_BACKLOG" => builder.backlog = number(name, v, "not a backlog (an integer)")?,
+            "FORKLESS_SHUTDOWN_TIMEOUT" => builder.shutdown_timeout = duration(name, v)?,
+            "FORKLESS_TERMINATE_TIMEOUT" => builder.terminate_timeout = duration(name, v)?,
+            "FORKLESS_THROTTLE_DELAY" => builder.throttle_delay = duration(name, v)?,
+            "FORKLESS_MAX_BACKOFF" => builder.max_backoff = duration(name, v)?,
+            "FORKLESS_MAX_RESTARTS" => {
+                builder.max_restarts = number(name, v, "not a number of restarts (an integer)")?
+            }
+            "FORKLESS_RESTART" => {
+                builder.restart = match v.trim().to_ascii_lowercase().as_str() {
+                    "always" => Restart::Always,
+                    "on-failure" | "on_failure" => Restart::OnFailure,
+                    "never" => Restart::Never,
+                    _ => {
+                        return Err(bad(
+                            name,
+                            v,
+                            "not a restart policy (always, on-failure, never)",
+                        ))
+                    }
+                }
+            }
+            "FORKLESS_NAME" => builder.name = value.clone(),
+            "FORKLESS_INBOX_CAPACITY" => {
+                let expected = "not an inbox capacity (an integer, at least 1)";
+                let n: usize = number(name, v, expected)?;
+                if n == 0 {
+                    return Err(bad(name, v, expected));
+                }
+                builder.inbox_capacity = n;
+            }
+            "FORKLESS_REQUEST_TIMEOUT" => builder.request_timeout = duration(name, v)?,
+            "FORKLESS_READY_TIMEOUT" => builder.ready_timeout = duration(name, v)?,
+            "FORKLESS_STALL_TIMEOUT" => builder.stall_timeout = duration(name, v)?,
+            "FORKLESS_TASK_PANIC" => {
+                builder.task_panic = match v.trim().to_ascii_lowercase().as_str() {
+                    "isolate" => TaskPanic::Isolate,
+                    "crash-worker" | "crash_worker" => TaskPanic::CrashWorker,
+                    _ => {
+                        return Err(bad(
+                            name,
+                            v,
+                            "not a task panic policy (isolate, crash-worker)",
+                        ))
+                    }
+                }
+            }
+            "FORKLESS_NOTIFY_SYSTEMD" => builder.notify_systemd = boolean(name, v)?,
+            _ => {}
+        }
+        tracing::info!(
+            variable = name,
+            value = v,
+            "configured from the environment"
+        );
+    }
+    Ok(builder)
+}
+
+/// Reads the process's environment. Warns about `FORKLESS_*` names that are
+/// not ours (a typo would otherwise go unnoticed); the benchmarks' own
+/// `FORKLESS_BENCH_*` are left alone.
+pub(crate) fn from_process(builder: Builder) -> Result<Builder, Error> {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("FORKLESS_")
+            && !name.starts_with("FORKLESS_BENCH_")
+            && !VARIABLES.contains(&name)
+        {
+            tracing::warn!(
+                variable = name,
+                "unknown FORKLESS_ variable ignored (known: {})",
+                VARIABLES.join(", ")
+            );
+        }
+    }
+    apply(builder, |name| {
+        std::env::var_os(name).map(|v| {
+            v.into_string()
+                .map_err(|raw| raw.to_string_lossy().into_owned())
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Builder, Error> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        apply(Builder::new(), move |name| map.get(name).cloned().map(Ok))
+    }
+
+    #[test]
+    fn good_values_override_the_builder() {
+        let b = with(&[
+            ("FORKLESS_WORKERS", "3"),
+            ("FORKLESS_PIN_CORES", "off"),
+            ("FORKLESS_SHUTDOWN_TIMEOUT", "1m 30s"),
+            ("FORKLESS_STALL_TIMEOUT", "250ms"),
+            ("FORKLESS_RESTART", "on-failure"),
+            ("FORKLESS_TASK_PANIC", "crash-worker"),
+            ("FORKLESS_NAME", "api"),
+            ("FORKLESS_INBOX_CAPACITY", "64"),
+        ])
+        .expect("valid");
+        assert_eq!(b.workers, Some(3));
+        assert!(!b.pin_cores);
+        assert_eq!(b.shutdown_timeout, Duration::from_secs(90));
+        assert_eq!(b.stall_timeout, Duration::from_millis(250));
+        assert_eq!(b.restart, Restart::OnFailure);
+        assert_eq!(b.task_panic, TaskPanic::CrashWorker);
+        assert_eq!(b.name, "api");
+        assert_eq!(b.inbox_capacity, 64);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_and_the_value() {
+        for (name, value) in [
+            ("FORKLESS_WORKERS", "many"),
+            ("FORKLESS_WORKERS", "-1"),
+            ("FORKLESS_WORKERS", "0"),
+            ("FORKLESS_INBOX_CAPACITY", "0"),
+            ("FORKLESS_SHUTDOWN_TIMEOUT", "5 parsecs"),
+            ("FORKLESS_PIN_CORES", "maybe"),
+            ("FORKLESS_RESTART", "sometimes"),
+            ("FORKLESS_TASK_PANIC", "explode"),
+            ("FORKLESS_BACKLOG", "1e3"),
+        ] {
+            let e = with(&[(name, value)]).expect_err(name);
+            assert!(e.is_config(), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains(name) && text.contains(value), "{text}");
+        }
+        let e = apply(Builder::new(), |name| {
+            (name == "FORKLESS_NAME").then(|| Err("\u{fffd}bad".to_owned()))
+        })
+        .expect_err("not UTF-8");
+        assert!(e.to_string().contains("FORKLESS_NAME") && e.to_string().contains("UTF-8"));
+    }
+}
