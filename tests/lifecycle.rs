@@ -76,10 +76,7 @@ fn a_rolling_restart_readies_each_new_generation_before_stopping_the_old() {
     let seen = wait_for(&mut events, "the roll's end", |e| {
         matches!(e, Event::RollFinished { .. })
     });
-    assert!(
-        seen.iter().any(|e| *e == Event::RollStarted { slots: 2 }),
-        "{seen:#?}"
-    );
+    assert!(seen.contains(&Event::RollStarted { slots: 2 }), "{seen:#?}");
     assert_eq!(
         seen.last(),
         Some(&Event::RollFinished {
@@ -91,7 +88,7 @@ fn a_rolling_restart_readies_each_new_generation_before_stopping_the_old() {
     // slot 0 is done before slot 1 starts.
     let at = |pred: &dyn Fn(&Event) -> bool| {
         seen.iter()
-            .position(|e| pred(e))
+            .position(pred)
             .unwrap_or_else(|| panic!("missing event in {seen:#?}"))
     };
     for slot in 0..2 {
