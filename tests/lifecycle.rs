@@ -502,9 +502,7 @@ fn events_arrive_in_order_from_start_to_stop_and_status_has_figures() {
     let report = stop(cluster.clone());
     let all: Vec<Event> = std::iter::from_fn(|| events.blocking_recv()).collect();
     assert_eq!(all.last(), Some(&Event::Stopped), "{report}");
-    assert!(all
-        .iter()
-        .any(|e| *e == Event::Stopping { terminate: false }));
+    assert!(all.contains(&Event::Stopping { terminate: false }));
 
     // The whole history, from a stream taken now: a valid order per slot
     // and generation (started, then ready, then exited), every generation
