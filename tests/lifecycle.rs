@@ -477,7 +477,11 @@ fn events_arrive_in_order_from_start_to_stop_and_status_has_figures() {
     let deadline = std::time::Instant::now() + PATIENCE;
     let status = loop {
         let status = cluster.status();
-        if status.workers.iter().all(|w| w.alive_tasks > 0) {
+        if status
+            .workers
+            .iter()
+            .all(|w| w.alive_tasks > 0 && w.state == WorkerState::Ready)
+        {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "{status:?}");

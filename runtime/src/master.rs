@@ -302,7 +302,10 @@ impl Master {
         Ok(())
     }
 
+    /// Publishes the status first, so that whoever sees the event sees a
+    /// status at least as new.
     fn emit(&self, event: Event) {
+        self.publish();
         self.shared.events.emit(event);
     }
 

@@ -1,0 +1,267 @@
+//! Under client load on loopback, a rolling restart and a shrink then grow
+//! lose nothing: every connect succeeds and every request is answered.
+//!
+//! The server speaks a line protocol: each `ping` line gets `"{slot} {gen}"`,
+//! and once its worker is asked to stop, the next request on a connection
+//! gets `"{slot} {gen} bye"` and the connection closes, so that a keep-alive
+//! client never sends on a connection the server is about to close (as an
+//! HTTP server's `Connection: close` does).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use common::{recv, PATIENCE};
+use forkless::{Cluster, Event, Events, Worker};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// Most requests a client sends, whatever happens.
+const MAX_REQUESTS: u64 = 200_000;
+
+async fn serve(worker: Worker) -> Result<(), forkless::Error> {
+    let listener = worker.listen("127.0.0.1:0").await?;
+    let mut connections = tokio::task::JoinSet::new();
+    while let Some(conn) = listener.accept().await {
+        let (stream, _) = conn?;
+        let worker = worker.clone();
+        connections.spawn_local(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(read).lines();
+            while let Ok(Some(_request)) = lines.next_line().await {
+                let bye = worker.is_shutting_down();
+                let reply = format!(
+                    "{} {}{}\n",
+                    worker.slot(),
+                    worker.generation(),
+                    if bye { " bye" } else { "" }
+                );
+                if write.write_all(reply.as_bytes()).await.is_err() || bye {
+                    break;
+                }
+            }
+        });
+    }
+    // Asked to stop: finish the connections in hand.
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+#[derive(Default)]
+struct Counts {
+    answered: AtomicU64,
+    connect_failed: AtomicU64,
+    send_failed: AtomicU64,
+    unanswered: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+impl Counts {
+    fn failures(&self) -> u64 {
+        self.connect_failed.load(Relaxed)
+            + self.send_failed.load(Relaxed)
+            + self.unanswered.load(Relaxed)
+    }
+}
+
+fn connect(addr: SocketAddr, counts: &Counts) -> Option<(TcpStream, BufReader<TcpStream>)> {
+    match TcpStream::connect(addr) {
+        Ok(stream) => {
+            stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+            let reader = BufReader::new(stream.try_clone().expect("clone"));
+            Some((stream, reader))
+        }
+        Err(e) => {
+            eprintln!("connect failed: {e}");
+            counts.connect_failed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+/// Sends one request; returns whether the server said bye, or `None` on a
+/// failure (counted).
+fn request(
+    stream: &mut TcpStream,
+    reader: &mut BufReader<TcpStream>,
+    counts: &Counts,
+) -> Option<bool> {
+    if let Err(e) = stream.write_all(b"ping\n") {
+        eprintln!("send failed: {e}");
+        counts.send_failed.fetch_add(1, Relaxed);
+        return None;
+    }
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(n) if n > 0 && line.ends_with('\n') => {
+            counts.answered.fetch_add(1, Relaxed);
+            Some(line.trim_end().ends_with("bye"))
+        }
+        other => {
+            eprintln!("no answer: {other:?} {line:?}");
+            counts.unanswered.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+/// A new connection per request.
+fn one_shot_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
+    for _ in 0..MAX_REQUESTS {
+        if stop.load(Relaxed) {
+            return;
+        }
+        if let Some((mut stream, mut reader)) = connect(addr, &counts) {
+            request(&mut stream, &mut reader, &counts);
+        }
+    }
+}
+
+/// One connection for as long as the server keeps it.
+fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
+    let mut conn = None;
+    for _ in 0..MAX_REQUESTS {
+        if stop.load(Relaxed) {
+            return;
+        }
+        if conn.is_none() {
+            conn = connect(addr, &counts);
+            counts.reconnects.fetch_add(1, Relaxed);
+        }
+        let Some((stream, reader)) = conn.as_mut() else {
+            continue;
+        };
+        match request(stream, reader, &counts) {
+            Some(false) => {}
+            // The server closes after "bye"; a failure is counted.
+            Some(true) | None => conn = None,
+        }
+    }
+}
+
+fn wait_for(events: &mut Events, what: &str, mut pick: impl FnMut(&Event) -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let (tx, rx) = mpsc::channel();
+    let watchdog = std::thread::spawn(move || {
+        if rx.recv_timeout(PATIENCE).is_err() {
+            std::process::abort();
+        }
+    });
+    while let Some(event) = events.blocking_recv() {
+        assert!(std::time::Instant::now() < deadline, "waiting for {what}");
+        if pick(&event) {
+            let _ = tx.send(());
+            watchdog.join().expect("watchdog");
+            return;
+        }
+    }
+    panic!("events ended before {what}");
+}
+
+/// Waits until the clients have had `more` answers since now.
+fn more_answers(counts: &Counts, more: u64) {
+    let target = counts.answered.load(Relaxed) + more;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while counts.answered.load(Relaxed) < target {
+        assert!(std::time::Instant::now() < deadline, "the clients stalled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_rolling_restart_and_a_shrink_then_grow_lose_no_connection_and_no_request() {
+    let (tx, rx) = mpsc::channel();
+    let cluster = Cluster::builder()
+        .workers(2)
+        .start(move |worker: Worker| {
+            let tx = tx.clone();
+            async move {
+                if worker.slot() == 0 && worker.generation() == 0 {
+                    // The port, found by listening once more on port 0's
+                    // group: every slot shares it.
+                    let listener = worker.listen("127.0.0.1:0").await?;
+                    let _ = tx.send(listener.local_addr()?);
+                }
+                serve(worker).await
+            }
+        })
+        .expect("start");
+    let addr: SocketAddr = recv(&rx, "the port");
+    let mut events = cluster.events();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let one_shot = Arc::new(Counts::default());
+    let keep_alive = Arc::new(Counts::default());
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (stop, counts) = (
+            stop.clone(),
+            if i % 2 == 0 {
+                one_shot.clone()
+            } else {
+                keep_alive.clone()
+            },
+        );
+        clients.push(std::thread::spawn(move || {
+            if i % 2 == 0 {
+                one_shot_client(addr, stop, counts)
+            } else {
+                keep_alive_client(addr, stop, counts)
+            }
+        }));
+    }
+    more_answers(&one_shot, 200);
+    more_answers(&keep_alive, 200);
+
+    cluster.restart().expect("roll");
+    wait_for(&mut events, "the roll", |e| {
+        if let Event::RollFinished { completed, .. } = e {
+            assert!(completed, "the roll completes");
+            true
+        } else {
+            false
+        }
+    });
+    more_answers(&one_shot, 200);
+    more_answers(&keep_alive, 200);
+
+    cluster.resize(1).expect("shrink");
+    wait_for(&mut events, "slot 1 to end", |e| {
+        matches!(e, Event::WorkerExited { slot: 1, .. })
+    });
+    more_answers(&one_shot, 200);
+    more_answers(&keep_alive, 200);
+
+    cluster.resize(2).expect("grow");
+    wait_for(&mut events, "slot 1 back", |e| {
+        matches!(e, Event::WorkerReady { slot: 1, .. })
+    });
+    more_answers(&one_shot, 200);
+    more_answers(&keep_alive, 200);
+
+    stop.store(true, Relaxed);
+    for client in clients {
+        client.join().expect("client");
+    }
+    cluster.shutdown();
+    let report = cluster.join();
+    for (name, counts) in [
+        ("new connection per request", &one_shot),
+        ("keep-alive", &keep_alive),
+    ] {
+        println!(
+            "{name}: answered {}, connect failed {}, send failed {}, unanswered {}, connections {}",
+            counts.answered.load(Relaxed),
+            counts.connect_failed.load(Relaxed),
+            counts.send_failed.load(Relaxed),
+            counts.unanswered.load(Relaxed),
+            counts.reconnects.load(Relaxed),
+        );
+        assert_eq!(counts.failures(), 0, "{name}: nothing lost\n{report}");
+    }
+    // The keep-alive clients were moved off retiring workers, not cut off.
+    assert!(keep_alive.reconnects.load(Relaxed) > 2);
+}
