@@ -25,7 +25,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Notify;
 
 /// A forkless cluster answering `Hello, World!` on every core.
@@ -48,6 +47,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_thread_names(true)
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let mut builder = forkless::Cluster::builder().name("hello");
@@ -74,7 +74,8 @@ pub(crate) async fn serve(worker: forkless::Worker, args: Args) -> Result<(), fo
         println!("listening on http://{}", listener.local_addr()?);
     }
     let crash = Rc::new(Notify::new());
-    let graceful = GracefulShutdown::new();
+    let open = Rc::new(Cell::new(0usize));
+    let all_closed = Rc::new(Notify::new());
     let http = http1::Builder::new();
     loop {
         tokio::select! {
@@ -88,16 +89,47 @@ pub(crate) async fn serve(worker: forkless::Worker, args: Args) -> Result<(), fo
                 let Some(conn) = conn else { break };
                 let (stream, _peer) = conn?;
                 let crash_here = Rc::new(Cell::new(false));
+                let first_request = Rc::new(Notify::new());
+                let served = Rc::new(Cell::new(false));
                 let service = {
                     let worker = worker.clone();
                     let crash_here = crash_here.clone();
-                    service_fn(move |req| handle(req, worker.clone(), crash_here.clone()))
+                    let (first_request, served) = (first_request.clone(), served.clone());
+                    service_fn(move |req| {
+                        served.set(true);
+                        first_request.notify_one();
+                        handle(req, worker.clone(), crash_here.clone())
+                    })
                 };
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                let crash = crash.clone();
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let (crash, stop) = (crash.clone(), worker.shutdown_signal());
+                let (open, all_closed) = (open.clone(), all_closed.clone());
+                open.set(open.get() + 1);
                 tokio::task::spawn_local(async move {
-                    if let Err(e) = conn.await {
+                    tokio::pin!(conn);
+                    let result = tokio::select! {
+                        result = conn.as_mut() => result,
+                        // Asked to stop: finish the request in flight, then
+                        // close. A connection that has not sent its first
+                        // request yet gets it answered first: its client
+                        // has likely sent it already, and closing now would
+                        // reset it.
+                        () = async {
+                            stop.await;
+                            if !served.get() {
+                                first_request.notified().await;
+                            }
+                        } => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, "connection error");
+                    }
+                    open.set(open.get() - 1);
+                    if open.get() == 0 {
+                        all_closed.notify_one();
                     }
                     // The /crash answer is written and the connection closed:
                     // now the body panics.
@@ -110,7 +142,9 @@ pub(crate) async fn serve(worker: forkless::Worker, args: Args) -> Result<(), fo
     }
     // Let open connections finish their requests; the cluster terminates
     // whatever is left after its shutdown timeout.
-    graceful.shutdown().await;
+    while open.get() > 0 {
+        all_closed.notified().await;
+    }
     Ok(())
 }
 

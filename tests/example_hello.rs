@@ -149,3 +149,147 @@ fn workers_stay_inside_the_affinity_mask() {
     assert!(output.status.success());
     assert_eq!(seen.len(), 2, "both slots answered: {seen:?}");
 }
+
+/// Sends `signal` (a name such as `HUP`) to the child.
+fn signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+}
+
+/// Asks `/whoami` until `done` accepts an answer.
+fn whoami_until(addr: SocketAddr, what: &str, mut done: impl FnMut(&str) -> bool) {
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        let (_, body) = get(addr, "/whoami");
+        if done(&body) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {what}; last {body:?}"
+        );
+    }
+}
+
+fn stop_and_check(mut child: Child) -> String {
+    sigterm(&child);
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("hello exits");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{:?}\n{stderr}", output.status);
+    stderr
+}
+
+#[test]
+fn sighup_rolls_and_sigttin_sigttou_resize() {
+    let (child, addr) = start_hello(&["--workers", "1"], None);
+    signal(&child, "HUP");
+    whoami_until(addr, "generation 1 after SIGHUP", |b| {
+        b.starts_with("slot 0 generation 1 ")
+    });
+    signal(&child, "TTIN");
+    whoami_until(addr, "slot 1 after SIGTTIN", |b| b.starts_with("slot 1 "));
+    signal(&child, "TTOU");
+    // Once slot 1 has retired, slot 0 answers everything, its socket's
+    // connections included.
+    let mut in_a_row = 0;
+    whoami_until(addr, "slot 0 alone after SIGTTOU", |b| {
+        in_a_row = if b.starts_with("slot 0 ") {
+            in_a_row + 1
+        } else {
+            0
+        };
+        in_a_row == 30
+    });
+    let stderr = stop_and_check(child);
+    assert!(stderr.contains("gen 1"), "{stderr}");
+}
+
+#[test]
+fn forkless_variables_configure_the_cluster_and_bad_ones_stop_it() {
+    let mut child = Command::new(hello_binary())
+        .args(["--port", "0"])
+        .env("FORKLESS_WORKERS", "two")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hello");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("hello exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("FORKLESS_WORKERS") && stderr.contains("\"two\""),
+        "{stderr}"
+    );
+
+    // A good one overrides the builder: 2 workers where hello asks for 1.
+    let mut command = Command::new(hello_binary());
+    command
+        .args(["--port", "0", "--workers", "1"])
+        .env("FORKLESS_WORKERS", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start hello");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect("listening")
+        .parse()
+        .expect("addr");
+    whoami_until(addr, "slot 1", |b| b.starts_with("slot 1 "));
+    stop_and_check(child);
+}
+
+#[test]
+fn a_socket_inherited_from_systemd_is_used() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: python3 is needed to play systemd's part");
+        return;
+    }
+    // Plays systemd: a listening socket on fd 3, LISTEN_FDS=1 and
+    // LISTEN_PID of the process it becomes, then exec.
+    let launcher = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+port = str(s.getsockname()[1])
+print(port, flush=True)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[1], [sys.argv[1], "--port", port, "--workers", "2"])
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", launcher, &hello_binary().display().to_string()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the launcher");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut port = String::new();
+    stdout.read_line(&mut port).expect("the port");
+    let port: u16 = port.trim().parse().expect("a port");
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the listening line");
+    assert!(line.contains(&format!(":{port}")), "{line:?}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Both workers accept from the one inherited socket.
+    whoami_until(addr, "slot 0", |b| b.starts_with("slot 0 "));
+    whoami_until(addr, "slot 1", |b| b.starts_with("slot 1 "));
+    drop(stdout);
+    let stderr = stop_and_check(child);
+    assert!(stderr.contains("inherited from systemd"), "{stderr}");
+}

@@ -15,12 +15,13 @@ impl Systemd {
     /// Notifies only when asked to and `NOTIFY_SOCKET` is set.
     pub(crate) fn new(asked: bool) -> Systemd {
         let enabled = asked && std::env::var_os("NOTIFY_SOCKET").is_some();
-        let mut usec = 0;
-        let watchdog = (enabled && sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
-            .then(|| Duration::from_micros(usec) / 2);
+        let watchdog = if enabled { watchdog_usec() } else { None }
+            .map(|usec| Duration::from_micros(usec) / 2);
         Systemd { enabled, watchdog }
     }
 
+    /// How often systemd wants a `WATCHDOG=1`, and whether it wants one at
+    /// all.
     pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }
@@ -51,4 +52,15 @@ impl Systemd {
     pub(crate) fn ping(&self) {
         self.send(&[NotifyState::Watchdog]);
     }
+}
+
+/// `WATCHDOG_USEC`, as `sd_watchdog_enabled(3)` reads it: ignored when
+/// `WATCHDOG_PID` is set to another process.
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    let ours = pid.map_or(true, |p| {
+        p.trim().parse::<u32>().ok() == Some(std::process::id())
+    });
+    (usec > 0 && ours).then_some(usec)
 }

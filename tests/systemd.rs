@@ -1,0 +1,110 @@
+//! systemd's notification protocol, checked on a Unix datagram socket given
+//! as `NOTIFY_SOCKET`. One test in its own binary: it sets process-wide
+//! environment variables.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use common::PATIENCE;
+use forkless::{Cluster, Event, Worker};
+
+/// The next datagram that contains `wanted`; skips watchdog pings unless
+/// they are what is wanted.
+fn expect(socket: &UnixDatagram, wanted: &str) -> String {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("waiting for {wanted:?}: {e}"));
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message.contains(wanted) {
+            return message;
+        }
+        assert!(
+            message.trim_end() == "WATCHDOG=1",
+            "unexpected {message:?} while waiting for {wanted:?}"
+        );
+    }
+}
+
+fn next_event(events: &mut forkless::Events, pick: impl Fn(&Event) -> bool) {
+    loop {
+        let event = events.blocking_recv().expect("an event");
+        if pick(&event) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn ready_reloading_stopping_and_watchdog_pings_only_while_nobody_stalls() {
+    let dir = std::env::temp_dir().join(format!("forkless-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    socket.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    std::env::set_var("NOTIFY_SOCKET", &path);
+    // A 200 ms watchdog: pings every 100 ms.
+    std::env::set_var("WATCHDOG_USEC", "200000");
+
+    let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+    let cluster = Cluster::builder()
+        .workers(2)
+        .stall_timeout(Duration::from_millis(100))
+        .start(move |worker: Worker| {
+            let tx = tx.clone();
+            async move {
+                worker.ready();
+                if worker.slot() == 1 && worker.generation() == 0 {
+                    let (go, wait) = tokio::sync::oneshot::channel();
+                    tx.send(go).expect("test alive");
+                    wait.await.ok();
+                    // Blocks its loop: a stall.
+                    std::thread::sleep(Duration::from_millis(800));
+                }
+                worker.shutdown_signal().await;
+            }
+        })
+        .expect("start");
+    let go = rx.recv_timeout(PATIENCE).expect("slot 1");
+    let ready = expect(&socket, "READY=1");
+    assert!(ready.contains("STATUS=2 workers ready"), "{ready:?}");
+    expect(&socket, "WATCHDOG=1");
+
+    // While a worker is stalled, no pings.
+    let mut events = cluster.events();
+    go.send(()).expect("slot 1 alive");
+    next_event(&mut events, |e| matches!(e, Event::Stalled { slot: 1, .. }));
+    // What was sent before the stall was seen.
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 4096];
+    while socket.recv(&mut buf).is_ok() {}
+    socket.set_nonblocking(false).expect("blocking");
+    next_event(&mut events, |e| {
+        matches!(e, Event::Recovered { slot: 1, .. })
+    });
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut during = Vec::new();
+    while let Ok(n) = socket.recv(&mut buf) {
+        during.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    socket.set_nonblocking(false).expect("blocking");
+    assert!(
+        during.iter().all(|m| m.trim_end() != "WATCHDOG=1"),
+        "no watchdog ping while a worker is stalled: {during:?}"
+    );
+    expect(&socket, "WATCHDOG=1");
+
+    cluster.restart().expect("roll");
+    let reloading = expect(&socket, "RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
+    expect(&socket, "READY=1");
+
+    cluster.shutdown();
+    expect(&socket, "STOPPING=1");
+    cluster.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
