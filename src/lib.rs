@@ -65,6 +65,37 @@
 //! }
 //! ```
 //!
+//! # Operating a cluster
+//!
+//! [`Cluster::events`] streams what the supervisor does ([`Event`]),
+//! [`Cluster::status`] snapshots every slot ([`Status`]), and the cluster
+//! changes shape while it serves: [`Cluster::restart`] rolls a restart one
+//! slot at a time (each new generation ready before the old one is asked to
+//! stop), and [`Cluster::resize`] grows or shrinks it (a retired slot's
+//! listening socket is adopted by a surviving worker, so no queued connection
+//! is lost). A stall watchdog reports workers whose event loop stops
+//! turning. Under [`Builder::run`], SIGHUP rolls and SIGTTIN/SIGTTOU resize;
+//! `FORKLESS_*` environment variables override builder values; systemd's
+//! readiness, reload, watchdog and socket activation are supported.
+//!
+//! ```no_run
+//! # fn body(w: forkless::Worker) -> impl std::future::Future<Output = ()> { async move { drop(w) } }
+//! # fn main() -> Result<(), forkless::Error> {
+//! let cluster = forkless::Cluster::builder().workers(4).start(body)?;
+//! let mut events = cluster.events();
+//! cluster.restart()?;
+//! while let Some(event) = events.blocking_recv() {
+//!     if let forkless::Event::RollFinished { restarted, completed } = event {
+//!         println!("rolled {restarted} workers, completed: {completed}");
+//!         break;
+//!     }
+//! }
+//! cluster.resize(2)?;
+//! println!("{:?}", cluster.status());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The shared store
 //!
 //! Workers share state through the cluster's [`Store`]: named

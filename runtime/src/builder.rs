@@ -267,9 +267,16 @@ impl Builder {
     ///
     /// `body` is called once per generation of each worker, on that worker's
     /// thread, inside its runtime; the future it returns need not be `Send`.
-    /// SIGINT and SIGTERM stop the cluster gracefully; a second one
-    /// terminates it. Once `run` returns, they end the process again, as by
+    ///
+    /// `run` owns the process's signals while it runs: SIGINT and SIGTERM
+    /// stop the cluster gracefully (a second one terminates it), SIGHUP
+    /// rolls a restart ([`Cluster::restart`]), SIGTTIN and SIGTTOU add and
+    /// remove a worker ([`Cluster::resize`]), as gunicorn does. Once `run`
+    /// returns, SIGINT, SIGTERM and SIGHUP end the process again, as by
     /// default.
+    ///
+    /// `FORKLESS_*` environment variables override the builder's values
+    /// (see [`start`](Builder::start)).
     ///
     /// Returns the [`Report`] of how every generation ended.
     ///
@@ -305,9 +312,21 @@ impl Builder {
     /// `Cluster` handle does not stop the cluster (like dropping a
     /// `JoinHandle`): call [`Cluster::shutdown`].
     ///
+    /// Operators override the builder's values with environment variables,
+    /// read here: `FORKLESS_WORKERS`, `FORKLESS_PIN_CORES`,
+    /// `FORKLESS_BACKLOG`, `FORKLESS_SHUTDOWN_TIMEOUT`,
+    /// `FORKLESS_TERMINATE_TIMEOUT`, `FORKLESS_THROTTLE_DELAY`,
+    /// `FORKLESS_MAX_BACKOFF`, `FORKLESS_MAX_RESTARTS`, `FORKLESS_RESTART`
+    /// (`always`, `on-failure`, `never`), `FORKLESS_NAME`,
+    /// `FORKLESS_INBOX_CAPACITY`, `FORKLESS_REQUEST_TIMEOUT`,
+    /// `FORKLESS_READY_TIMEOUT`, `FORKLESS_STALL_TIMEOUT`,
+    /// `FORKLESS_TASK_PANIC` (`isolate`, `crash-worker`),
+    /// `FORKLESS_NOTIFY_SYSTEMD`. Durations read like `"500ms"` or `"1m 30s"`.
+    ///
     /// # Errors
     ///
-    /// A value out of range (`workers(0)`), a build with `panic = "abort"`
+    /// A value out of range (`workers(0)`), or a `FORKLESS_*` variable
+    /// whose value is bad (the error names both), a build with `panic = "abort"`
     /// (panics could not be caught, so one panicking worker would end the
     /// process), or a thread that cannot be spawned.
     pub fn start<F, Fut>(self, body: F) -> Result<Cluster, Error>

@@ -219,7 +219,7 @@ impl Cluster {
     }
 
     /// The cluster's events: what its supervisor did, from its start (the
-    /// last 1024) and as it happens, until [`Event::Stopped`].
+    /// last 1024) and as it happens, until [`Event::Stopped`](crate::Event::Stopped).
     ///
     /// ```no_run
     /// # fn f(cluster: forkless_runtime::Cluster) {

@@ -152,6 +152,7 @@ impl Hub {
     }
 
     pub(crate) fn emit(&self, event: Event) {
+        tracing::debug!(?event, "cluster event");
         let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
         if history.len() == HISTORY {
             history.pop_front();
