@@ -455,12 +455,20 @@ fn events_arrive_in_order_from_start_to_stop_and_status_has_figures() {
         .workers(2)
         .throttle_delay(Duration::ZERO)
         .stall_timeout(Duration::from_millis(40))
+        .task_panic(TaskPanic::CrashWorker)
         .start(move |worker: Worker| {
             let tx = tx.clone();
             async move {
                 // A task on the runtime: tokio's alive-task count sees it
                 // (tasks on the worker's LocalSet it does not count).
                 let task = tokio::spawn(std::future::pending::<()>());
+                // "crash" on the bus crashes the worker.
+                let mut inbox = worker.inbox();
+                tokio::task::spawn_local(async move {
+                    while let Some(e) = inbox.recv().await {
+                        assert!(e.message() != "crash", "crash requested");
+                    }
+                });
                 let listener = worker.listen("127.0.0.1:0").await?;
                 let _ = tx.send(listener.local_addr()?);
                 let served = common::serve_whoami(&worker, &listener).await;
@@ -494,8 +502,19 @@ fn events_arrive_in_order_from_start_to_stop_and_status_has_figures() {
         assert!((0.0..=1.0).contains(&w.busy_ratio), "{w:?}");
         assert!(w.started_at.is_some() && w.restarts == 0 && w.last_exit.is_none());
     }
-    cluster.restart().expect("roll");
     let mut events = cluster.events();
+    common::now(cluster.bus().send(0, "crash")).expect("send");
+    wait_for(&mut events, "slot 0 back after its crash", |e| {
+        matches!(
+            e,
+            Event::WorkerReady {
+                slot: 0,
+                generation: 1,
+                ..
+            }
+        )
+    });
+    cluster.restart().expect("roll");
     wait_for(&mut events, "the roll", |e| {
         matches!(e, Event::RollFinished { .. })
     });
@@ -542,6 +561,27 @@ fn events_arrive_in_order_from_start_to_stop_and_status_has_figures() {
         }
     }
     assert!(states.values().all(|s| *s == "exited"), "{states:?}");
+    let crash = all
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Event::WorkerExited {
+                    slot: 0,
+                    generation: 0,
+                    exit: Exit::Panicked { .. },
+                    ..
+                }
+            )
+        })
+        .expect("the crash");
+    assert_eq!(
+        all.get(crash + 1),
+        Some(&Event::Restarting {
+            slot: 0,
+            delay: Duration::ZERO
+        })
+    );
     assert!(matches!(all.first(), Some(Event::WorkerStarted { .. })));
     assert_eq!(all.last(), Some(&Event::Stopped));
 }
