@@ -25,6 +25,17 @@ fn hello_binary() -> PathBuf {
     path
 }
 
+/// A fresh directory for the child's control socket
+/// (`$XDG_RUNTIME_DIR/forkless-hello.sock`), so that tests running at once
+/// do not meet on one path.
+fn runtime_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("forkless-hello-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("runtime dir");
+    dir
+}
+
 /// A GET over a fresh connection; returns (status line, body).
 fn get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
@@ -53,6 +64,7 @@ fn start_hello(args: &[&str], cpus: Option<&str>) -> (Child, SocketAddr) {
     let mut child = command
         .args(["--port", "0"])
         .args(args)
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .env("RUST_LOG", "warn")
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())
@@ -212,6 +224,7 @@ fn sighup_rolls_and_sigttin_sigttou_resize() {
 fn forkless_variables_configure_the_cluster_and_bad_ones_stop_it() {
     let mut child = Command::new(hello_binary())
         .args(["--port", "0"])
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .env("FORKLESS_WORKERS", "two")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -230,6 +243,7 @@ fn forkless_variables_configure_the_cluster_and_bad_ones_stop_it() {
     let mut command = Command::new(hello_binary());
     command
         .args(["--port", "0", "--workers", "1"])
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .env("FORKLESS_WORKERS", "2")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -273,6 +287,7 @@ os.execv(sys.argv[1], [sys.argv[1], "--port", port, "--workers", "2"])
 "#;
     let mut child = Command::new("python3")
         .args(["-c", launcher, &hello_binary().display().to_string()])
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

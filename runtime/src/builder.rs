@@ -4,6 +4,7 @@ use std::time::Duration;
 use forkless_worker::{Error, Worker};
 
 use crate::body::{erase, BodyResult};
+use crate::control::ControlConfig;
 use crate::{signals, Cluster, Report};
 
 /// When a slot's worker is started again after it exits.
@@ -66,6 +67,7 @@ pub struct Builder {
     pub(crate) stall_timeout: Duration,
     pub(crate) task_panic: TaskPanic,
     pub(crate) notify_systemd: bool,
+    pub(crate) control: ControlConfig,
 }
 
 /// What a panic in a task that a worker spawned (`spawn_local`,
@@ -102,6 +104,7 @@ impl Default for Builder {
             stall_timeout: Duration::from_secs(2),
             task_panic: TaskPanic::Isolate,
             notify_systemd: true,
+            control: ControlConfig::default(),
         }
     }
 }
@@ -263,6 +266,40 @@ impl Builder {
         self
     }
 
+    /// Whether to run the control server: HTTP/1.1 + JSON on a Unix socket
+    /// (mode 0600) for `curl --unix-socket` and `forkless-ctl` (`GET
+    /// /status`, `GET /events`, `POST /resize`, `POST /restart`, `POST
+    /// /shutdown`, `GET /metrics`).
+    ///
+    /// The default is on for [`run`](Builder::run) and off for
+    /// [`start`](Builder::start). The socket is
+    /// [`default_control_socket`](crate::default_control_socket) of the
+    /// cluster's name unless [`control_socket`](Builder::control_socket)
+    /// says otherwise.
+    pub fn control(mut self, enabled: bool) -> Builder {
+        self.control.enabled = Some(enabled);
+        self
+    }
+
+    /// Runs the control server on the Unix socket at `path`.
+    pub fn control_socket(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
+        self.control.enabled = Some(true);
+        self.control.path = Some(path.into());
+        self
+    }
+
+    /// Also serves the control API on TCP at `addr` (keep it on loopback),
+    /// to clients that send `Authorization: Bearer <token>`; others get 401.
+    /// Turns the control server on.
+    ///
+    /// A token shorter than 16 bytes is refused at start: the TCP listener
+    /// never runs without a real token.
+    pub fn control_tcp(mut self, addr: std::net::SocketAddr, token: impl Into<String>) -> Builder {
+        self.control.enabled = Some(true);
+        self.control.tcp = Some((addr, token.into()));
+        self
+    }
+
     /// Starts the cluster, and blocks until it stops.
     ///
     /// `body` is called once per generation of each worker, on that worker's
@@ -290,7 +327,7 @@ impl Builder {
         Fut: Future + 'static,
         Fut::Output: BodyResult,
     {
-        let cluster = self.start(body)?;
+        let (cluster, control) = self.launch(body, true)?;
         let signals = match signals::install(cluster.clone()) {
             Ok(handle) => handle,
             Err(e) => {
@@ -301,6 +338,11 @@ impl Builder {
         };
         let report = cluster.join();
         signals.uninstall();
+        if let Some(control) = control {
+            // The control server's last answers go out before the process
+            // can exit.
+            let _ = control.join();
+        }
         Ok(report)
     }
 
@@ -335,10 +377,43 @@ impl Builder {
         Fut: Future + 'static,
         Fut::Output: BodyResult,
     {
+        self.launch(body, false).map(|(cluster, _)| cluster)
+    }
+
+    fn launch<F, Fut>(
+        self,
+        body: F,
+        owns_process: bool,
+    ) -> Result<(Cluster, Option<crate::control::ControlThread>), Error>
+    where
+        F: Fn(Worker) -> Fut + Send + Sync + 'static,
+        Fut: Future + 'static,
+        Fut::Output: BodyResult,
+    {
         check_panic_strategy(cfg!(panic = "abort"))?;
         let this = crate::env::from_process(self)?;
         this.check()?;
-        crate::master::start(this, erase(body))
+        let control = this.control.clone();
+        let cluster = crate::master::start(this, erase(body))?;
+        let mut thread = None;
+        if control.enabled.unwrap_or(owns_process) {
+            match crate::control::start(&cluster, &control) {
+                Ok((path, tcp, handle)) => {
+                    *cluster
+                        .shared
+                        .control
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((path, tcp));
+                    thread = Some(handle);
+                }
+                Err(e) => {
+                    cluster.terminate();
+                    cluster.join();
+                    return Err(e);
+                }
+            }
+        }
+        Ok((cluster, thread))
     }
 
     /// Refuses values out of range.
@@ -368,6 +443,14 @@ impl Builder {
                 "stall_timeout must be at least 4ms, got {:?}",
                 self.stall_timeout
             )));
+        }
+        if let Some((addr, token)) = &self.control.tcp {
+            if token.len() < 16 {
+                return Err(Error::config(format!(
+                    "control_tcp({addr}): the token must be at least 16 bytes; the TCP control \
+                     listener never runs without a real one"
+                )));
+            }
         }
         if let Some(n) = self.workers.filter(|n| *n > crate::cluster::MAX_WORKERS) {
             return Err(Error::config(format!(

@@ -25,6 +25,9 @@ pub(crate) struct Router {
     capacity: usize,
     request_timeout: Duration,
     clock: Arc<Clock>,
+    published: AtomicU64,
+    /// Messages of inboxes that were replaced (a slot retired or back).
+    retired_sent: AtomicU64,
 }
 
 #[derive(Default)]
@@ -71,6 +74,8 @@ impl Router {
             capacity,
             request_timeout,
             clock,
+            published: AtomicU64::new(0),
+            retired_sent: AtomicU64::new(0),
         }
     }
 
@@ -93,7 +98,13 @@ impl Router {
             .mailboxes
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        for mailbox in mailboxes.iter().take(size).filter(|m| m.tx.is_closed()) {
+            self.retired_sent
+                .fetch_add(mailbox.sent.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         for (slot, mailbox) in mailboxes.iter().enumerate().skip(size) {
+            self.retired_sent
+                .fetch_add(mailbox.sent.load(Ordering::Relaxed), Ordering::Relaxed);
             let dropped = mailbox.close();
             if dropped > 0 {
                 tracing::warn!(
@@ -109,6 +120,16 @@ impl Router {
                 _ => Arc::new(Mailbox::new(self.capacity)),
             })
             .collect();
+    }
+
+    /// Messages put in inboxes and delivered to subscribers so far.
+    pub(crate) fn messages(&self) -> u64 {
+        let inboxes: u64 = self
+            .mailboxes()
+            .iter()
+            .map(|m| m.sent.load(Ordering::Relaxed))
+            .sum();
+        inboxes + self.retired_sent.load(Ordering::Relaxed) + self.published.load(Ordering::Relaxed)
     }
 
     /// Ends the subscriptions of a worker that exited (one abandoned as hung
@@ -194,5 +215,10 @@ impl BusBackend for Router {
 
     fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    fn published(&self, delivered: usize) {
+        self.published
+            .fetch_add(delivered as u64, Ordering::Relaxed);
     }
 }

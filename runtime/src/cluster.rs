@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::bus::Router;
 use crate::clock::Clock;
 use crate::events::{Events, Hub, Status, View};
+use crate::metrics::{active_connections, Figures, Metrics};
 use crate::registry::Registry;
 use crate::store::Engine;
 use crate::{Builder, Exit};
@@ -57,6 +58,9 @@ pub(crate) struct Shared {
     pub(crate) bus: Arc<Router>,
     pub(crate) clock: Arc<Clock>,
     pub(crate) events: Hub,
+    pub(crate) metrics: Metrics,
+    /// Where the control server listens, once started.
+    pub(crate) control: Mutex<Option<(std::path::PathBuf, Option<SocketAddr>)>>,
     pub(crate) view: Mutex<View>,
     /// When the cluster started: heartbeats count from here.
     pub(crate) epoch: Instant,
@@ -109,6 +113,8 @@ impl Shared {
             bus,
             clock,
             events: Hub::new(),
+            metrics: Metrics::new(),
+            control: Mutex::new(None),
             view: Mutex::new(View::default()),
             epoch: Instant::now(),
             stopping: AtomicBool::new(false),
@@ -137,6 +143,16 @@ impl Shared {
     }
 
     pub(crate) fn finish(&self, report: Report) {
+        // The control socket goes before anyone learns that the cluster
+        // stopped, so that a cluster started next can take the same path.
+        let control = self
+            .control
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some((path, _)) = control {
+            let _ = std::fs::remove_file(path);
+        }
         // Every worker is gone: what still waits on the store fails now.
         self.store.close();
         self.bus.close();
@@ -244,6 +260,35 @@ impl Cluster {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         view.status(&self.shared.name)
+    }
+
+    /// The cluster's metrics in Prometheus' text format (OpenMetrics): per
+    /// worker, generation, uptime, restarts, exits by kind, accepted
+    /// connections, alive tasks, busy ratio, stalls, task panics and a
+    /// histogram of event-loop lag; for the cluster, its size and uptime,
+    /// established connections on its ports, store operations and lock
+    /// waits, bus messages, and the process's resident memory and CPU time.
+    /// The control socket serves it as `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        let (store_ops, store_lock_waits) = self.shared.store.counts();
+        let ports = self.shared.registry().ports();
+        let figures = Figures {
+            active_connections: active_connections(&ports),
+            store_ops,
+            store_lock_waits,
+            bus_messages: self.shared.bus.messages(),
+        };
+        self.shared.metrics.scrape(&self.status(), figures)
+    }
+
+    /// Where the control server listens: its Unix socket, and its TCP
+    /// address if one was asked for. `None` when it does not run.
+    pub fn control_address(&self) -> Option<(std::path::PathBuf, Option<SocketAddr>)> {
+        self.shared
+            .control
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Restarts every worker, one slot at a time, without dropping a

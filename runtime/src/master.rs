@@ -379,12 +379,15 @@ impl Master {
                 generation,
                 message,
                 location,
-            } => self.emit(Event::TaskPanicked {
-                slot,
-                generation,
-                message,
-                location,
-            }),
+            } => {
+                self.shared.metrics.task_panicked(slot);
+                self.emit(Event::TaskPanicked {
+                    slot,
+                    generation,
+                    message,
+                    location,
+                })
+            }
             Msg::Restart => self.start_roll(),
             Msg::Resize(size) => self.resize(size),
             Msg::Shutdown => match self.phase {
@@ -519,6 +522,7 @@ impl Master {
             restart_delay: None,
         });
         slot.last_exit = Some(exit.clone());
+        self.shared.metrics.exited(index, &exit);
         self.emit(Event::WorkerExited {
             slot: index,
             generation,
@@ -615,6 +619,7 @@ impl Master {
 
     fn respawn(&mut self, index: usize) {
         self.slots[index].restarts += 1;
+        self.shared.metrics.restarted(index);
         match self.spawn_live(index) {
             Ok(live) => self.slots[index].current = Some(live),
             Err(e) => {
@@ -666,6 +671,7 @@ impl Master {
             beat: self.config.stall_timeout / 4,
             epoch: self.shared.epoch,
             task_panic: self.config.task_panic,
+            shared: self.shared.clone(),
         })?;
         tracing::debug!(slot = index, generation, core = ?core, "worker started");
         self.emit(Event::WorkerStarted {
@@ -1046,6 +1052,7 @@ impl Master {
             restart_delay: None,
         });
         slot.last_exit = Some(Exit::Hung);
+        self.shared.metrics.exited(index, &Exit::Hung);
         self.emit(Event::WorkerExited {
             slot: index,
             generation: live.generation,

@@ -229,6 +229,11 @@ impl Registry {
         }
     }
 
+    /// The ports the cluster listens on.
+    pub(crate) fn ports(&self) -> std::collections::HashSet<u16> {
+        self.groups.iter().map(|g| g.bound.port()).collect()
+    }
+
     /// Closes every socket; `listen` fails from now on.
     pub(crate) fn close_all(&mut self) {
         self.closed = true;

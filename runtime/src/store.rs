@@ -83,6 +83,9 @@ struct ShardData {
     locks: usize,
     /// Stands in for "last access" while expiry is off.
     epoch: Instant,
+    /// Operations, and those that waited behind a lock, for metrics.
+    ops: u64,
+    waits: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -163,6 +166,19 @@ impl Engine {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         map.values().cloned().collect()
+    }
+
+    /// Operations so far, and those that waited behind a key lock.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let mut totals = (0, 0);
+        for coll in self.collections() {
+            for shard in coll.shards.iter() {
+                let data = lock(&shard.0);
+                totals.0 += data.ops;
+                totals.1 += data.waits;
+            }
+        }
+        totals
     }
 
     /// Takes back every lock held by this generation of `slot`, and refuses
@@ -259,6 +275,8 @@ impl Coll {
                         limits: Limits::from(&defaults),
                         locks: 0,
                         epoch,
+                        ops: 0,
+                        waits: 0,
                     }))
                 })
                 .collect(),
@@ -600,7 +618,10 @@ impl CollectionBackend for Coll {
             limits,
             locks,
             epoch,
+            ops,
+            waits,
         } = &mut *guard;
+        *ops += 1;
         if let Err(e) = self.check(key, &op, limits) {
             return Reply::Ready(Err(e));
         }
@@ -614,6 +635,7 @@ impl CollectionBackend for Coll {
         match map.get_mut(key) {
             Some(entry) => {
                 if let Some(locked) = &mut entry.lock {
+                    *waits += 1;
                     return self.enqueue(locked, owner, key, op);
                 }
                 if ctx.expired(entry) {

@@ -49,6 +49,7 @@ pub(crate) struct Generation {
     /// The cluster's start, which heartbeats count from.
     pub(crate) epoch: Instant,
     pub(crate) task_panic: TaskPanic,
+    pub(crate) shared: Arc<crate::cluster::Shared>,
 }
 
 pub(crate) fn spawn(generation: Generation) -> io::Result<()> {
@@ -59,7 +60,12 @@ pub(crate) fn spawn(generation: Generation) -> io::Result<()> {
 }
 
 fn run(mut g: Generation) {
-    let span = tracing::info_span!("worker", slot = g.slot, generation = g.generation);
+    let span = tracing::info_span!(
+        "worker",
+        slot = g.slot,
+        generation = g.generation,
+        core = g.core
+    );
     let _span = span.enter();
     if let Some(core) = g.core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -99,7 +105,11 @@ fn run_body(g: &Generation, terminate: oneshot::Receiver<()>) -> Exit {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         let body = (g.factory)(g.worker.clone());
         rt.block_on(local.run_until(async {
-            tokio::task::spawn_local(heartbeat(g.stats.clone(), g.beat, g.epoch));
+            let lag = {
+                let (shared, slot) = (g.shared.clone(), g.slot);
+                move |lag| shared.metrics.observe_lag(slot, lag)
+            };
+            tokio::task::spawn_local(heartbeat(g.stats.clone(), g.beat, g.epoch, lag));
             tokio::select! {
                 biased;
                 _ = terminate => Ended::Terminated,
@@ -155,7 +165,12 @@ async fn watch_task_panics(g: &Generation, panics: &Notify) -> (String, Option<S
 /// Beats every `period`: the time of the beat (for the master's stall
 /// watchdog), how late it ran (the loop's lag), the runtime's busy share and
 /// its alive tasks.
-async fn heartbeat(stats: Arc<WorkerStats>, period: Duration, epoch: Instant) {
+async fn heartbeat(
+    stats: Arc<WorkerStats>,
+    period: Duration,
+    epoch: Instant,
+    observe_lag: impl Fn(Duration),
+) {
     let handle = tokio::runtime::Handle::current();
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -164,6 +179,7 @@ async fn heartbeat(stats: Arc<WorkerStats>, period: Duration, epoch: Instant) {
     loop {
         let scheduled = interval.tick().await;
         let lag = tokio::time::Instant::now().saturating_duration_since(scheduled);
+        observe_lag(lag);
         let metrics = handle.metrics();
         let busy = metrics.worker_total_busy_duration(0);
         let wall = last_at.elapsed();

@@ -148,6 +148,8 @@ pub trait CollectionBackend: Send + Sync + 'static {
 pub struct Mailbox {
     /// Where messages for the slot go.
     pub tx: tokio::sync::mpsc::Sender<crate::Envelope>,
+    /// Messages put in this inbox, for metrics.
+    pub sent: std::sync::atomic::AtomicU64,
     rx: std::sync::Mutex<tokio::sync::mpsc::Receiver<crate::Envelope>>,
     claims: std::sync::atomic::AtomicU64,
 }
@@ -158,6 +160,7 @@ impl Mailbox {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
         Mailbox {
             tx,
+            sent: std::sync::atomic::AtomicU64::new(0),
             rx: std::sync::Mutex::new(rx),
             claims: std::sync::atomic::AtomicU64::new(0),
         }
@@ -267,4 +270,7 @@ pub trait BusBackend: Send + Sync + 'static {
 
     /// How long a request waits for its reply unless told otherwise.
     fn request_timeout(&self) -> Duration;
+
+    /// Counts messages delivered to topic subscribers, for metrics.
+    fn published(&self, delivered: usize);
 }

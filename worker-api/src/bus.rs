@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -108,7 +109,9 @@ impl Bus {
             .tx
             .send(self.envelope(message.into(), None, None))
             .await
-            .map_err(|_| self.gone(slot))
+            .map_err(|_| self.gone(slot))?;
+        mailbox.sent.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// Sends `message` encoded as JSON; see [`send`](Bus::send).
@@ -154,6 +157,7 @@ impl Bus {
                 .await
                 .is_ok()
             {
+                mailbox.sent.fetch_add(1, Relaxed);
                 reached += 1;
             }
         }
@@ -180,6 +184,7 @@ impl Bus {
                 reached += 1;
             }
         }
+        self.backend.published(reached);
         Ok(reached)
     }
 
@@ -233,6 +238,7 @@ impl Bus {
                 .send(envelope)
                 .await
                 .map_err(|_| self.gone(slot))?;
+            mailbox.sent.fetch_add(1, Relaxed);
             reply_rx.await.map_err(|_| {
                 Error::no_reply(format!(
                     "slot {slot} dropped the request without replying (or exited first)"

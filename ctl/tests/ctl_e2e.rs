@@ -1,0 +1,181 @@
+//! End to end: the `hello` example with its control socket, driven by
+//! `forkless-ctl`: status, resize up and down, restart, metrics, events,
+//! stop, and what it says when no cluster answers.
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// `target/<profile>/examples/hello`, which `cargo test --workspace` builds.
+fn hello_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = dir.join("examples").join("hello");
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole suite (`cargo test --workspace`), which builds the examples",
+        path.display()
+    );
+    path
+}
+
+fn ctl(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_forkless-ctl"))
+        .args(["--name", "hello"])
+        .args(args)
+        .env("XDG_RUNTIME_DIR", dir)
+        .output()
+        .expect("run forkless-ctl")
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Polls `status --json` until `done` accepts it.
+fn status_until(dir: &Path, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = ctl(dir, &["--json", "status"]);
+        if out.status.success() {
+            let status: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("status JSON");
+            if done(&status) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn all_ready(status: &serde_json::Value, size: u64, generation: u64) -> bool {
+    status["size"] == size
+        && status["workers"].as_array().is_some_and(|ws| {
+            ws.iter()
+                .all(|w| w["state"] == "ready" && w["generation"].as_u64() >= Some(generation))
+        })
+}
+
+fn start_hello(dir: &Path) -> Child {
+    let mut child = Command::new(hello_binary())
+        .args(["--port", "0", "--workers", "1"])
+        .env("XDG_RUNTIME_DIR", dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hello");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    assert!(line.starts_with("listening on"), "{line:?}");
+    child
+}
+
+#[test]
+fn forkless_ctl_drives_a_running_cluster() {
+    let dir = std::env::temp_dir().join(format!("forkless-ctl-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut hello = start_hello(&dir);
+    let socket = dir.join("forkless-hello.sock");
+    let deadline = Instant::now() + PATIENCE;
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no control socket at {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+
+    status_until(&dir, "1 ready worker", |s| all_ready(s, 1, 0));
+    let table = ok(&ctl(&dir, &["status"]));
+    assert!(table.contains("cluster hello (1 workers)"), "{table}");
+    assert!(table.contains("slot") && table.contains("ready"), "{table}");
+
+    assert_eq!(
+        ok(&ctl(&dir, &["resize", "+1"])).trim(),
+        "resizing: 1 -> 2 workers"
+    );
+    status_until(&dir, "2 ready workers", |s| all_ready(s, 2, 0));
+    assert_eq!(
+        ok(&ctl(&dir, &["resize", "-1"])).trim(),
+        "resizing: 2 -> 1 workers"
+    );
+    status_until(&dir, "back to 1", |s| all_ready(s, 1, 0));
+    assert_eq!(
+        ok(&ctl(&dir, &["resize", "3"])).trim(),
+        "resizing: 1 -> 3 workers"
+    );
+    status_until(&dir, "3 ready workers", |s| all_ready(s, 3, 0));
+
+    assert_eq!(
+        ok(&ctl(&dir, &["restart"])).trim(),
+        "rolling restart started"
+    );
+    status_until(&dir, "every worker rolled", |s| all_ready(s, 3, 1));
+
+    let metrics = ok(&ctl(&dir, &["metrics"]));
+    assert!(metrics.contains("forkless_workers 3"), "{metrics}");
+
+    let bad = ctl(&dir, &["resize", "0"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("422"),
+        "{bad:?}"
+    );
+
+    // Follow the events; `stop` ends the cluster, and with it the stream.
+    let mut events = Command::new(env!("CARGO_BIN_EXE_forkless-ctl"))
+        .args(["--name", "hello", "events"])
+        .env("XDG_RUNTIME_DIR", &dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("follow events");
+    let mut first = String::new();
+    let mut reader = BufReader::new(events.stdout.take().expect("stdout"));
+    reader.read_line(&mut first).expect("an event");
+    assert!(first.starts_with("worker_started "), "{first:?}");
+    assert_eq!(ok(&ctl(&dir, &["stop"])).trim(), "stopping");
+    let mut rest = String::new();
+    reader
+        .read_to_string(&mut rest)
+        .expect("the rest of the events");
+    assert!(events.wait().expect("events exits").success());
+    assert!(
+        rest.contains("roll_finished completed=true restarted=3"),
+        "{rest}"
+    );
+    assert!(rest.trim_end().ends_with("stopped"), "{rest}");
+
+    let status = hello.wait().expect("hello exits");
+    assert!(status.success(), "{status:?}");
+    let gone = ctl(&dir, &["status"]);
+    assert_eq!(gone.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no cluster answers"),
+        "{gone:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

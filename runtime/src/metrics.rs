@@ -1,0 +1,325 @@
+//! Prometheus metrics (crate prometheus-client), per worker and for the
+//! cluster. Counters and the loop-lag histogram are live: the master and the
+//! heartbeats update them as things happen. Gauges are set from the
+//! cluster's status when `/metrics` is scraped.
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::events::Status;
+use crate::Exit;
+
+type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn slot_label(slot: usize) -> Labels {
+    vec![("slot".to_owned(), slot.to_string())]
+}
+
+/// How an exit is counted: its kind.
+fn exit_kind(exit: &Exit) -> &'static str {
+    match exit {
+        Exit::Normal => "normal",
+        Exit::Failed(_) => "failed",
+        Exit::Panicked { .. } => "panicked",
+        Exit::Terminated => "terminated",
+        Exit::Hung => "hung",
+    }
+}
+
+pub(crate) struct Metrics {
+    registry: Mutex<Registry>,
+    started: Instant,
+    restarts: Family<Labels, Counter>,
+    exits: Family<Labels, Counter>,
+    task_panics: Family<Labels, Counter>,
+    loop_lag: Family<Labels, Histogram, fn() -> Histogram>,
+    workers: Gauge,
+    uptime: FloatGauge,
+    worker_generation: Family<Labels, Gauge>,
+    worker_uptime: Family<Labels, FloatGauge>,
+    worker_accepted: Family<Labels, Gauge>,
+    worker_tasks: Family<Labels, Gauge>,
+    worker_busy: Family<Labels, FloatGauge>,
+    worker_stalled: Family<Labels, Gauge>,
+    active_connections: Gauge,
+    store_ops: Counter,
+    store_lock_waits: Counter,
+    bus_messages: Counter,
+    rss: Gauge,
+    cpu: Counter<f64, AtomicU64>,
+}
+
+fn lag_histogram() -> Histogram {
+    // 50 us to about 1.6 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_05, 2.0, 16,
+    ))
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("forkless")),
+            started: Instant::now(),
+            restarts: Family::default(),
+            exits: Family::default(),
+            task_panics: Family::default(),
+            loop_lag: Family::new_with_constructor(lag_histogram),
+            workers: Gauge::default(),
+            uptime: FloatGauge::default(),
+            worker_generation: Family::default(),
+            worker_uptime: Family::default(),
+            worker_accepted: Family::default(),
+            worker_tasks: Family::default(),
+            worker_busy: Family::default(),
+            worker_stalled: Family::default(),
+            active_connections: Gauge::default(),
+            store_ops: Counter::default(),
+            store_lock_waits: Counter::default(),
+            bus_messages: Counter::default(),
+            rss: Gauge::default(),
+            cpu: Counter::default(),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            r.register("workers", "Slots of the cluster", m.workers.clone());
+            r.register(
+                "uptime_seconds",
+                "Time since the cluster started",
+                m.uptime.clone(),
+            );
+            r.register(
+                "worker_restarts",
+                "Starts of a slot after an exit",
+                m.restarts.clone(),
+            );
+            r.register(
+                "worker_exits",
+                "Ends of a worker generation, by kind",
+                m.exits.clone(),
+            );
+            r.register(
+                "worker_task_panics",
+                "Panics of tasks a worker spawned",
+                m.task_panics.clone(),
+            );
+            r.register(
+                "worker_loop_lag_seconds",
+                "How late the worker's heartbeat ran: its event loop's lag",
+                m.loop_lag.clone(),
+            );
+            r.register(
+                "worker_generation",
+                "The slot's serving generation",
+                m.worker_generation.clone(),
+            );
+            r.register(
+                "worker_uptime_seconds",
+                "Time since the serving generation started",
+                m.worker_uptime.clone(),
+            );
+            r.register(
+                "worker_accepted_connections",
+                "Connections the serving generation accepted",
+                m.worker_accepted.clone(),
+            );
+            r.register(
+                "worker_alive_tasks",
+                "Tasks alive on the worker's runtime (tokio::spawn)",
+                m.worker_tasks.clone(),
+            );
+            r.register(
+                "worker_busy_ratio",
+                "Share of time the worker's runtime was busy",
+                m.worker_busy.clone(),
+            );
+            r.register(
+                "worker_stalled",
+                "1 while the worker's event loop does not turn",
+                m.worker_stalled.clone(),
+            );
+            r.register(
+                "active_connections",
+                "Established TCP connections on the cluster's listening ports",
+                m.active_connections.clone(),
+            );
+            r.register("store_operations", "Store operations", m.store_ops.clone());
+            r.register(
+                "store_lock_waits",
+                "Store operations that waited behind a key lock",
+                m.store_lock_waits.clone(),
+            );
+            r.register(
+                "bus_messages",
+                "Messages put in slot inboxes and topic subscriptions",
+                m.bus_messages.clone(),
+            );
+            r.register(
+                "process_resident_memory_bytes",
+                "Resident memory of the process",
+                m.rss.clone(),
+            );
+            r.register(
+                "process_cpu_seconds",
+                "CPU time of the process, user and system",
+                m.cpu.clone(),
+            );
+        }
+        m
+    }
+
+    pub(crate) fn restarted(&self, slot: usize) {
+        self.restarts.get_or_create(&slot_label(slot)).inc();
+    }
+
+    pub(crate) fn exited(&self, slot: usize, exit: &Exit) {
+        let mut labels = slot_label(slot);
+        labels.push(("kind".to_owned(), exit_kind(exit).to_owned()));
+        self.exits.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn task_panicked(&self, slot: usize) {
+        self.task_panics.get_or_create(&slot_label(slot)).inc();
+    }
+
+    pub(crate) fn observe_lag(&self, slot: usize, lag: Duration) {
+        self.loop_lag
+            .get_or_create(&slot_label(slot))
+            .observe(lag.as_secs_f64());
+    }
+
+    /// The metrics in the text format, as of now.
+    pub(crate) fn scrape(&self, status: &Status, figures: Figures) -> String {
+        self.workers.set(status.size as i64);
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        for w in &status.workers {
+            let l = slot_label(w.slot);
+            self.worker_generation
+                .get_or_create(&l)
+                .set(w.generation as i64);
+            let up = w
+                .started_at
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.worker_uptime.get_or_create(&l).set(up);
+            self.worker_accepted
+                .get_or_create(&l)
+                .set(w.accepted as i64);
+            self.worker_tasks
+                .get_or_create(&l)
+                .set(w.alive_tasks as i64);
+            self.worker_busy.get_or_create(&l).set(w.busy_ratio);
+            self.worker_stalled
+                .get_or_create(&l)
+                .set(i64::from(w.state == crate::WorkerState::Stalled));
+        }
+        self.active_connections
+            .set(figures.active_connections as i64);
+        raise(&self.store_ops, figures.store_ops);
+        raise(&self.store_lock_waits, figures.store_lock_waits);
+        raise(&self.bus_messages, figures.bus_messages);
+        if let Some(rss) = process_rss() {
+            self.rss.set(rss as i64);
+        }
+        if let Some(cpu) = process_cpu_seconds() {
+            let now = self.cpu.get();
+            if cpu > now {
+                self.cpu.inc_by(cpu - now);
+            }
+        }
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &registry);
+        text
+    }
+}
+
+/// Brings a counter up to a total counted elsewhere.
+fn raise(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+/// What the scrape reads from the store, the bus and the kernel.
+pub(crate) struct Figures {
+    pub(crate) active_connections: usize,
+    pub(crate) store_ops: u64,
+    pub(crate) store_lock_waits: u64,
+    pub(crate) bus_messages: u64,
+}
+
+/// `VmRSS` of `/proc/self/status`, in bytes.
+fn process_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// User and system time of `/proc/self/stat`, in seconds (at the usual 100
+/// clock ticks per second of Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: count fields after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Established TCP connections of this process on `ports`: sockets in
+/// `/proc/net/tcp{,6}` in state 01 whose inode is one of this process's
+/// file descriptors.
+pub(crate) fn active_connections(ports: &HashSet<u16>) -> usize {
+    if ports.is_empty() {
+        return 0;
+    }
+    let mut ours = HashSet::new();
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let target = target.to_string_lossy();
+                if let Some(inode) = target
+                    .strip_prefix("socket:[")
+                    .and_then(|t| t.strip_suffix(']'))
+                {
+                    ours.insert(inode.to_owned());
+                }
+            }
+        }
+    }
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "01" && port.is_some_and(|p| ports.contains(&p)) && ours.contains(*inode) {
+                count += 1;
+            }
+        }
+    }
+    count
+}
