@@ -76,7 +76,10 @@
 //! is lost). A stall watchdog reports workers whose event loop stops
 //! turning. Under [`Builder::run`], SIGHUP rolls and SIGTTIN/SIGTTOU resize;
 //! `FORKLESS_*` environment variables override builder values; systemd's
-//! readiness, reload, watchdog and socket activation are supported.
+//! readiness, reload, watchdog and socket activation are supported. A
+//! control server (HTTP + JSON on a 0600 Unix socket, on by default under
+//! `run`) serves status, events, resize, restart, shutdown and Prometheus
+//! metrics ([`Cluster::metrics`]) to `curl --unix-socket` and `forkless-ctl`.
 //!
 //! ```no_run
 //! # fn body(w: forkless::Worker) -> impl std::future::Future<Output = ()> { async move { drop(w) } }
@@ -189,11 +192,12 @@
 //! | `forkless-worker` | what worker code touches: [`Worker`], [`Listener`], [`Store`], [`Collection`], [`KeyLock`], [`Bus`], [`Inbox`], [`Error`]; for libraries |
 //! | `forkless-runtime` | the master: [`Builder`], [`Cluster`], supervision, listener registry, the store's engine, the bus's router |
 //! | `forkless-macros` | the attribute |
+//! | `forkless-ctl` | the command-line client of the control socket |
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
 pub use forkless_runtime::{
-    BodyResult, Builder, Cluster, Event, Events, Exit, GenerationReport, Report, Restart,
-    SlotReport, Status, TaskPanic, WorkerState, WorkerStatus,
+    default_control_socket, BodyResult, Builder, Cluster, Event, Events, Exit, GenerationReport,
+    Report, Restart, SlotReport, Status, TaskPanic, WorkerState, WorkerStatus,
 };
 pub use forkless_worker::{
     BlockingCollection, Bus, Bytes, Collection, CollectionOptions, Envelope, Error, Inbox, KeyLock,
