@@ -48,6 +48,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_thread_names(true)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let mut builder = forkless::Cluster::builder().name("hello");
@@ -73,6 +74,8 @@ pub(crate) async fn serve(worker: forkless::Worker, args: Args) -> Result<(), fo
     if worker.slot() == 0 && worker.generation() == 0 {
         println!("listening on http://{}", listener.local_addr()?);
     }
+    // Logged inside the worker's span: `worker{slot=.. generation=.. core=..}`.
+    tracing::info!(addr = %listener.local_addr()?, "serving");
     let crash = Rc::new(Notify::new());
     let open = Rc::new(Cell::new(0usize));
     let all_closed = Rc::new(Notify::new());

@@ -53,6 +53,15 @@ fn get(addr: SocketAddr, path: &str) -> (String, String) {
 /// Starts `hello --port 0` with `args` (under `taskset -c cpus` if given)
 /// and returns it with the address it listens on.
 fn start_hello(args: &[&str], cpus: Option<&str>) -> (Child, SocketAddr) {
+    start_hello_with(args, cpus, "warn")
+}
+
+/// `start_hello` with `RUST_LOG=log`.
+fn start_hello_logging(args: &[&str], log: &str) -> (Child, SocketAddr) {
+    start_hello_with(args, None, log)
+}
+
+fn start_hello_with(args: &[&str], cpus: Option<&str>, log: &str) -> (Child, SocketAddr) {
     let mut command = match cpus {
         Some(cpus) => {
             let mut c = Command::new("taskset");
@@ -65,7 +74,7 @@ fn start_hello(args: &[&str], cpus: Option<&str>) -> (Child, SocketAddr) {
         .args(["--port", "0"])
         .args(args)
         .env("XDG_RUNTIME_DIR", runtime_dir())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log)
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -197,7 +206,7 @@ fn stop_and_check(mut child: Child) -> String {
 
 #[test]
 fn sighup_rolls_and_sigttin_sigttou_resize() {
-    let (child, addr) = start_hello(&["--workers", "1"], None);
+    let (child, addr) = start_hello_logging(&["--workers", "1"], "info");
     signal(&child, "HUP");
     whoami_until(addr, "generation 1 after SIGHUP", |b| {
         b.starts_with("slot 0 generation 1 ")
@@ -218,6 +227,15 @@ fn sighup_rolls_and_sigttin_sigttou_resize() {
     });
     let stderr = stop_and_check(child);
     assert!(stderr.contains("gen 1"), "{stderr}");
+    // Each worker logs inside a span that names its slot, generation and core.
+    assert!(
+        stderr.contains("worker{slot=0 generation=1 core="),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("worker{slot=1 generation=0 core="),
+        "{stderr}"
+    );
 }
 
 #[test]
