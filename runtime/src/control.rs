@@ -121,6 +121,9 @@ pub(crate) fn start(
     let tcp = match &config.tcp {
         None => None,
         Some((addr, token)) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the TCP control listener is not on loopback: only its token guards it");
+            }
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|e| Error::bind(addr, e))?;
