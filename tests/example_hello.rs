@@ -9,32 +9,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-/// `target/<profile>/examples/hello`, which `cargo test` builds.
 fn hello_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path = dir.join("examples").join("hello");
-    assert!(
-        path.exists(),
-        "{} is missing: run the whole suite (`cargo test --workspace`), which builds the examples",
-        path.display()
-    );
-    path
+    common::example_binary("hello")
 }
 
-/// A fresh directory for the child's control socket
-/// (`$XDG_RUNTIME_DIR/forkless-hello.sock`), so that tests running at once
-/// do not meet on one path.
-fn runtime_dir() -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("forkless-hello-test-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("runtime dir");
-    dir
-}
+use common::runtime_dir;
 
 /// A GET over a fresh connection; returns (status line, body).
 fn get(addr: SocketAddr, path: &str) -> (String, String) {

@@ -134,3 +134,30 @@ pub fn now<T>(f: impl std::future::Future<Output = T>) -> T {
         std::task::Poll::Pending => panic!("expected the operation to finish at once"),
     }
 }
+
+/// `target/<profile>/examples/<name>`, which `cargo test --workspace` builds.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole suite (`cargo test --workspace`), which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory for a child's control socket
+/// (`$XDG_RUNTIME_DIR/forkless-<name>.sock`), so that tests running at once
+/// do not meet on one path.
+pub fn runtime_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("forkless-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("runtime dir");
+    dir
+}

@@ -186,6 +186,46 @@ impl fmt::Debug for Listener {
     }
 }
 
+/// With the `axum` feature: `axum::serve(listener, app)` serves from a
+/// worker's listener, adopted sockets included.
+///
+/// axum's `accept` cannot say "stop", so once the worker is asked to stop
+/// this one never returns: stop axum with
+/// `.with_graceful_shutdown(worker.shutdown_signal())`.
+///
+/// ```no_run
+/// # async fn body(worker: forkless_worker::Worker) -> Result<(), forkless_worker::Error> {
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" }));
+/// let listener = worker.listen("127.0.0.1:8080").await?;
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(worker.shutdown_signal())
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "axum")]
+impl axum::serve::Listener for Listener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match Listener::accept(self).await {
+                Some(Ok(conn)) => return conn,
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "accept failed, retrying in {:?}", RESOURCE_BACKOFF);
+                    tokio::time::sleep(RESOURCE_BACKOFF).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Listener::local_addr(self)
+    }
+}
+
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),

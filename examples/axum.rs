@@ -1,0 +1,69 @@
+//! An axum app on every worker, stopped gracefully with the worker.
+//!
+//! ```text
+//! cargo run --example axum -- --port 3000
+//! curl http://127.0.0.1:3000/          # Hello from slot 1
+//! ```
+
+use std::net::IpAddr;
+
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+
+/// An axum app on every core.
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+    /// Number of workers [default: the cores this process may run on].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let mut builder = forkless::Cluster::builder().name("axum");
+    if let Some(workers) = args.workers {
+        builder = builder.workers(workers);
+    }
+    match builder.run(move |worker| serve(worker, args.clone())) {
+        Ok(report) => {
+            eprintln!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(worker: forkless::Worker, args: Args) -> Result<(), forkless::Error> {
+    let slot = worker.slot();
+    let app = Router::new().route(
+        "/",
+        get(move || async move { format!("Hello from slot {slot}\n") }),
+    );
+    let listener = worker.listen((args.host, args.port)).await?;
+    if slot == 0 && worker.generation() == 0 {
+        println!("listening on http://{}", listener.local_addr()?);
+    }
+    // `forkless::Listener` is an axum listener (the `axum` feature); the
+    // worker's shutdown signal stops axum gracefully.
+    axum::serve(listener, app)
+        .with_graceful_shutdown(worker.shutdown_signal())
+        .await?;
+    Ok(())
+}

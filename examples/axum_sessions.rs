@@ -1,0 +1,93 @@
+//! A per-session counter that stays right whichever worker serves each
+//! request: axum + tower-sessions, with the sessions in the cluster's shared
+//! store (`forkless-sessions`).
+//!
+//! ```text
+//! cargo run --example axum_sessions -- --port 3000
+//! curl -c jar -b jar http://127.0.0.1:3000/    # counter 1 (slot 0)
+//! curl -c jar -b jar http://127.0.0.1:3000/    # counter 2 (slot 1)
+//! ```
+
+use std::net::IpAddr;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use forkless_sessions::ForklessStore;
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+/// Sessions shared by every worker.
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+    /// Number of workers [default: the cores this process may run on].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let mut builder = forkless::Cluster::builder().name("axum-sessions");
+    if let Some(workers) = args.workers {
+        builder = builder.workers(workers);
+    }
+    match builder.run(move |worker| serve(worker, args.clone())) {
+        Ok(report) => {
+            eprintln!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn count(session: Session, slot: usize) -> Result<String, StatusCode> {
+    let seen: u64 = session
+        .get("counter")
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .unwrap_or(0);
+    session
+        .insert("counter", seen + 1)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(format!("counter {} slot {slot}\n", seen + 1))
+}
+
+async fn serve(worker: forkless::Worker, args: Args) -> Result<(), forkless::Error> {
+    let slot = worker.slot();
+    // Every worker reaches the same collection: a session started on one
+    // worker is found on all.
+    let store = ForklessStore::new(worker.store().collection("sessions"))
+        .with_idle_expiry(std::time::Duration::from_secs(3600))
+        .await?;
+    let sessions = SessionManagerLayer::new(store)
+        .with_secure(false)
+        .with_expiry(Expiry::OnInactivity(time::Duration::hours(1)));
+    let app = Router::new()
+        .route("/", get(move |session: Session| count(session, slot)))
+        .layer(sessions);
+    let listener = worker.listen((args.host, args.port)).await?;
+    if slot == 0 && worker.generation() == 0 {
+        println!("listening on http://{}", listener.local_addr()?);
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(worker.shutdown_signal())
+        .await?;
+    Ok(())
+}

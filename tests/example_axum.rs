@@ -1,0 +1,121 @@
+//! The axum examples as processes: a plain app on every worker, and a
+//! session counter that stays right whichever worker serves each request.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+
+fn start(example: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(common::example_binary(example))
+        .args(["--port", "0", "--workers", "2"])
+        .env("XDG_RUNTIME_DIR", common::runtime_dir())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address");
+    (child, addr)
+}
+
+/// A GET over a new connection; returns the whole response.
+fn get(addr: SocketAddr, cookie: Option<&str>) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{cookie}\r\n"
+    )
+    .expect("write");
+    common::read_answer(&mut stream)
+}
+
+fn stop(mut child: Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("exits");
+    assert!(
+        output.status.success(),
+        "{:?}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_axum_example_serves_on_every_worker_and_stops_gracefully() {
+    let (child, addr) = start("axum");
+    let mut slots = HashSet::new();
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while slots.len() < 2 {
+        let answer = get(addr, None);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+        slots.insert(body.trim().to_owned());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "one worker only: {slots:?}"
+        );
+    }
+    assert_eq!(
+        slots,
+        HashSet::from([
+            "Hello from slot 0".to_owned(),
+            "Hello from slot 1".to_owned()
+        ])
+    );
+    stop(child);
+}
+
+#[test]
+fn a_session_counter_stays_right_across_workers() {
+    let (child, addr) = start("axum_sessions");
+    let first = get(addr, None);
+    assert!(first.contains("counter 1 slot"), "{first}");
+    let cookie = first
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let mut slots = HashSet::new();
+    let mut last = String::new();
+    for n in 2..=200 {
+        let answer = get(addr, Some(&cookie));
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .expect("a body")
+            .trim()
+            .to_owned();
+        let (count, slot) = body
+            .strip_prefix("counter ")
+            .and_then(|r| r.split_once(" slot "))
+            .unwrap_or_else(|| panic!("{answer}"));
+        assert_eq!(count, n.to_string(), "request {n}: {answer}");
+        slots.insert(slot.to_owned());
+        last = body;
+    }
+    assert!(last.starts_with("counter 200 "), "{last}");
+    assert_eq!(slots.len(), 2, "the requests landed on both workers");
+    stop(child);
+}
