@@ -193,6 +193,13 @@
 //! | `forkless-runtime` | the master: [`Builder`], [`Cluster`], supervision, listener registry, the store's engine, the bus's router |
 //! | `forkless-macros` | the attribute |
 //! | `forkless-ctl` | the command-line client of the control socket |
+//! | `forkless-sessions` | a tower-sessions store on the shared store |
+//!
+//! # Features
+//!
+//! - `axum`: [`Listener`] implements `axum::serve::Listener`, so that
+//!   `axum::serve(listener, app).with_graceful_shutdown(worker.shutdown_signal())`
+//!   runs an axum app on each worker.
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
 pub use forkless_runtime::{
