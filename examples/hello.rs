@@ -5,6 +5,7 @@
 //! curl http://127.0.0.1:8080/         # Hello, World!
 //! curl http://127.0.0.1:8080/whoami   # slot 1 generation 0 core 1
 //! curl http://127.0.0.1:8080/hits     # hits 3: a counter in the cluster's store, shared by all workers
+//! curl http://127.0.0.1:8080/ask      # asks the next worker over the cluster's bus, shows its answer
 //! curl http://127.0.0.1:8080/crash    # answers, then that worker panics and is respawned
 //! ```
 //!
@@ -76,6 +77,14 @@ pub(crate) async fn serve(worker: forkless::Worker, args: Args) -> Result<(), fo
     }
     // Logged inside the worker's span: `worker{slot=.. generation=.. core=..}`.
     tracing::info!(addr = %listener.local_addr()?, "serving");
+    // Answer requests from the other workers (`GET /ask`) over the bus.
+    let mut inbox = worker.inbox();
+    let me = worker.slot();
+    tokio::task::spawn_local(async move {
+        while let Some(envelope) = inbox.recv().await {
+            envelope.reply(format!("slot {me} says hi"));
+        }
+    });
     let crash = Rc::new(Notify::new());
     let open = Rc::new(Cell::new(0usize));
     let all_closed = Rc::new(Notify::new());
@@ -173,6 +182,21 @@ async fn handle(
             Ok(n) => text(StatusCode::OK, format!("hits {n}\n")),
             Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         },
+        (&Method::GET, "/ask") => {
+            let bus = worker.bus();
+            let next = (worker.slot() + 1) % bus.size();
+            match bus.request(next, "hi").await {
+                Ok(reply) => text(
+                    StatusCode::OK,
+                    format!(
+                        "slot {} asked slot {next}: {}\n",
+                        worker.slot(),
+                        String::from_utf8_lossy(&reply)
+                    ),
+                ),
+                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
+        }
         (&Method::GET, "/crash") => {
             crash.set(true);
             let mut response = text(

@@ -98,6 +98,8 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
     );
     assert_eq!(get(addr, "/nowhere").0, "HTTP/1.1 404 Not Found");
     assert_eq!(get(addr, "/hits").1, "hits 1\n");
+    // One worker asks itself over the bus.
+    assert_eq!(get(addr, "/ask").1, "slot 0 asked slot 0: slot 0 says hi\n");
     // Answers, then the worker panics; the next request waits in the slot's
     // queue for generation 1, on the same core.
     assert_eq!(
