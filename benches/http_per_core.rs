@@ -23,6 +23,18 @@
 //! - `tokio-mt`: a multi-thread runtime as `#[tokio::main]` builds it (one
 //!   worker thread per allowed core: 1 under `taskset -c 0`), `tokio::spawn`
 //!   per connection.
+//! - `actix-web`: actix-web 4 with as many workers as allowed cores (1).
+//! - `node`: Node's `cluster` module with 1 worker (`benches/node/hello.js`;
+//!   the primary shares the core), when `node` is on the PATH.
+//!
+//! `FORKLESS_BENCH_WORKERS=n` (default 1) gives every server `n` cores
+//! (cores `0..n`) and wrk the next one: the N-workers mode, for machines
+//! with more cores (`benches/scaling.sh` runs it for 1, 2, 4 and 8).
+//!
+//! Results also go to `target/bench-results/http_per_core.json`, and a bar
+//! chart of the medians to `target/bench-results/http_per_core.svg`
+//! (plotters); `docs/http_per_core.svg`, which the README shows, is a copy
+//! from the run recorded in BENCHMARKS.md.
 
 #[allow(dead_code)]
 #[path = "../examples/hello.rs"]
@@ -41,7 +53,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-const SERVERS: [&str; 3] = ["forkless", "per-core", "tokio-mt"];
+const ALL_SERVERS: [&str; 5] = ["forkless", "per-core", "tokio-mt", "actix-web", "node"];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -60,25 +72,53 @@ fn main() {
         println!("http_per_core: skipped, needs 2 cores (one for the server, one for wrk)");
         return;
     }
-    let (server_core, wrk_core) = (cores[0].id, cores[1].id);
+    let workers: usize = env_or("FORKLESS_BENCH_WORKERS", 1).clamp(1, cores.len() - 1);
+    let server_cores: Vec<String> = cores[..workers].iter().map(|c| c.id.to_string()).collect();
+    let server_cores = server_cores.join(",");
+    // wrk on the remaining cores (at most 8 threads), 64 connections per
+    // server core.
+    let wrk_cores: Vec<String> = cores[workers..]
+        .iter()
+        .take(8)
+        .map(|c| c.id.to_string())
+        .collect();
+    let wrk_threads = wrk_cores.len();
+    let wrk_core = wrk_cores.join(",");
+    let connections = 64 * workers;
     let secs: u64 = env_or("FORKLESS_BENCH_SECS", 10);
     let rounds: usize = env_or("FORKLESS_BENCH_ROUNDS", 3);
+    let node = Command::new("node").arg("--version").output().is_ok();
+    let servers: Vec<&str> = ALL_SERVERS
+        .iter()
+        .copied()
+        .filter(|s| *s != "node" || node)
+        .collect();
+    if !node {
+        println!("http_per_core: node is not on the PATH: its row is skipped");
+    }
 
     println!(
-        "http_per_core: server on core {server_core}, wrk -t1 -c64 on core {wrk_core}, \
+        "http_per_core: servers on cores {server_cores}, wrk -t{wrk_threads} -c{connections} on cores {wrk_core}, \
          {secs}s x {rounds} rounds each"
     );
-    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); SERVERS.len()];
+    let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); servers.len()];
     for round in 0..rounds {
-        for (i, kind) in SERVERS.iter().enumerate() {
-            let port = 20000 + (round * SERVERS.len() + i) as u16;
-            let mut server = start_server(kind, port, server_core);
+        for (i, kind) in servers.iter().enumerate() {
+            let port = 20000 + (round * servers.len() + i) as u16;
+            let mut server = start_server(kind, port, &server_cores);
             // Warm up: connections, caches, the CPU's clock.
-            let _ = wrk(port, wrk_core, 2);
-            let (rps, p99) = wrk(port, wrk_core, secs);
+            let load = Load {
+                cores: &wrk_core,
+                threads: wrk_threads,
+                connections,
+            };
+            let _ = wrk(port, &load, 2);
+            let (rps, p50, p99) = wrk(port, &load, secs);
             stop(&mut server);
-            println!("  round {round} {kind:>9}: {rps:>10.0} req/s  p99 {p99:>6.2} ms");
-            results[i].push((rps, p99));
+            println!(
+                "  round {round} {kind:>9}: {rps:>10.0} req/s  p50 {p50:>6.2} ms  p99 {p99:>6.2} ms"
+            );
+            results[i].push((rps, p50, p99));
         }
     }
 
@@ -86,20 +126,118 @@ fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let summary: Vec<(f64, f64)> = results
+    let summary: Vec<(f64, f64, f64)> = results
         .iter()
         .map(|r| {
             let mut rps: Vec<f64> = r.iter().map(|x| x.0).collect();
-            let mut p99: Vec<f64> = r.iter().map(|x| x.1).collect();
-            (median(&mut rps), median(&mut p99))
+            let mut p50: Vec<f64> = r.iter().map(|x| x.1).collect();
+            let mut p99: Vec<f64> = r.iter().map(|x| x.2).collect();
+            (median(&mut rps), median(&mut p50), median(&mut p99))
         })
         .collect();
     let base = summary[1].0;
-    println!("\n| server | req/s (median) | p99 ms (median) | vs per-core |");
-    println!("|---|---:|---:|---:|");
-    for (kind, (rps, p99)) in SERVERS.iter().zip(&summary) {
-        println!("| {kind} | {rps:.0} | {p99:.2} | {:.3}x |", rps / base);
+    let forkless = summary[0].0;
+    println!("\n| server | req/s (median) | p50 ms | p99 ms | vs per-core | forkless vs it |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (kind, (rps, p50, p99)) in servers.iter().zip(&summary) {
+        println!(
+            "| {kind} | {rps:.0} | {p50:.2} | {p99:.2} | {:.3}x | {:.2}x |",
+            rps / base,
+            forkless / rps
+        );
     }
+    write_results(&servers, &summary, &results, workers, secs);
+}
+
+/// `target/bench-results/http_per_core.json` and `docs/http_per_core.svg`.
+fn write_results(
+    servers: &[&str],
+    summary: &[(f64, f64, f64)],
+    rounds: &[Vec<(f64, f64, f64)>],
+    workers: usize,
+    secs: u64,
+) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let json = format!(
+        "{{\"workers\":{workers},\"secs\":{secs},\"servers\":[{}]}}\n",
+        servers
+            .iter()
+            .zip(summary)
+            .zip(rounds)
+            .map(|((s, (rps, p50, p99)), r)| format!(
+                "{{\"server\":\"{s}\",\"rps\":{rps:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"rounds_rps\":[{}]}}",
+                r.iter().map(|x| format!("{:.0}", x.0)).collect::<Vec<_>>().join(",")
+            ))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let dir = root.join("target").join("bench-results");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("http_per_core.json"), json);
+    let svg = dir.join("http_per_core.svg");
+    if let Err(e) = chart(&svg, servers, summary, workers) {
+        println!("no chart: {e}");
+    } else {
+        println!("chart: {}", svg.display());
+    }
+}
+
+fn chart(
+    path: &std::path::Path,
+    servers: &[&str],
+    summary: &[(f64, f64, f64)],
+    workers: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (720, 360)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = summary.iter().map(|s| s.0).fold(0.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "GET / Hello, World!, {workers} server core(s), wrk -c{} (median req/s)",
+                64 * workers
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5..servers.len() as f64 - 0.5, 0.0..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(servers.len())
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 {
+                servers
+                    .get(i as usize)
+                    .map_or(String::new(), |s| (*s).to_owned())
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| format!("{:.0}k", y / 1000.0))
+        .draw()?;
+    chart.draw_series(summary.iter().enumerate().map(|(i, s)| {
+        let color = if i == 0 {
+            RGBColor(200, 60, 40)
+        } else {
+            RGBColor(90, 110, 140)
+        };
+        let x = i as f64;
+        Rectangle::new([(x - 0.35, 0.0), (x + 0.35, s.0)], color.filled())
+    }))?;
+    chart.draw_series(summary.iter().enumerate().map(|(i, s)| {
+        Text::new(
+            format!("{:.0}k", s.0 / 1000.0),
+            (i as f64 - 0.12, s.0 + top * 0.06),
+            ("sans-serif", 14),
+        )
+    }))?;
+    root.present()?;
+    Ok(())
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -109,13 +247,27 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn start_server(kind: &str, port: u16, core: usize) -> Child {
+fn start_server(kind: &str, port: u16, cores: &str) -> Child {
     let exe = std::env::current_exe().expect("bench binary");
-    let child = Command::new("taskset")
-        .args(["-c", &core.to_string()])
-        .arg(exe)
-        .args(["--serve", kind, &port.to_string()])
+    let mut command = Command::new("taskset");
+    command.args(["-c", cores]);
+    if kind == "node" {
+        command
+            .arg("node")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/benches/node/hello.js"
+            ))
+            .env("PORT", port.to_string())
+            .env("WORKERS", (cores.split(',').count()).to_string());
+    } else {
+        command.arg(exe).args(["--serve", kind, &port.to_string()]);
+    }
+    let dir = std::env::temp_dir().join(format!("forkless-http-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let child = command
         .env("RUST_LOG", "warn")
+        .env("XDG_RUNTIME_DIR", dir)
         .stdout(Stdio::null())
         .spawn()
         .expect("taskset");
@@ -135,11 +287,21 @@ fn stop(server: &mut Child) {
     let _ = server.wait();
 }
 
-/// Runs wrk; returns (requests/s, p99 latency in ms).
-fn wrk(port: u16, core: usize, secs: u64) -> (f64, f64) {
+/// Where and how hard wrk loads the server.
+struct Load<'a> {
+    cores: &'a str,
+    threads: usize,
+    connections: usize,
+}
+
+/// Runs wrk; returns (requests/s, p50 and p99 latency in ms).
+fn wrk(port: u16, load: &Load<'_>, secs: u64) -> (f64, f64, f64) {
     let output = Command::new("taskset")
-        .args(["-c", &core.to_string()])
-        .args(["wrk", "-t1", "-c64", "--latency"])
+        .args(["-c", load.cores])
+        .arg("wrk")
+        .arg(format!("-t{}", load.threads))
+        .arg(format!("-c{}", load.connections))
+        .arg("--latency")
         .arg(format!("-d{secs}s"))
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
@@ -150,15 +312,17 @@ fn wrk(port: u16, core: usize, secs: u64) -> (f64, f64) {
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{text}"));
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| to_ms(v.trim()))
-        .unwrap_or_else(|| panic!("no 99% line in wrk's output:\n{text}"));
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .map(|v| to_ms(v.trim()))
+            .unwrap_or_else(|| panic!("no {p} line in wrk's output:\n{text}"))
+    };
+    let (p50, p99) = (percentile("50%"), percentile("99%"));
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         println!("  wrk reported errors:\n{text}");
     }
-    (rps, p99)
+    (rps, p50, p99)
 }
 
 fn to_ms(value: &str) -> f64 {
@@ -190,6 +354,7 @@ fn serve(kind: &str, port: u16) {
         }
         "per-core" => per_core(port),
         "tokio-mt" => tokio_mt(port),
+        "actix-web" => actix(port),
         other => panic!("unknown server {other}"),
     }
 }
@@ -266,4 +431,17 @@ fn tokio_mt(port: u16) {
             });
         }
     });
+}
+
+/// actix-web 4, one worker per allowed core (its default).
+fn actix(port: u16) {
+    use actix_web::{web, App, HttpServer};
+    actix_web::rt::System::new()
+        .block_on(async move {
+            HttpServer::new(|| App::new().route("/", web::get().to(|| async { "Hello, World!" })))
+                .bind(("127.0.0.1", port))?
+                .run()
+                .await
+        })
+        .expect("actix-web");
 }

@@ -81,7 +81,11 @@ fn mb(kib: u64) -> String {
 
 fn get(port: u16, path: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("read");
     answer
@@ -114,9 +118,12 @@ fn rss_tree(pid: u32) -> u64 {
 fn start(kind: &str, port: u16) -> Child {
     let mut command = if kind == "node" {
         let mut c = Command::new("node");
-        c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/node/hello.js"))
-            .env("PORT", port.to_string())
-            .env("WORKERS", WORKERS.to_string());
+        c.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/node/hello.js"
+        ))
+        .env("PORT", port.to_string())
+        .env("WORKERS", WORKERS.to_string());
         c
     } else {
         let mut c = Command::new(std::env::current_exe().expect("bench binary"));
@@ -189,8 +196,8 @@ fn serve(kind: &str, port: u16) {
 }
 
 fn reuseport(port: u16) -> tokio::net::TcpListener {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_reuse_port(true).expect("reuseport");
     socket.set_reuse_address(true).expect("reuseaddr");
     socket
@@ -210,9 +217,9 @@ async fn accept_loop(listener: tokio::net::TcpListener) {
         };
         tokio::spawn(async move {
             let service = service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                    http_body_util::Full::new(bytes::Bytes::from_static(b"Hello, World!")),
-                ))
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"Hello, World!"),
+                )))
             });
             let _ = http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
