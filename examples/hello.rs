@@ -104,12 +104,16 @@ pub(crate) async fn serve(worker: forkless::Worker, args: Args) -> Result<(), fo
                 let first_request = Rc::new(Notify::new());
                 let served = Rc::new(Cell::new(false));
                 let service = {
-                    let worker = worker.clone();
+                    // One `Worker` per connection, shared by its requests: a
+                    // `Worker` clone per request costs atomics on shared
+                    // counters, which showed in the p50 and p99 latency.
+                    let worker = Rc::new(worker.clone());
                     let crash_here = crash_here.clone();
                     let (first_request, served) = (first_request.clone(), served.clone());
                     service_fn(move |req| {
-                        served.set(true);
-                        first_request.notify_one();
+                        if !served.replace(true) {
+                            first_request.notify_one();
+                        }
                         handle(req, worker.clone(), crash_here.clone())
                     })
                 };
@@ -162,7 +166,7 @@ pub(crate) async fn serve(worker: forkless::Worker, args: Args) -> Result<(), fo
 
 async fn handle(
     req: Request<Incoming>,
-    worker: forkless::Worker,
+    worker: Rc<forkless::Worker>,
     crash: Rc<Cell<bool>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
