@@ -73,6 +73,12 @@ fn endpoints_answer_and_the_socket_is_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     assert_eq!(cluster.control_address().map(|a| a.0), Some(path.clone()));
+    let mut events = cluster.events();
+    loop {
+        if let Some(Event::WorkerReady { slot: 0, .. }) = events.blocking_recv() {
+            break;
+        }
+    }
 
     let answer = raw(unix(&path), &request("GET", "/status", "", ""));
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
@@ -87,7 +93,6 @@ fn endpoints_answer_and_the_socket_is_private() {
     );
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
     assert_eq!(body(&answer), r#"{"from":1,"to":2}"#);
-    let mut events = cluster.events();
     loop {
         if let Some(Event::WorkerReady { slot: 1, .. }) = events.blocking_recv() {
             break;
