@@ -63,7 +63,7 @@ fn ready_reloading_stopping_and_watchdog_pings_only_while_nobody_stalls() {
                     tx.send(go).expect("test alive");
                     wait.await.ok();
                     // Blocks its loop: a stall.
-                    std::thread::sleep(Duration::from_millis(800));
+                    std::thread::sleep(Duration::from_millis(1500));
                 }
                 worker.shutdown_signal().await;
             }
@@ -82,20 +82,27 @@ fn ready_reloading_stopping_and_watchdog_pings_only_while_nobody_stalls() {
     socket.set_nonblocking(true).expect("nonblocking");
     let mut buf = [0u8; 4096];
     while socket.recv(&mut buf).is_ok() {}
-    socket.set_nonblocking(false).expect("blocking");
-    next_event(&mut events, |e| {
-        matches!(e, Event::Recovered { slot: 1, .. })
-    });
-    socket.set_nonblocking(true).expect("nonblocking");
+    // Let a few ping intervals (100 ms) pass inside the stall, take what
+    // came, and only then check that the worker is still stalled: whatever
+    // was taken was sent while it was.
+    std::thread::sleep(Duration::from_millis(300));
     let mut during = Vec::new();
     while let Ok(n) = socket.recv(&mut buf) {
         during.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     socket.set_nonblocking(false).expect("blocking");
-    assert!(
-        during.iter().all(|m| m.trim_end() != "WATCHDOG=1"),
-        "no watchdog ping while a worker is stalled: {during:?}"
-    );
+    let still_stalled = cluster.status().workers[1].state == forkless::WorkerState::Stalled;
+    if still_stalled {
+        assert!(
+            during.iter().all(|m| m.trim_end() != "WATCHDOG=1"),
+            "no watchdog ping while a worker is stalled: {during:?}"
+        );
+    } else {
+        eprintln!("the stall ended before the check (a slow machine): nothing asserted about it");
+    }
+    next_event(&mut events, |e| {
+        matches!(e, Event::Recovered { slot: 1, .. })
+    });
     expect(&socket, "WATCHDOG=1");
 
     cluster.restart().expect("roll");
