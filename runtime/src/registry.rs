@@ -29,6 +29,10 @@ pub(crate) struct Registry {
     /// Listening sockets inherited through systemd socket activation
     /// (`LISTEN_FDS`), not yet claimed by a `listen`.
     inherited: Vec<(SocketAddr, Socket)>,
+    /// Retired slots, with the slots that may adopt their sockets: a worker
+    /// of a retired slot that listens late (it was still starting when its
+    /// slot retired) must not leave a socket that nobody accepts from.
+    retired: HashMap<usize, Vec<usize>>,
     closed: bool,
 }
 
@@ -140,6 +144,7 @@ impl Registry {
             backlog: i32::try_from(backlog).unwrap_or(i32::MAX),
             groups: Vec::new(),
             inherited: inherited_sockets(),
+            retired: HashMap::new(),
             closed: false,
         }
     }
@@ -191,15 +196,17 @@ impl Registry {
                 &mut self.groups[last]
             }
         };
+        if group.shared.is_none() && !group.sockets.contains_key(&slot) {
+            let socket = bind(group.bound, backlog).map_err(|e| Error::bind(shown, e))?;
+            group.sockets.insert(slot, socket);
+            if let Some(survivors) = self.retired.get(&slot) {
+                // Too late for this slot: a survivor accepts from it at once.
+                group.retire(slot, survivors);
+            }
+        }
         let socket = match &group.shared {
             Some(shared) => shared,
-            None => {
-                if !group.sockets.contains_key(&slot) {
-                    let socket = bind(group.bound, backlog).map_err(|e| Error::bind(shown, e))?;
-                    group.sockets.insert(slot, socket);
-                }
-                &group.sockets[&slot]
-            }
+            None => &group.sockets[&slot],
         };
         let dup = socket.try_clone().map_err(|e| Error::bind(shown, e))?;
         let adopted = group
@@ -217,6 +224,7 @@ impl Registry {
     /// accepts from its sockets from now on, so that nothing the kernel
     /// queues there is lost. With no survivor, its sockets close.
     pub(crate) fn retire_slot(&mut self, slot: usize, survivors: &[usize]) {
+        self.retired.insert(slot, survivors.to_vec());
         for group in &mut self.groups {
             group.retire(slot, survivors);
         }
@@ -224,6 +232,7 @@ impl Registry {
 
     /// A retired slot runs again and takes its sockets back.
     pub(crate) fn restore_slot(&mut self, slot: usize) {
+        self.retired.remove(&slot);
         for group in &mut self.groups {
             group.restore(slot);
         }
@@ -379,6 +388,26 @@ mod tests {
         registry.retire_slot(0, &[]);
         registry.retire_slot(1, &[]);
         assert!(registry.groups[0].sockets.is_empty());
+    }
+
+    #[test]
+    fn a_retired_slot_that_listens_late_is_adopted_at_once() {
+        let mut registry = Registry::new(16);
+        let zero = registry
+            .listen(0, localhost(), "127.0.0.1:0")
+            .expect("slot 0");
+        let addr = zero.listener.local_addr().expect("addr");
+        // Slot 1 retires before its worker got to listen.
+        registry.retire_slot(1, &[0]);
+        let late = registry
+            .listen(1, addr, &addr.to_string())
+            .expect("late listen");
+        assert!(late.adopted.borrow().is_empty());
+        assert_eq!(
+            zero.adopted.borrow().len(),
+            1,
+            "slot 0 accepts for slot 1 at once"
+        );
     }
 
     #[test]
