@@ -327,8 +327,19 @@ impl Builder {
         Fut: Future + 'static,
         Fut::Output: BodyResult,
     {
-        let (cluster, control) = self.launch(body, true)?;
-        let signals = match signals::install(cluster.clone()) {
+        // Handlers first: a signal sent as soon as the workers listen (a
+        // supervisor's reload, say) must reach the cluster, not end the
+        // process with the default action.
+        let prepared = signals::prepare()
+            .map_err(|e| Error::spawn("cannot install the signal handlers", e))?;
+        let (cluster, control) = match self.launch(body, true) {
+            Ok(launched) => launched,
+            Err(e) => {
+                prepared.abandon();
+                return Err(e);
+            }
+        };
+        let signals = match prepared.serve(cluster.clone()) {
             Ok(handle) => handle,
             Err(e) => {
                 cluster.terminate();

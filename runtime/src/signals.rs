@@ -28,14 +28,46 @@ impl Installed {
     }
 }
 
-/// SIGINT or SIGTERM: graceful stop; a second one: terminate. SIGHUP:
-/// rolling restart. SIGTTIN / SIGTTOU: one worker more / less.
-pub(crate) fn install(cluster: Cluster) -> io::Result<Installed> {
+/// Handlers installed before the cluster starts, so that a signal that
+/// comes while it starts waits for it instead of ending the process.
+pub(crate) struct Prepared {
+    signals: Signals,
+    restore_default: Arc<AtomicBool>,
+}
+
+/// Installs the handlers; the signals queue until [`Prepared::serve`].
+pub(crate) fn prepare() -> io::Result<Prepared> {
     let restore_default = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM, SIGHUP] {
         signal_hook::flag::register_conditional_default(signal, restore_default.clone())?;
     }
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGTTIN, SIGTTOU])?;
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGTTIN, SIGTTOU])?;
+    Ok(Prepared {
+        signals,
+        restore_default,
+    })
+}
+
+impl Prepared {
+    /// Gives the default actions back, for a cluster that did not start.
+    pub(crate) fn abandon(self) {
+        self.signals.handle().close();
+        self.restore_default.store(true, Ordering::SeqCst);
+    }
+
+    /// Acts on the signals for `cluster`, queued ones first.
+    pub(crate) fn serve(self, cluster: Cluster) -> io::Result<Installed> {
+        install(self, cluster)
+    }
+}
+
+/// SIGINT or SIGTERM: graceful stop; a second one: terminate. SIGHUP:
+/// rolling restart. SIGTTIN / SIGTTOU: one worker more / less.
+fn install(prepared: Prepared, cluster: Cluster) -> io::Result<Installed> {
+    let Prepared {
+        mut signals,
+        restore_default,
+    } = prepared;
     let handle = signals.handle();
     thread::Builder::new()
         .name("forkless-signals".to_owned())
