@@ -268,6 +268,22 @@ fn a_second_cluster_on_a_live_socket_is_refused_and_a_stale_file_is_replaced() {
         .start(|_w: Worker| async {})
         .unwrap_err();
     assert!(e.to_string().contains("already answers"), "{e}");
+    // On the default path, a second cluster of the same name runs on,
+    // without a control server.
+    let dir = path.parent().expect("dir").join("xdg");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let default = dir.join("forkless-control-default.sock");
+    let busy = std::os::unix::net::UnixListener::bind(&default).expect("a live socket");
+    std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    let second = Cluster::builder()
+        .name("control-default")
+        .control(true)
+        .start(|w: Worker| async move { w.shutdown_signal().await })
+        .expect("starts anyway");
+    assert_eq!(second.control_address(), None);
+    second.shutdown();
+    second.join();
+    drop(busy);
     first.shutdown();
     first.join();
     // A stale file, as a crashed process leaves it.

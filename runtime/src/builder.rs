@@ -275,7 +275,10 @@ impl Builder {
     /// [`start`](Builder::start). The socket is
     /// [`default_control_socket`](crate::default_control_socket) of the
     /// cluster's name unless [`control_socket`](Builder::control_socket)
-    /// says otherwise.
+    /// says otherwise. If another live cluster already answers on that
+    /// default path (two services that both keep the default name), this one
+    /// starts anyway, without a control server, and logs an error; an
+    /// explicit `control_socket` path that is taken is a start-up error.
     pub fn control(mut self, enabled: bool) -> Builder {
         self.control.enabled = Some(enabled);
         self
@@ -409,7 +412,8 @@ impl Builder {
         let mut thread = None;
         if control.enabled.unwrap_or(owns_process) {
             match crate::control::start(&cluster, &control) {
-                Ok((path, tcp, handle)) => {
+                Ok(None) => {}
+                Ok(Some((path, tcp, handle))) => {
                     *cluster
                         .shared
                         .control

@@ -77,11 +77,16 @@ pub fn default_control_socket(name: &str) -> PathBuf {
 
 /// Binds the Unix socket at `path` with mode 0600, replacing a stale file
 /// from a cluster that died, refusing one that a live cluster answers on.
+/// Whether a live cluster answers on `path`.
+fn path_is_live(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
 fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if path_is_live(path) {
             return Err(Error::config(format!(
                 "control socket {shown}: a running cluster already answers there \
                  (give this one another name, or another control_socket path)"
@@ -109,15 +114,31 @@ fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
 /// stream's end) go out before the process exits.
 pub(crate) type ControlThread = std::thread::JoinHandle<()>;
 
+///
+/// A default path (no `control_socket`, no TCP listener) that another live
+/// cluster already answers on does not stop this one: it runs without a
+/// control server, and says so in an error log. (Two services that both
+/// keep the default name would otherwise keep each other from starting.)
+/// Returns `None` then.
 pub(crate) fn start(
     cluster: &Cluster,
     config: &ControlConfig,
-) -> Result<(PathBuf, Option<SocketAddr>, ControlThread), Error> {
+) -> Result<Option<(PathBuf, Option<SocketAddr>, ControlThread)>, Error> {
     let path = config
         .path
         .clone()
         .unwrap_or_else(|| default_control_socket(cluster.name()));
-    let unix = bind_unix(&path)?;
+    let unix = match bind_unix(&path) {
+        Ok(unix) => unix,
+        Err(e) if config.path.is_none() && config.tcp.is_none() && path_is_live(&path) => {
+            tracing::error!(
+                "{e}; this cluster runs WITHOUT a control server (name it with \
+                 Builder::name, or give it Builder::control_socket)"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     let tcp = match &config.tcp {
         None => None,
         Some((addr, token)) => {
@@ -152,7 +173,7 @@ pub(crate) fn start(
         })
         .map_err(|e| Error::spawn("cannot spawn the control thread", e))?;
     tracing::info!(socket = %path.display(), tcp = ?tcp_addr, "control server listening");
-    Ok((path, tcp_addr, thread))
+    Ok(Some((path, tcp_addr, thread)))
 }
 
 async fn serve(
