@@ -8,6 +8,9 @@
 //! curl -c jar -b jar http://127.0.0.1:3000/    # counter 2 (slot 1)
 //! ```
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::net::IpAddr;
 
 use axum::http::StatusCode;
@@ -32,28 +35,11 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
-    let mut builder = forkless::Cluster::builder().name("axum-sessions");
-    if let Some(workers) = args.workers {
-        builder = builder.workers(workers);
-    }
-    match builder.run(move |worker| serve(worker, args.clone())) {
-        Ok(report) => {
-            eprintln!("{report}");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let workers = args.workers;
+    support::run("axum-sessions", workers, move |worker| {
+        serve(worker, args.clone())
+    })
 }
 
 async fn count(session: Session, slot: usize) -> Result<String, StatusCode> {

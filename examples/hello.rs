@@ -13,6 +13,9 @@
 //! open connections finish their requests; a second signal terminates.
 //! `RUST_LOG=debug` shows more of what the supervisor does.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -43,30 +46,9 @@ pub(crate) struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_thread_names(true)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
-    let mut builder = forkless::Cluster::builder().name("hello");
-    if let Some(workers) = args.workers {
-        builder = builder.workers(workers);
-    }
-    let result = builder.run(move |worker| serve(worker, args.clone()));
-    match result {
-        Ok(report) => {
-            eprintln!("{report}");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let workers = args.workers;
+    support::run("hello", workers, move |worker| serve(worker, args.clone()))
 }
 
 /// The worker body: one per core, and again after each crash.

@@ -1,0 +1,36 @@
+//! What the examples share: logging to stderr with `RUST_LOG`, and running
+//! the cluster with its report or error printed at the end.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Sets up logging, runs a cluster named `name` (with `workers`, or one per
+/// core) on `body`, prints its report, and says how it went.
+pub(crate) fn run<F, Fut>(name: &str, workers: Option<usize>, body: F) -> ExitCode
+where
+    F: Fn(forkless::Worker) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), forkless::Error>> + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_thread_names(true)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut builder = forkless::Cluster::builder().name(name);
+    if let Some(workers) = workers {
+        builder = builder.workers(workers);
+    }
+    match builder.run(body) {
+        Ok(report) => {
+            eprintln!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
