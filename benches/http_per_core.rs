@@ -39,19 +39,10 @@
 #[allow(dead_code)]
 #[path = "../examples/hello.rs"]
 mod hello;
+#[path = "servers/mod.rs"]
+mod servers;
 
-use std::convert::Infallible;
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use std::process::{Child, Command};
 
 const ALL_SERVERS: [&str; 5] = ["forkless", "per-core", "tokio-mt", "actix-web", "node"];
 
@@ -114,7 +105,7 @@ fn main() {
             };
             let _ = wrk(port, &load, 2);
             let (rps, p50, p99) = wrk(port, &load, secs);
-            stop(&mut server);
+            servers::stop(&mut server);
             println!(
                 "  round {round} {kind:>9}: {rps:>10.0} req/s  p50 {p50:>6.2} ms  p99 {p99:>6.2} ms"
             );
@@ -248,43 +239,16 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn start_server(kind: &str, port: u16, cores: &str) -> Child {
-    let exe = std::env::current_exe().expect("bench binary");
     let mut command = Command::new("taskset");
     command.args(["-c", cores]);
     if kind == "node" {
-        command
-            .arg("node")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/benches/node/hello.js"
-            ))
-            .env("PORT", port.to_string())
-            .env("WORKERS", (cores.split(',').count()).to_string());
+        servers::node(&mut command, port, cores.split(',').count());
     } else {
-        command.arg(exe).args(["--serve", kind, &port.to_string()]);
+        command
+            .arg(std::env::current_exe().expect("bench binary"))
+            .args(["--serve", kind, &port.to_string()]);
     }
-    let dir = std::env::temp_dir().join(format!("forkless-http-bench-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let child = command
-        .env("RUST_LOG", "warn")
-        .env("XDG_RUNTIME_DIR", dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("taskset");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{kind} did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn stop(server: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
+    servers::launch(command, kind, port)
 }
 
 /// Where and how hard wrk loads the server.
@@ -352,85 +316,11 @@ fn serve(kind: &str, port: u16) {
                 .run(move |worker| hello::serve(worker, args.clone()))
                 .expect("forkless");
         }
-        "per-core" => per_core(port),
-        "tokio-mt" => tokio_mt(port),
+        "per-core" => servers::per_core(port, None),
+        "tokio-mt" => servers::tokio_mt(port, None),
         "actix-web" => actix(port),
         other => panic!("unknown server {other}"),
     }
-}
-
-async fn hello_world(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from_static(
-        b"Hello, World!",
-    ))))
-}
-
-/// The hand-written per-core server: one pinned thread per allowed core.
-fn per_core(port: u16) {
-    let cores = core_affinity::get_core_ids().expect("affinity");
-    let threads: Vec<_> = cores
-        .into_iter()
-        .map(|core| {
-            std::thread::spawn(move || {
-                core_affinity::set_for_current(core);
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, async move {
-                    let socket =
-                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                            .expect("socket");
-                    socket.set_reuse_port(true).expect("reuseport");
-                    socket.set_reuse_address(true).expect("reuseaddr");
-                    socket
-                        .bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
-                        .expect("bind");
-                    socket.listen(1024).expect("listen");
-                    socket.set_nonblocking(true).expect("nonblocking");
-                    let listener =
-                        tokio::net::TcpListener::from_std(socket.into()).expect("listener");
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        tokio::task::spawn_local(async move {
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service_fn(hello_world))
-                                .await;
-                        });
-                    }
-                });
-            })
-        })
-        .collect();
-    for thread in threads {
-        let _ = thread.join();
-    }
-}
-
-/// What `#[tokio::main]` builds: a multi-thread runtime.
-fn tokio_mt(port: u16) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("bind");
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(hello_world))
-                    .await;
-            });
-        }
-    });
 }
 
 /// actix-web 4, one worker per allowed core (its default).

@@ -16,11 +16,13 @@
 #[allow(dead_code)]
 #[path = "../examples/hello.rs"]
 mod hello;
+#[path = "servers/mod.rs"]
+mod servers;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::{Child, Command};
+use std::time::Duration;
 
 const WORKERS: usize = 16;
 
@@ -68,10 +70,7 @@ fn main() {
         }
         let loaded = rss_tree(server.id());
         println!("| {kind} | {} | {} |", mb(idle), mb(loaded));
-        let _ = Command::new("kill")
-            .args(["-TERM", &server.id().to_string()])
-            .status();
-        let _ = server.wait();
+        servers::stop(&mut server);
     }
 }
 
@@ -116,45 +115,19 @@ fn rss_tree(pid: u32) -> u64 {
 }
 
 fn start(kind: &str, port: u16) -> Child {
-    let mut command = if kind == "node" {
-        let mut c = Command::new("node");
-        c.arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/benches/node/hello.js"
-        ))
-        .env("PORT", port.to_string())
-        .env("WORKERS", WORKERS.to_string());
+    let command = if kind == "node" {
+        let mut c = Command::new("env");
+        servers::node(&mut c, port, WORKERS);
         c
     } else {
         let mut c = Command::new(std::env::current_exe().expect("bench binary"));
         c.args(["--serve", kind, &port.to_string()]);
         c
     };
-    let dir = std::env::temp_dir().join(format!("forkless-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let child = command
-        .env("RUST_LOG", "warn")
-        .env("XDG_RUNTIME_DIR", dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the server");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{kind} did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    servers::launch(command, kind, port)
 }
 
 fn serve(kind: &str, port: u16) {
-    let rt = |threads: usize| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    };
     match kind {
         "forkless" => {
             let args = hello::Args {
@@ -167,63 +140,8 @@ fn serve(kind: &str, port: u16) {
                 .run(move |worker| hello::serve(worker, args.clone()))
                 .expect("forkless");
         }
-        "per-core" => {
-            // WORKERS threads, each a current_thread runtime with its own
-            // SO_REUSEPORT listener: the hand-written per-core server.
-            let threads: Vec<_> = (0..WORKERS)
-                .map(|_| {
-                    std::thread::spawn(move || {
-                        let rt = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                            .expect("runtime");
-                        rt.block_on(async move { accept_loop(reuseport(port)).await });
-                    })
-                })
-                .collect();
-            for t in threads {
-                let _ = t.join();
-            }
-        }
-        "tokio-mt" => rt(WORKERS).block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .expect("bind");
-            accept_loop(listener).await;
-        }),
+        "per-core" => servers::per_core(port, Some(WORKERS)),
+        "tokio-mt" => servers::tokio_mt(port, Some(WORKERS)),
         other => panic!("unknown server {other}"),
-    }
-}
-
-fn reuseport(port: u16) -> tokio::net::TcpListener {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_reuse_port(true).expect("reuseport");
-    socket.set_reuse_address(true).expect("reuseaddr");
-    socket
-        .bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .expect("bind");
-    socket.listen(1024).expect("listen");
-    socket.set_nonblocking(true).expect("nonblocking");
-    tokio::net::TcpListener::from_std(socket.into()).expect("listener")
-}
-
-async fn accept_loop(listener: tokio::net::TcpListener) {
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let service = service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
-                    bytes::Bytes::from_static(b"Hello, World!"),
-                )))
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
