@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -111,26 +111,15 @@ fn crashes_a_roll_a_shrink_and_a_grow_under_load_refuse_nothing() {
     let started = Instant::now();
     let dir = common::runtime_dir();
     let socket = dir.join("forkless-hello.sock");
-    let mut hello = Command::new(common::example_binary("hello"))
-        .args(["--port", "0", "--workers", "2"])
-        .env("XDG_RUNTIME_DIR", &dir)
-        .env("RUST_LOG", "error")
-        // Crashes back to back must not be throttled into a give-up.
-        .env("FORKLESS_THROTTLE_DELAY", "0s")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hello");
-    let mut line = String::new();
-    BufReader::new(hello.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect("listening")
-        .parse()
-        .expect("addr");
+    let (mut hello, addr) = common::spawn_listening(
+        Command::new(common::example_binary("hello"))
+            .args(["--port", "0", "--workers", "2"])
+            .env("XDG_RUNTIME_DIR", &dir)
+            .env("RUST_LOG", "error")
+            // Crashes back to back must not be throttled into a give-up.
+            .env("FORKLESS_THROTTLE_DELAY", "0s")
+            .stderr(Stdio::null()),
+    );
     wait_status(&socket, "2 ready workers", |s| all_ready(s, 2));
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -4,30 +4,18 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 
 fn start(example: &str) -> (Child, SocketAddr) {
-    let mut child = Command::new(common::example_binary(example))
-        .args(["--port", "0", "--workers", "2"])
-        .env("XDG_RUNTIME_DIR", common::runtime_dir())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the example");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("an address");
-    (child, addr)
+    common::spawn_listening(
+        Command::new(common::example_binary(example))
+            .args(["--port", "0", "--workers", "2"])
+            .env("XDG_RUNTIME_DIR", common::runtime_dir())
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped()),
+    )
 }
 
 /// A GET over a new connection; returns the whole response.

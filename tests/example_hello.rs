@@ -49,28 +49,15 @@ fn start_hello_with(args: &[&str], cpus: Option<&str>, log: &str) -> (Child, Soc
         }
         None => Command::new(hello_binary()),
     };
-    let mut child = command
-        .args(["--port", "0"])
-        .args(args)
-        .env("XDG_RUNTIME_DIR", runtime_dir())
-        .env("RUST_LOG", log)
-        .env_remove("RUST_BACKTRACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hello");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("the listening line");
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("an address");
-    (child, addr)
+    common::spawn_listening(
+        command
+            .args(["--port", "0"])
+            .args(args)
+            .env("XDG_RUNTIME_DIR", runtime_dir())
+            .env("RUST_LOG", log)
+            .env_remove("RUST_BACKTRACE")
+            .stderr(Stdio::piped()),
+    )
 }
 
 fn sigterm(child: &Child) {
@@ -239,25 +226,14 @@ fn forkless_variables_configure_the_cluster_and_bad_ones_stop_it() {
     );
 
     // A good one overrides the builder: 2 workers where hello asks for 1.
-    let mut command = Command::new(hello_binary());
-    command
-        .args(["--port", "0", "--workers", "1"])
-        .env("XDG_RUNTIME_DIR", runtime_dir())
-        .env("FORKLESS_WORKERS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("start hello");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect("listening")
-        .parse()
-        .expect("addr");
+    let (child, addr) = common::spawn_listening(
+        Command::new(hello_binary())
+            .args(["--port", "0", "--workers", "1"])
+            .env("XDG_RUNTIME_DIR", runtime_dir())
+            .env("FORKLESS_WORKERS", "2")
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped()),
+    );
     whoami_until(addr, "slot 1", |b| b.starts_with("slot 1 "));
     stop_and_check(child);
 }

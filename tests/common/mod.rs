@@ -161,3 +161,27 @@ pub fn runtime_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("runtime dir");
     dir
 }
+
+/// Spawns an example whose first line on stdout is `listening on
+/// http://<addr>` and returns it with that address. Its stdout is taken;
+/// the command says what becomes of its stderr.
+pub fn spawn_listening(
+    command: &mut std::process::Command,
+) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address");
+    (child, addr)
+}
