@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{BusBackend, Mailbox, Owner};
-use crate::{Error, ShutdownSignal};
+use crate::{json, Error, ShutdownSignal};
 
 thread_local! {
     /// Set on forkless worker threads, whose runtimes have tokio's timer.
@@ -516,16 +516,9 @@ impl fmt::Debug for Subscription {
 }
 
 fn encode<T: Serialize + ?Sized>(message: &T) -> Result<Bytes, Error> {
-    serde_json::to_vec(message)
-        .map(Bytes::from)
-        .map_err(|e| Error::invalid_value(format!("cannot encode a bus message as JSON: {e}")))
+    json::encode(message, || "a bus message".to_owned())
 }
 
 fn decode<T: DeserializeOwned>(message: &Bytes) -> Result<T, Error> {
-    serde_json::from_slice(message).map_err(|e| {
-        Error::invalid_value(format!(
-            "a bus message is not a JSON {}: {e}",
-            std::any::type_name::<T>()
-        ))
-    })
+    json::decode(message, || "a bus message".to_owned())
 }

@@ -38,6 +38,7 @@ mod bus;
 mod error;
 #[doc(hidden)]
 pub mod host;
+mod json;
 mod listener;
 mod shutdown;
 mod store;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::backend::{Change, CollectionBackend, Op, Outcome, Owner, Reply, StoreBackend, Wait};
-use crate::Error;
+use crate::{json, Error};
 
 /// The cluster's shared key/value store.
 ///
@@ -655,21 +655,16 @@ fn decode<T: DeserializeOwned>(
 ) -> Result<Option<T>, Error> {
     value
         .map(|v| {
-            serde_json::from_slice(&v).map_err(|e| {
-                Error::invalid_value(format!(
-                    "the value of key {key:?} in collection {collection:?} is not a JSON {}: {e}",
-                    std::any::type_name::<T>()
-                ))
+            json::decode(&v, || {
+                format!("the value of key {key:?} in collection {collection:?}")
             })
         })
         .transpose()
 }
 
 fn encode<T: Serialize + ?Sized>(collection: &str, key: &str, value: &T) -> Result<Bytes, Error> {
-    serde_json::to_vec(value).map(Bytes::from).map_err(|e| {
-        Error::invalid_value(format!(
-            "cannot encode a value for key {key:?} in collection {collection:?} as JSON: {e}"
-        ))
+    json::encode(value, || {
+        format!("a value for key {key:?} in collection {collection:?}")
     })
 }
 
