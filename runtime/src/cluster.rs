@@ -81,7 +81,7 @@ pub(crate) enum Msg {
         slot: usize,
         generation: u64,
     },
-    /// A spawned task panicked on a worker; `crash`: the worker ends for it.
+    /// A task spawned by a worker panicked (see `TaskPanic`).
     TaskPanicked {
         slot: usize,
         generation: u64,
