@@ -200,11 +200,16 @@
 //! - `axum`: [`Listener`] implements `axum::serve::Listener`, so that
 //!   `axum::serve(listener, app).with_graceful_shutdown(worker.shutdown_signal())`
 //!   runs an axum app on each worker.
+//! - `redis`: the store and the bus on Redis ([`Backend`], `RedisConfig`),
+//!   so that clusters on several hosts share one store, one set of topics,
+//!   and reach each other's slots ([`Bus::send_to`]).
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
+#[cfg(feature = "redis")]
+pub use forkless_runtime::RedisConfig;
 pub use forkless_runtime::{
-    default_control_socket, BodyResult, Builder, Cluster, Event, Events, Exit, GenerationReport,
-    Report, Restart, SlotReport, Status, TaskPanic, WorkerState, WorkerStatus,
+    default_control_socket, Backend, BodyResult, Builder, Cluster, Event, Events, Exit,
+    GenerationReport, Report, Restart, SlotReport, Status, TaskPanic, WorkerState, WorkerStatus,
 };
 pub use forkless_worker::{
     BlockingCollection, Bus, Bytes, Collection, CollectionOptions, Envelope, Error, Inbox, KeyLock,

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use forkless_worker::{Error, Worker};
 
+use crate::backend::Backend;
 use crate::body::{erase, BodyResult};
 use crate::control::ControlConfig;
 use crate::{signals, Cluster, Report};
@@ -68,6 +69,8 @@ pub struct Builder {
     pub(crate) task_panic: TaskPanic,
     pub(crate) notify_systemd: bool,
     pub(crate) control: ControlConfig,
+    pub(crate) store_backend: Backend,
+    pub(crate) bus_backend: Backend,
 }
 
 /// What a panic in a task that a worker spawned (`spawn_local`,
@@ -105,6 +108,8 @@ impl Default for Builder {
             task_panic: TaskPanic::Isolate,
             notify_systemd: true,
             control: ControlConfig::default(),
+            store_backend: Backend::InProcess,
+            bus_backend: Backend::InProcess,
         }
     }
 }
@@ -214,6 +219,29 @@ impl Builder {
     /// The default is 1024. 0 is refused when the cluster starts.
     pub fn inbox_capacity(mut self, capacity: usize) -> Builder {
         self.inbox_capacity = capacity;
+        self
+    }
+
+    /// Where the cluster's [`Store`](forkless_worker::Store) keeps its
+    /// data: [`Backend::InProcess`] (the default), or, with the `redis`
+    /// feature, a Redis server shared by every host that points at it.
+    ///
+    /// With Redis, the cluster starts even if Redis is down (operations
+    /// fail with [`Error::is_unavailable`] until it is back). See
+    /// `RedisConfig` for what differs from the in-process store.
+    pub fn store_backend(mut self, backend: impl Into<Backend>) -> Builder {
+        self.store_backend = backend.into();
+        self
+    }
+
+    /// Where the cluster's [`Bus`](forkless_worker::Bus) carries messages
+    /// between hosts: [`Backend::InProcess`] (the default: this cluster's
+    /// slots only), or, with the `redis` feature, a Redis server through
+    /// which clusters on several hosts reach each other's slots
+    /// ([`Bus::send_to`](forkless_worker::Bus::send_to)) and share topics.
+    /// Messages between slots of one cluster never go through Redis.
+    pub fn bus_backend(mut self, backend: impl Into<Backend>) -> Builder {
+        self.bus_backend = backend.into();
         self
     }
 
@@ -450,6 +478,8 @@ impl Builder {
         if self.request_timeout.is_zero() {
             return Err(Error::config("request_timeout must be more than zero"));
         }
+        self.store_backend.check()?;
+        self.bus_backend.check()?;
         if self.ready_timeout.is_zero() {
             return Err(Error::config("ready_timeout must be more than zero"));
         }

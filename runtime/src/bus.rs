@@ -11,13 +11,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use forkless_worker::backend::{Alarm, BusBackend, Mailbox, Owner, Subscribed};
+use bytes::Bytes;
+use forkless_worker::backend::{
+    Alarm, BusBackend, Mailbox, Owner, Pending, RemoteSend, Subscribed,
+};
 use forkless_worker::{Envelope, Error};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backend::BusEngine;
 use crate::clock::Clock;
 
 pub(crate) struct Router {
+    /// The cluster's name, which stands for its host.
+    host: String,
     mailboxes: RwLock<Arc<[Arc<Mailbox>]>>,
     topics: Mutex<HashMap<String, Topic>>,
     closed: AtomicBool,
@@ -61,8 +67,10 @@ impl Router {
         capacity: usize,
         request_timeout: Duration,
         clock: Arc<Clock>,
+        host: String,
     ) -> Router {
         Router {
+            host,
             mailboxes: RwLock::new(
                 (0..size)
                     .map(|_| Arc::new(Mailbox::new(capacity)))
@@ -77,6 +85,12 @@ impl Router {
             published: AtomicU64::new(0),
             retired_sent: AtomicU64::new(0),
         }
+    }
+
+    /// How many messages an inbox holds.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Closes the inbox of a slot that will not run again: senders get an
@@ -157,7 +171,43 @@ impl Router {
     }
 }
 
+impl BusEngine for Router {
+    fn close_slot(&self, slot: usize) {
+        Router::close_slot(self, slot);
+    }
+
+    fn resize(&self, size: usize) {
+        Router::resize(self, size);
+    }
+
+    fn messages(&self) -> u64 {
+        Router::messages(self)
+    }
+
+    fn owner_exited(&self, owner: Owner) {
+        Router::owner_exited(self, owner);
+    }
+
+    fn close(&self) {
+        Router::close(self);
+    }
+}
+
 impl BusBackend for Router {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn send_remote(&self, send: RemoteSend) -> Pending<Option<Bytes>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(Error::no_such_address(format!(
+            "no host {:?} (slot {}): this cluster's bus is in-process and reaches its own \
+             host {:?} only; clusters share a bus through the Redis backend",
+            send.host, send.slot, self.host
+        ))));
+        rx
+    }
+
     fn mailboxes(&self) -> Arc<[Arc<Mailbox>]> {
         self.mailboxes
             .read()
@@ -177,7 +227,11 @@ impl BusBackend for Router {
         let entry = topics.entry(topic.to_owned()).or_default();
         entry.subscribers.push(Subscriber { id, owner, tx });
         entry.rebuild();
-        Ok(Subscribed { id, rx })
+        Ok(Subscribed {
+            id,
+            rx,
+            confirmed: None,
+        })
     }
 
     fn unsubscribe(&self, topic: &str, id: u64) {

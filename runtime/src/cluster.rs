@@ -10,12 +10,11 @@ use forkless_worker::host::{Host, Listening};
 use forkless_worker::{Bus, Error, Store};
 use tokio::sync::watch;
 
-use crate::bus::Router;
+use crate::backend::{start_bus, start_store, BusEngine, BusSettings, StoreEngine};
 use crate::clock::Clock;
 use crate::events::{Events, Hub, Status, View};
 use crate::metrics::{active_connections, Figures, Metrics};
 use crate::registry::Registry;
-use crate::store::Engine;
 use crate::{Builder, Exit};
 
 /// A handle to a running cluster: cheap to clone, `Send + Sync`, usable from
@@ -54,8 +53,10 @@ pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) tx: Sender<Msg>,
     pub(crate) registry: Mutex<Registry>,
-    pub(crate) store: Arc<Engine>,
-    pub(crate) bus: Arc<Router>,
+    pub(crate) store: Arc<dyn StoreEngine>,
+    store_backend: Arc<dyn StoreBackend>,
+    pub(crate) bus: Arc<dyn BusEngine>,
+    bus_backend: Arc<dyn BusBackend>,
     pub(crate) clock: Arc<Clock>,
     pub(crate) events: Hub,
     pub(crate) metrics: Metrics,
@@ -97,20 +98,26 @@ pub(crate) enum Msg {
 impl Shared {
     pub(crate) fn new(builder: &Builder, size: usize, tx: Sender<Msg>) -> Result<Shared, Error> {
         let clock = Clock::start().map_err(|e| Error::spawn("cannot spawn the timer thread", e))?;
-        let store = Engine::new(clock.clone());
-        let bus = Arc::new(Router::new(
+        let store = start_store(&builder.store_backend, &clock).inspect_err(|_| clock.stop())?;
+        let settings = BusSettings {
             size,
-            builder.inbox_capacity,
-            builder.request_timeout,
-            clock.clone(),
-        ));
+            capacity: builder.inbox_capacity,
+            request_timeout: builder.request_timeout,
+            name: builder.name.clone(),
+        };
+        let bus = start_bus(&builder.bus_backend, settings, &clock).inspect_err(|_| {
+            store.engine.close();
+            clock.stop();
+        })?;
         let (name, backlog) = (builder.name.clone(), builder.backlog);
         Ok(Shared {
             name,
             tx,
             registry: Mutex::new(Registry::new(backlog)),
-            store,
-            bus,
+            store: store.engine,
+            store_backend: store.backend,
+            bus: bus.engine,
+            bus_backend: bus.backend,
             clock,
             events: Hub::new(),
             metrics: Metrics::new(),
@@ -176,11 +183,11 @@ impl Host for Shared {
     }
 
     fn store(&self) -> Arc<dyn StoreBackend> {
-        self.store.clone()
+        self.store_backend.clone()
     }
 
     fn bus(&self) -> Arc<dyn BusBackend> {
-        self.bus.clone()
+        self.bus_backend.clone()
     }
 }
 
@@ -212,7 +219,7 @@ impl Cluster {
     /// # }
     /// ```
     pub fn store(&self) -> Store {
-        Store::new(self.shared.store.clone(), None)
+        Store::new(self.shared.store_backend.clone(), None)
     }
 
     /// The cluster's message [`Bus`], the same one its workers reach with
@@ -231,7 +238,7 @@ impl Cluster {
     /// # }
     /// ```
     pub fn bus(&self) -> Bus {
-        Bus::new(self.shared.bus.clone(), None)
+        Bus::new(self.shared.bus_backend.clone(), None)
     }
 
     /// The cluster's events: what its supervisor did, from its start (the

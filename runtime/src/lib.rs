@@ -14,6 +14,7 @@
 //! `forkless-worker`.
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
+mod backend;
 mod body;
 mod builder;
 mod bus;
@@ -25,15 +26,20 @@ mod events;
 mod exit;
 mod master;
 mod metrics;
+#[cfg(feature = "redis")]
+mod redis;
 mod registry;
 mod signals;
 mod store;
 mod systemd;
 mod worker_thread;
 
+pub use backend::Backend;
 pub use body::BodyResult;
 pub use builder::{Builder, Restart, TaskPanic};
 pub use cluster::{Cluster, GenerationReport, Report, SlotReport};
 pub use control::default_control_socket;
 pub use events::{Event, Events, Status, WorkerState, WorkerStatus};
 pub use exit::Exit;
+#[cfg(feature = "redis")]
+pub use redis::RedisConfig;

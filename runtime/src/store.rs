@@ -25,6 +25,7 @@ use forkless_worker::backend::{
 use forkless_worker::{CollectionOptions, Error};
 use tokio::sync::oneshot;
 
+use crate::backend::StoreEngine;
 use crate::clock::{Clock, TimerKey};
 
 type Hasher = foldhash::fast::RandomState;
@@ -47,9 +48,7 @@ pub(crate) struct Engine {
 struct Core {
     closed: AtomicBool,
     next_id: AtomicU64,
-    /// Per slot, the newest generation that has exited: locks are neither
-    /// granted to it nor to any older one.
-    exited: Mutex<HashMap<usize, u64>>,
+    exits: Exits,
     clock: Arc<Clock>,
 }
 
@@ -151,7 +150,7 @@ impl Engine {
         let core = Arc::new(Core {
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
-            exited: Mutex::new(HashMap::new()),
+            exits: Exits::default(),
             clock,
         });
         Arc::new(Engine {
@@ -184,11 +183,7 @@ impl Engine {
     /// Takes back every lock held by this generation of `slot`, and refuses
     /// it any lock from now on (it may still be running, abandoned as hung).
     pub(crate) fn owner_exited(&self, slot: usize, generation: u64) {
-        {
-            let mut exited = lock(&self.core.exited);
-            let newest = exited.entry(slot).or_insert(generation);
-            *newest = (*newest).max(generation);
-        }
+        self.core.exits.record(slot, generation);
         let owner = Owner { slot, generation };
         for coll in self.collections() {
             coll.release_owner(owner);
@@ -209,6 +204,20 @@ impl Engine {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+    }
+}
+
+impl StoreEngine for Engine {
+    fn counts(&self) -> (u64, u64) {
+        Engine::counts(self)
+    }
+
+    fn owner_exited(&self, slot: usize, generation: u64) {
+        Engine::owner_exited(self, slot, generation);
+    }
+
+    fn close(&self) {
+        Engine::close(self);
     }
 }
 
@@ -242,11 +251,7 @@ impl Core {
     }
 
     fn alive(&self, owner: Option<Owner>) -> bool {
-        owner.map_or(true, |o| {
-            lock(&self.exited)
-                .get(&o.slot)
-                .map_or(true, |&g| o.generation > g)
-        })
+        self.exits.alive(owner)
     }
 
     fn schedule(&self, at: Instant, coll: Arc<Coll>, kind: TimerKind) -> TimerKey {
@@ -300,37 +305,16 @@ impl Coll {
     }
 
     fn lock_lost(&self, key: &str) -> Error {
-        Error::lock_lost(format!(
-            "the lock on key {key:?} in collection {:?} is no longer held (its lease ran out, \
-             or its worker exited and the store released it); nothing was committed",
-            self.name
-        ))
+        lock_lost(&self.name, key)
     }
 
     fn too_large(&self, what: &str, size: usize, max: usize, key: &str) -> Error {
-        Error::too_large(format!(
-            "{what} of {size} bytes is over collection {:?}'s limit of {max} bytes (key {:?})",
-            self.name,
-            shorten(key)
-        ))
+        too_large(&self.name, what, size, max, key)
     }
 
     /// Refuses an operation whose key or value is over the limits.
     fn check(&self, key: &str, op: &Op, limits: &Limits) -> Result<(), Error> {
-        if key.len() > limits.max_key {
-            return Err(self.too_large("a key", key.len(), limits.max_key, key));
-        }
-        let value = match op {
-            Op::Set(v) => Some(v),
-            Op::CompareAndSwap { new: Some(v), .. } => Some(v),
-            _ => None,
-        };
-        match value {
-            Some(v) if v.len() > limits.max_value => {
-                Err(self.too_large("a value", v.len(), limits.max_value, key))
-            }
-            _ => Ok(()),
-        }
+        check_sizes(&self.name, key, op, limits.max_key, limits.max_value)
     }
 
     /// Takes back the locks held by `owner`.
@@ -720,21 +704,7 @@ impl Coll {
         if self.core.is_closed() {
             return Err(self.stopped());
         }
-        let bad = |what: &str| {
-            Err(Error::config(format!(
-                "collection {:?}: {what} (got {options:?})",
-                self.name
-            )))
-        };
-        if options.expire_keys == Some(Duration::ZERO) {
-            return bad("expire_keys must be more than zero; use None to keep keys");
-        }
-        if options.max_hold == Some(Duration::ZERO) {
-            return bad("max_hold must be more than zero; use None for no limit");
-        }
-        if options.max_key_size == 0 || options.max_value_size == 0 {
-            return bad("max_key_size and max_value_size must be at least 1");
-        }
+        check_options(&self.name, options)?;
         let limits = Limits::from(options);
         *lock(&self.options) = options.clone();
         let now = Instant::now();
@@ -790,8 +760,90 @@ impl Coll {
     }
 }
 
+/// The error of a release whose lock was taken back.
+pub(crate) fn lock_lost(collection: &str, key: &str) -> Error {
+    Error::lock_lost(format!(
+        "the lock on key {:?} in collection {collection:?} is no longer held (its lease ran \
+         out, or its worker exited and the store released it); nothing was committed",
+        shorten(key)
+    ))
+}
+
+pub(crate) fn too_large(collection: &str, what: &str, size: usize, max: usize, key: &str) -> Error {
+    Error::too_large(format!(
+        "{what} of {size} bytes is over collection {collection:?}'s limit of {max} bytes (key {:?})",
+        shorten(key)
+    ))
+}
+
+/// Refuses an operation whose key or value is over the limits.
+pub(crate) fn check_sizes(
+    collection: &str,
+    key: &str,
+    op: &Op,
+    max_key: usize,
+    max_value: usize,
+) -> Result<(), Error> {
+    if key.len() > max_key {
+        return Err(too_large(collection, "a key", key.len(), max_key, key));
+    }
+    let value = match op {
+        Op::Set(v) => Some(v),
+        Op::CompareAndSwap { new: Some(v), .. } => Some(v),
+        _ => None,
+    };
+    match value {
+        Some(v) if v.len() > max_value => {
+            Err(too_large(collection, "a value", v.len(), max_value, key))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses options out of range.
+pub(crate) fn check_options(collection: &str, options: &CollectionOptions) -> Result<(), Error> {
+    let bad = |what: &str| {
+        Err(Error::config(format!(
+            "collection {collection:?}: {what} (got {options:?})"
+        )))
+    };
+    if options.expire_keys == Some(Duration::ZERO) {
+        return bad("expire_keys must be more than zero; use None to keep keys");
+    }
+    if options.max_hold == Some(Duration::ZERO) {
+        return bad("max_hold must be more than zero; use None for no limit");
+    }
+    if options.max_key_size == 0 || options.max_value_size == 0 {
+        return bad("max_key_size and max_value_size must be at least 1");
+    }
+    Ok(())
+}
+
+/// The workers that have exited, per slot the newest generation: locks are
+/// neither granted to it nor to any older one (it may still be running,
+/// abandoned as hung).
+#[derive(Default)]
+pub(crate) struct Exits(Mutex<HashMap<usize, u64>>);
+
+impl Exits {
+    pub(crate) fn record(&self, slot: usize, generation: u64) {
+        let mut exited = lock(&self.0);
+        let newest = exited.entry(slot).or_insert(generation);
+        *newest = (*newest).max(generation);
+    }
+
+    /// Returns true unless `owner` has exited (outside owners never do).
+    pub(crate) fn alive(&self, owner: Option<Owner>) -> bool {
+        owner.map_or(true, |o| {
+            lock(&self.0)
+                .get(&o.slot)
+                .map_or(true, |&g| o.generation > g)
+        })
+    }
+}
+
 /// A key as shown in messages: at most 64 characters.
-fn shorten(key: &str) -> String {
+pub(crate) fn shorten(key: &str) -> String {
     match key.char_indices().nth(64) {
         None => key.to_owned(),
         Some((i, _)) => format!("{}...", &key[..i]),

@@ -246,10 +246,64 @@ pub struct Subscribed {
     pub id: u64,
     /// The messages published on the topic from now on.
     pub rx: tokio::sync::mpsc::Receiver<crate::Envelope>,
+    /// Answers once the subscription is in effect beyond this process (a
+    /// shared bus); `None` when it is at once.
+    pub confirmed: Option<Pending<()>>,
+}
+
+/// An answer that comes later, on a channel; if the channel closes without
+/// one, the bus or store was closed.
+pub type Pending<T> = oneshot::Receiver<Result<T, Error>>;
+
+/// How a message to another host's slot is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendMode {
+    /// Wait while the inbox is full.
+    Wait,
+    /// Fail with a "full" error if the inbox is full.
+    Try,
+    /// Send as a request and wait at most this long for the reply.
+    Request(Duration),
+}
+
+/// A message for a slot of another host.
+#[derive(Debug, Clone)]
+pub struct RemoteSend {
+    /// The sender's slot, if a worker sends it.
+    pub from: Option<usize>,
+    /// The receiving host.
+    pub host: String,
+    /// The receiving slot on that host.
+    pub slot: usize,
+    /// The message.
+    pub message: Bytes,
+    /// How to send it.
+    pub mode: SendMode,
 }
 
 /// The router behind a [`Bus`](crate::Bus): slot inboxes and topics.
 pub trait BusBackend: Send + Sync + 'static {
+    /// This host's name, by which other hosts address its slots.
+    fn host(&self) -> &str;
+
+    /// Sends to a slot of another host. The answer is the reply, for a
+    /// request. A bus that does not reach other hosts answers with a
+    /// "no such slot" error.
+    fn send_remote(&self, send: RemoteSend) -> Pending<Option<Bytes>>;
+
+    /// Publishes on a topic that other hosts share, and answers how many
+    /// receivers it reached; `None` if topics are this process's own (then
+    /// the client delivers to [`subscribers`](BusBackend::subscribers)).
+    fn publish_shared(
+        &self,
+        from: Option<usize>,
+        topic: &str,
+        message: Bytes,
+    ) -> Option<Pending<usize>> {
+        let _ = (from, topic, message);
+        None
+    }
+
     /// Every slot's inbox, by slot.
     fn mailboxes(&self) -> Arc<[Arc<Mailbox>]>;
 

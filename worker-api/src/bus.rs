@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::{BusBackend, Mailbox, Owner};
+use crate::backend::{BusBackend, Mailbox, Owner, Pending, RemoteSend, SendMode};
 use crate::{json, Error, ShutdownSignal};
 
 thread_local! {
@@ -91,6 +91,14 @@ impl Bus {
         }
     }
 
+    /// This host's name: with the Redis backend, the name other hosts
+    /// address this cluster's slots by (see
+    /// [`send_to`](Bus::send_to)); with the in-process one, the cluster's
+    /// name.
+    pub fn host(&self) -> &str {
+        self.backend.host()
+    }
+
     /// The number of slots: messages go to slots `0..size()`.
     pub fn size(&self) -> usize {
         self.backend.mailboxes().len()
@@ -143,6 +151,77 @@ impl Bus {
         }
     }
 
+    /// Sends `message` to `slot` of `host`: another cluster sharing this
+    /// bus through Redis (see `Builder::bus_backend`), or this one (`host`
+    /// equal to [`host`](Bus::host) is the same as [`send`](Bus::send)).
+    /// Waits while the receiving host's inbox is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_no_such_slot`] if no host of that name is up (or the
+    /// bus is in-process) or it has no such slot;
+    /// [`Error::is_unavailable`] if Redis cannot be reached; otherwise as
+    /// [`send`](Bus::send).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(bus: forkless_worker::Bus) -> Result<(), forkless_worker::Error> {
+    /// bus.send_to("web-2", 0, "refresh the price list").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_to(
+        &self,
+        host: &str,
+        slot: usize,
+        message: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        if host == self.host() {
+            return self.send(slot, message).await;
+        }
+        self.remote(host, slot, message.into(), SendMode::Wait)
+            .await
+            .map(drop)
+    }
+
+    /// Sends `message` to `slot` of `host` as a request and waits for the
+    /// reply, at most the cluster's request timeout. See
+    /// [`send_to`](Bus::send_to) and [`request`](Bus::request).
+    pub async fn request_to(
+        &self,
+        host: &str,
+        slot: usize,
+        message: impl Into<Bytes>,
+    ) -> Result<Bytes, Error> {
+        if host == self.host() {
+            return self.request(slot, message).await;
+        }
+        let timeout = self.backend.request_timeout();
+        let reply = self
+            .remote(host, slot, message.into(), SendMode::Request(timeout))
+            .await?;
+        reply.ok_or_else(|| Error::no_reply(format!("no reply from slot {slot} of host {host:?}")))
+    }
+
+    async fn remote(
+        &self,
+        host: &str,
+        slot: usize,
+        message: Bytes,
+        mode: SendMode,
+    ) -> Result<Option<Bytes>, Error> {
+        self.check_open()?;
+        let pending = self.backend.send_remote(RemoteSend {
+            from: self.owner.map(|o| o.slot),
+            host: host.to_owned(),
+            slot,
+            message,
+            mode,
+        });
+        settle(pending).await
+    }
+
     /// Sends `message` to every live slot (this worker's own included), once
     /// each, waiting while an inbox is full. Returns how many slots it
     /// reached: slots that stopped for good are skipped.
@@ -173,9 +252,19 @@ impl Bus {
     /// Publishes `message` on `topic` to each of its subscribers, waiting
     /// while a subscriber's queue is full. Returns how many subscribers it
     /// reached (0 if the topic has none: nothing is kept for later ones).
+    ///
+    /// With the Redis backend, the topic is shared by every host on the
+    /// same Redis, and the count is of the hosts that had subscribers to it
+    /// (each delivers to its own).
     pub async fn publish(&self, topic: &str, message: impl Into<Bytes>) -> Result<usize, Error> {
         self.check_open()?;
         let message = message.into();
+        if let Some(pending) =
+            self.backend
+                .publish_shared(self.owner.map(|o| o.slot), topic, message.clone())
+        {
+            return settle(pending).await;
+        }
         let topic_name: Arc<str> = Arc::from(topic);
         let mut reached = 0;
         for subscriber in self.backend.subscribers(topic).iter() {
@@ -205,6 +294,7 @@ impl Bus {
             topic: topic.into(),
             id: subscribed.id,
             rx: subscribed.rx,
+            confirmed: subscribed.confirmed,
             backend: self.backend.clone(),
         })
     }
@@ -278,6 +368,7 @@ impl Bus {
     ) -> Envelope {
         Envelope {
             from: self.owner.map(|o| o.slot),
+            host: None,
             topic,
             message,
             reply,
@@ -331,16 +422,45 @@ impl fmt::Debug for Bus {
 /// the way to reply.
 pub struct Envelope {
     from: Option<usize>,
+    host: Option<Arc<str>>,
     topic: Option<Arc<str>>,
     message: Bytes,
     reply: Option<oneshot::Sender<Bytes>>,
 }
 
 impl Envelope {
+    /// An envelope for a message that came through a shared bus, from
+    /// another host (`host`) or this one (`None`). Called by the runtime.
+    #[doc(hidden)]
+    pub fn from_host(
+        host: Option<Arc<str>>,
+        from: Option<usize>,
+        topic: Option<Arc<str>>,
+        message: Bytes,
+        reply: Option<oneshot::Sender<Bytes>>,
+    ) -> Envelope {
+        Envelope {
+            from,
+            host,
+            topic,
+            message,
+            reply,
+        }
+    }
+
     /// The sender's slot, or `None` if it was sent from outside the workers
-    /// (through `Cluster::bus`).
+    /// (through `Cluster::bus`). With [`host`](Envelope::host), the slot
+    /// is on that host.
     pub fn from(&self) -> Option<usize> {
         self.from
+    }
+
+    /// The host it came from, if it came from another host through the
+    /// Redis backend (`None`: from this cluster). Reply to it with
+    /// [`Bus::send_to`]`(host, from, ..)`, or [`reply`](Envelope::reply)
+    /// to a request.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
     }
 
     /// The topic it was published on, for messages from a [`Subscription`].
@@ -389,6 +509,7 @@ impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Envelope")
             .field("from", &self.from)
+            .field("host", &self.host)
             .field("topic", &self.topic)
             .field("message", &self.message)
             .field("request", &self.is_request())
@@ -473,6 +594,7 @@ pub struct Subscription {
     topic: Box<str>,
     id: u64,
     rx: mpsc::Receiver<Envelope>,
+    confirmed: Option<Pending<()>>,
     backend: Arc<dyn BusBackend>,
 }
 
@@ -485,6 +607,22 @@ impl Subscription {
     /// The next message, or `None` once the cluster has stopped.
     pub async fn recv(&mut self) -> Option<Envelope> {
         self.rx.recv().await
+    }
+
+    /// Waits until the subscription is in effect on every host: with the
+    /// Redis backend, `subscribe` returns before Redis has acknowledged it,
+    /// and what other hosts publish before then is not received. At once
+    /// with the in-process backend.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_unavailable`] if Redis cannot be reached (the bus keeps
+    /// trying, and the subscription takes effect once it can).
+    pub async fn confirmed(&mut self) -> Result<(), Error> {
+        match self.confirmed.take() {
+            None => Ok(()),
+            Some(pending) => settle(pending).await,
+        }
     }
 
     /// Polls for the next message; see [`recv`](Subscription::recv).
@@ -513,6 +651,11 @@ impl fmt::Debug for Subscription {
             .field("topic", &self.topic)
             .finish_non_exhaustive()
     }
+}
+
+/// Waits for an answer the backend sends later.
+async fn settle<T>(pending: Pending<T>) -> Result<T, Error> {
+    pending.await.map_err(|_| Error::stopped("bus"))?
 }
 
 fn encode<T: Serialize + ?Sized>(message: &T) -> Result<Bytes, Error> {

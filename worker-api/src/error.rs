@@ -32,6 +32,7 @@ enum Kind {
     NoSuchSlot,
     Full,
     NoReply,
+    Unavailable,
 }
 
 impl Error {
@@ -138,6 +139,13 @@ impl Error {
         )
     }
 
+    /// A bus message addressed to a host, or a slot of another host, that
+    /// the bus cannot reach.
+    #[doc(hidden)]
+    pub fn no_such_address(message: impl Into<String>) -> Error {
+        Error::new(Kind::NoSuchSlot, message, None)
+    }
+
     /// A bounded queue with no room.
     #[doc(hidden)]
     pub fn full(message: impl Into<String>) -> Error {
@@ -148,6 +156,12 @@ impl Error {
     #[doc(hidden)]
     pub fn no_reply(message: impl Into<String>) -> Error {
         Error::new(Kind::NoReply, message, None)
+    }
+
+    /// A backend (Redis) that could not be reached or did not answer in time.
+    #[doc(hidden)]
+    pub fn unavailable(message: impl Into<String>) -> Error {
+        Error::new(Kind::Unavailable, message, None)
     }
 
     /// Returns true if a listen address could not be parsed or resolved.
@@ -208,7 +222,8 @@ impl Error {
     }
 
     /// Returns true if a bus message was addressed to a slot the cluster
-    /// does not have.
+    /// does not have, or to a host (or a slot of a host) that the bus does
+    /// not know.
     pub fn is_no_such_slot(&self) -> bool {
         self.inner.kind == Kind::NoSuchSlot
     }
@@ -230,6 +245,14 @@ impl Error {
     /// (or encodable) as the type asked of `get_as`/`set_as`.
     pub fn is_invalid_value(&self) -> bool {
         self.inner.kind == Kind::InvalidValue
+    }
+
+    /// Returns true if the store's or the bus's backend (Redis) could not be
+    /// reached, or did not answer within its timeout. The operation may or
+    /// may not have taken effect there; the client reconnects by itself, so
+    /// a later call can succeed.
+    pub fn is_unavailable(&self) -> bool {
+        self.inner.kind == Kind::Unavailable
     }
 }
 

@@ -1,0 +1,649 @@
+//! The bus across hosts, on Redis.
+//!
+//! Slots of one cluster still talk in-process (the [`Router`]); Redis
+//! carries what crosses hosts:
+//!
+//! - Each host announces itself with a key that expires unless renewed
+//!   (`{prefix}:b:host:{name}`, holding its number of slots), and reads a
+//!   list of its own (`{prefix}:b:in:{name}`) into its slots' inboxes. A
+//!   send to another host checks that it is up and has the slot, and pushes
+//!   onto its list, in one script. Messages wait in the list while the host
+//!   is away (a restart with the same name finds them).
+//! - A request carries an id; the receiving host pushes the reply (or "no
+//!   reply") onto the requester's list.
+//! - Topics are Redis pub/sub channels (`{prefix}:b:t:{topic}`), subscribed
+//!   while the host has a subscriber.
+//!
+//! A frame is a JSON header line, then the message's bytes.
+
+use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use forkless_worker::backend::{
+    Alarm, BusBackend, Mailbox, Owner, Pending, RemoteSend, SendMode, Subscribed,
+};
+use forkless_worker::{Envelope, Error};
+use redis::Script;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Link, RedisConfig};
+use crate::backend::BusEngine;
+use crate::bus::Router;
+
+/// How long a host's presence lasts unless renewed, and how often it is.
+const PRESENCE: Duration = Duration::from_secs(6);
+const RENEW_PRESENCE: Duration = Duration::from_secs(2);
+/// How long one blocking read of the host's list waits.
+const READ_WAIT: Duration = Duration::from_secs(1);
+/// The longest pause before a reader reconnects.
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
+static SEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.call('GET', KEYS[1])
+if not n then return {1, 0} end
+n = tonumber(n)
+if tonumber(ARGV[1]) >= n then return {2, n} end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then return {3, n} end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+return {0, n}
+",
+    )
+});
+
+/// What a frame is.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]
+enum Kind {
+    /// A message for a slot.
+    #[serde(rename = "m")]
+    Message,
+    /// A request for a slot, to answer with `Reply` or `NoReply`.
+    #[serde(rename = "q")]
+    Request,
+    #[serde(rename = "r")]
+    Reply,
+    #[serde(rename = "n")]
+    NoReply,
+    /// A message on a topic.
+    #[serde(rename = "t")]
+    Topic,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    k: Kind,
+    /// The sending host.
+    h: String,
+    /// The sending slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    f: Option<usize>,
+    /// The receiving slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<usize>,
+    /// The request's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    i: Option<u64>,
+}
+
+fn frame(header: &Header, message: &[u8]) -> Vec<u8> {
+    let mut out = serde_json::to_vec(header).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(message);
+    out
+}
+
+fn unframe(raw: &[u8]) -> Option<(Header, Bytes)> {
+    let split = raw.iter().position(|&b| b == b'\n')?;
+    let header = serde_json::from_slice(&raw[..split]).ok()?;
+    Some((header, Bytes::copy_from_slice(&raw[split + 1..])))
+}
+
+/// The bus of one cluster, on Redis.
+pub(crate) struct RedisBus {
+    me: Weak<RedisBus>,
+    router: Arc<Router>,
+    link: Arc<Link>,
+    host: Arc<str>,
+    prefix: String,
+    /// The topics this host is subscribed to on Redis.
+    subscribed: Mutex<HashSet<String>>,
+    /// Tells the pub/sub task what to (un)subscribe.
+    subscriptions: mpsc::UnboundedSender<Change>,
+    /// Requests sent to other hosts, waiting for their replies.
+    pending: Mutex<HashMap<u64, ReplyTo>>,
+    next_id: AtomicU64,
+    capacity: usize,
+}
+
+/// Where the reply to a request goes.
+type ReplyTo = oneshot::Sender<Result<Option<Bytes>, Error>>;
+
+enum Change {
+    Subscribe(String),
+    Unsubscribe(String),
+    /// Answer once the changes before this one are in effect on Redis.
+    Confirm(oneshot::Sender<Result<(), Error>>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing under these mutexes can panic halfway.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RedisBus {
+    pub(crate) fn start(config: &RedisConfig, router: Arc<Router>) -> Result<Arc<RedisBus>, Error> {
+        let link = Link::start(config, "bus")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let capacity = router.capacity();
+        let bus = Arc::new_cyclic(|me| RedisBus {
+            me: me.clone(),
+            router,
+            link: link.clone(),
+            host: config.host_name().into(),
+            prefix: config.prefix.clone(),
+            subscribed: Mutex::new(HashSet::new()),
+            subscriptions: tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            capacity,
+        });
+        link.spawn(bus.clone().announce());
+        link.spawn(bus.clone().read_inbox());
+        link.spawn(bus.clone().follow_topics(rx));
+        Ok(bus)
+    }
+
+    fn presence_key(&self, host: &str) -> String {
+        format!("{}:b:host:{host}", self.prefix)
+    }
+
+    fn inbox_key(&self, host: &str) -> String {
+        format!("{}:b:in:{host}", self.prefix)
+    }
+
+    fn channel(&self, topic: &str) -> String {
+        format!("{}:b:t:{topic}", self.prefix)
+    }
+
+    /// The longest list of messages waiting for a host.
+    fn list_limit(&self, slots: usize) -> usize {
+        self.capacity.saturating_mul(slots.max(1))
+    }
+
+    /// Keeps this host's presence key alive.
+    async fn announce(self: Arc<Self>) {
+        let key = self.presence_key(&self.host);
+        let mut warned = false;
+        loop {
+            if self.router.is_closed() {
+                return;
+            }
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key)
+                .arg(self.router.mailboxes().len())
+                .arg("PX")
+                .arg(PRESENCE.as_millis() as u64);
+            match self.link.command::<()>("announce this host", &cmd).await {
+                Ok(()) => {
+                    if warned {
+                        tracing::info!(host = %self.host, "the bus reaches Redis again");
+                    }
+                    warned = false;
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(host = %self.host, "the bus cannot reach Redis: {e}");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(RENEW_PRESENCE).await;
+        }
+    }
+
+    /// Moves what other hosts sent to this one into its slots' inboxes.
+    async fn read_inbox(self: Arc<Self>) {
+        let key = self.inbox_key(&self.host);
+        let mut pause = Duration::from_millis(50);
+        while !self.router.is_closed() {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(self.link.config.connect_timeout)
+                .set_response_timeout(READ_WAIT + self.link.config.timeout);
+            let mut conn = match self
+                .link
+                .client()
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(conn) => conn,
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_RETRY);
+                    continue;
+                }
+            };
+            pause = Duration::from_millis(50);
+            while !self.router.is_closed() {
+                let mut cmd = redis::cmd("BLPOP");
+                cmd.arg(&key).arg(READ_WAIT.as_secs_f64());
+                let popped: Option<(Vec<u8>, Vec<u8>)> = match cmd.query_async(&mut conn).await {
+                    Ok(popped) => popped,
+                    Err(_) => break,
+                };
+                if let Some((_, raw)) = popped {
+                    self.deliver(&raw).await;
+                }
+            }
+        }
+    }
+
+    /// Delivers one frame from the host's list.
+    async fn deliver(&self, raw: &[u8]) {
+        let Some((header, message)) = unframe(raw) else {
+            tracing::warn!(host = %self.host, "dropped a bus frame this version cannot read");
+            return;
+        };
+        match header.k {
+            Kind::Reply | Kind::NoReply => {
+                let waiting = header.i.and_then(|id| lock(&self.pending).remove(&id));
+                if let Some(tx) = waiting {
+                    let _ = tx.send(if header.k == Kind::Reply {
+                        Ok(Some(message))
+                    } else {
+                        Err(Error::no_reply(format!(
+                            "host {:?} dropped the request without replying (or its slot \
+                             exited, or is gone)",
+                            header.h
+                        )))
+                    });
+                }
+            }
+            Kind::Message | Kind::Request => {
+                let slot = header.s.unwrap_or(usize::MAX);
+                let mailbox: Option<Arc<Mailbox>> = self.router.mailboxes().get(slot).cloned();
+                let (reply_tx, reply_rx) = oneshot::channel();
+                let request = header.k == Kind::Request;
+                let envelope = Envelope::from_host(
+                    Some(header.h.as_str().into()),
+                    header.f,
+                    None,
+                    message,
+                    request.then_some(reply_tx),
+                );
+                let delivered = match mailbox {
+                    Some(mailbox) => {
+                        let sent = mailbox.tx.send(envelope).await.is_ok();
+                        if sent {
+                            mailbox.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        sent
+                    }
+                    None => false,
+                };
+                if !delivered {
+                    tracing::warn!(
+                        host = %self.host, slot, from = %header.h,
+                        "dropped a message from another host: this slot is gone"
+                    );
+                }
+                if request {
+                    // Answer once the receiver replies or drops the request.
+                    let (to, id, link) = (header.h, header.i, self.link.clone());
+                    let (me, inbox) = (self.host.to_string(), self.inbox_key(&to));
+                    link.clone().spawn(async move {
+                        let (k, reply) = match reply_rx.await {
+                            Ok(reply) => (Kind::Reply, reply),
+                            Err(_) => (Kind::NoReply, Bytes::new()),
+                        };
+                        let header = Header {
+                            k,
+                            h: me,
+                            f: None,
+                            s: None,
+                            i: id,
+                        };
+                        let mut cmd = redis::cmd("RPUSH");
+                        cmd.arg(&inbox).arg(frame(&header, &reply));
+                        if let Err(e) = link.command::<()>("reply", &cmd).await {
+                            tracing::warn!(to = %to, "cannot send a reply: {e}");
+                        }
+                    });
+                }
+            }
+            Kind::Topic => {}
+        }
+    }
+
+    /// Keeps the pub/sub connection and its subscriptions, and delivers what
+    /// is published on them to this host's subscribers.
+    async fn follow_topics(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<Change>) {
+        let mut pause = Duration::from_millis(50);
+        while !self.router.is_closed() {
+            let connected = tokio::time::timeout(
+                self.link.config.connect_timeout,
+                self.link.client().get_async_pubsub(),
+            )
+            .await;
+            let pubsub = match connected {
+                Ok(Ok(pubsub)) => pubsub,
+                _ => {
+                    // Changes still come while Redis is away; the topics are
+                    // (re)subscribed from `subscribed` once it is back.
+                    let sleep = tokio::time::sleep(pause);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            _ = &mut sleep => break,
+                            change = changes.recv() => match change {
+                                Some(Change::Confirm(done)) => {
+                                    let _ = done.send(Err(Error::unavailable(format!(
+                                        "the bus cannot subscribe on Redis at {} now; it keeps \
+                                         trying",
+                                        self.link.config.shown_url()
+                                    ))));
+                                }
+                                Some(_) => {}
+                                None => return,
+                            },
+                        }
+                    }
+                    pause = (pause * 2).min(MAX_RETRY);
+                    continue;
+                }
+            };
+            pause = Duration::from_millis(50);
+            let (mut sink, mut stream) = pubsub.split();
+            let topics: Vec<String> = lock(&self.subscribed).iter().cloned().collect();
+            let mut ok = true;
+            for topic in &topics {
+                if sink.subscribe(self.channel(topic)).await.is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            loop {
+                tokio::select! {
+                    change = changes.recv() => {
+                        let result = match change {
+                            None => return,
+                            Some(Change::Subscribe(topic)) => {
+                                sink.subscribe(self.channel(&topic)).await
+                            }
+                            Some(Change::Unsubscribe(topic)) => {
+                                sink.unsubscribe(self.channel(&topic)).await
+                            }
+                            Some(Change::Confirm(done)) => {
+                                let _ = done.send(Ok(()));
+                                Ok(())
+                            }
+                        };
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    msg = poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)) => {
+                        let Some(msg) = msg else { break };
+                        let channel = msg.get_channel_name().to_owned();
+                        let prefix = self.channel("");
+                        if let Some(topic) = channel.strip_prefix(&prefix) {
+                            self.publish_here(topic, msg.get_payload_bytes()).await;
+                        }
+                    }
+                }
+            }
+            tracing::warn!(host = %self.host, "the bus lost its pub/sub connection to Redis; reconnecting");
+        }
+    }
+
+    /// Delivers a frame published on `topic` to this host's subscribers.
+    async fn publish_here(&self, topic: &str, raw: &[u8]) {
+        let Some((header, message)) = unframe(raw) else {
+            return;
+        };
+        let from_host = (header.h != *self.host).then(|| Arc::<str>::from(header.h.as_str()));
+        let topic_name: Arc<str> = Arc::from(topic);
+        let mut reached = 0;
+        for subscriber in self.router.subscribers(topic).iter() {
+            let envelope = Envelope::from_host(
+                from_host.clone(),
+                header.f,
+                Some(topic_name.clone()),
+                message.clone(),
+                None,
+            );
+            if subscriber.send(envelope).await.is_ok() {
+                reached += 1;
+            }
+        }
+        self.router.published(reached);
+    }
+
+    /// Subscribes on Redis to the topics this host has subscribers for, and
+    /// unsubscribes from the others.
+    fn sync_topics(&self, topics: impl IntoIterator<Item = String>) {
+        let mut subscribed = lock(&self.subscribed);
+        for topic in topics {
+            let wanted = !self.router.subscribers(&topic).is_empty();
+            if wanted && subscribed.insert(topic.clone()) {
+                let _ = self.subscriptions.send(Change::Subscribe(topic));
+            } else if !wanted && subscribed.remove(&topic) {
+                let _ = self.subscriptions.send(Change::Unsubscribe(topic));
+            }
+        }
+    }
+
+    async fn send_now(self: Arc<Self>, send: RemoteSend, id: Option<u64>) -> Result<(), Error> {
+        let header = Header {
+            k: if id.is_some() {
+                Kind::Request
+            } else {
+                Kind::Message
+            },
+            h: self.host.to_string(),
+            f: send.from,
+            s: Some(send.slot),
+            i: id,
+        };
+        let raw = frame(&header, &send.message);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if self.router.is_closed() {
+                return Err(Error::stopped("bus"));
+            }
+            let mut call = SEND.prepare_invoke();
+            call.key(self.presence_key(&send.host))
+                .key(self.inbox_key(&send.host))
+                .arg(send.slot)
+                .arg(self.list_limit(self.router.mailboxes().len()))
+                .arg(&raw[..]);
+            let (code, slots): (i64, usize) =
+                self.link.script("send to another host", &call).await?;
+            match code {
+                0 => return Ok(()),
+                1 => {
+                    return Err(Error::no_such_address(format!(
+                        "no host {:?} is on the bus (it is not running, or cannot reach Redis)",
+                        send.host
+                    )))
+                }
+                2 => {
+                    return Err(Error::no_such_address(format!(
+                        "host {:?} has no slot {}: it has slots 0..{slots}",
+                        send.host, send.slot
+                    )))
+                }
+                _ if send.mode == SendMode::Try => {
+                    return Err(Error::full(format!(
+                        "the inbox of host {:?} is full",
+                        send.host
+                    )))
+                }
+                _ => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    async fn exchange(self: Arc<Self>, send: RemoteSend) -> Result<Option<Bytes>, Error> {
+        let SendMode::Request(timeout) = send.mode else {
+            return self.send_now(send, None).await.map(|()| None);
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let (host, slot) = (send.host.clone(), send.slot);
+        let this = self.clone();
+        let result = tokio::time::timeout(timeout, async move {
+            this.send_now(send, Some(id)).await?;
+            rx.await.map_err(|_| Error::stopped("bus"))?
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::timeout(format!(
+                "no reply from slot {slot} of host {host:?} within {timeout:?}"
+            )))
+        });
+        lock(&self.pending).remove(&id);
+        result
+    }
+}
+
+impl BusEngine for RedisBus {
+    fn close_slot(&self, slot: usize) {
+        self.router.close_slot(slot);
+    }
+
+    fn resize(&self, size: usize) {
+        self.router.resize(size);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.presence_key(&self.host))
+            .arg(size)
+            .arg("PX")
+            .arg(PRESENCE.as_millis() as u64);
+        let link = self.link.clone();
+        self.link.spawn(async move {
+            let _ = link.command::<()>("announce this host", &cmd).await;
+        });
+    }
+
+    fn messages(&self) -> u64 {
+        self.router.messages()
+    }
+
+    fn owner_exited(&self, owner: Owner) {
+        self.router.owner_exited(owner);
+        let topics: Vec<String> = lock(&self.subscribed).iter().cloned().collect();
+        self.sync_topics(topics);
+    }
+
+    fn close(&self) {
+        self.router.close();
+        for (_, waiting) in lock(&self.pending).drain() {
+            let _ = waiting.send(Err(Error::stopped("bus")));
+        }
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.presence_key(&self.host));
+        let link = self.link.clone();
+        self.link.close(async move {
+            let _ = link.command::<()>("leave the bus", &cmd).await;
+        });
+    }
+}
+
+impl BusBackend for RedisBus {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn send_remote(&self, send: RemoteSend) -> Pending<Option<Bytes>> {
+        let (tx, rx) = oneshot::channel();
+        if self.link.is_closed() {
+            let _ = tx.send(Err(Error::stopped("bus")));
+            return rx;
+        }
+        let Some(me) = self.me.upgrade() else {
+            let _ = tx.send(Err(Error::stopped("bus")));
+            return rx;
+        };
+        self.link.spawn(async move {
+            let _ = tx.send(me.exchange(send).await);
+        });
+        rx
+    }
+
+    fn publish_shared(
+        &self,
+        from: Option<usize>,
+        topic: &str,
+        message: Bytes,
+    ) -> Option<Pending<usize>> {
+        let (tx, rx) = oneshot::channel();
+        let header = Header {
+            k: Kind::Topic,
+            h: self.host.to_string(),
+            f: from,
+            s: None,
+            i: None,
+        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.channel(topic)).arg(frame(&header, &message));
+        let link = self.link.clone();
+        if link.is_closed() {
+            let _ = tx.send(Err(Error::stopped("bus")));
+        } else {
+            self.link.spawn(async move {
+                let _ = tx.send(link.command::<usize>("publish", &cmd).await);
+            });
+        }
+        Some(rx)
+    }
+
+    fn mailboxes(&self) -> Arc<[Arc<Mailbox>]> {
+        self.router.mailboxes()
+    }
+
+    fn subscribe(&self, owner: Option<Owner>, topic: &str) -> Result<Subscribed, Error> {
+        let mut subscribed = self.router.subscribe(owner, topic)?;
+        self.sync_topics([topic.to_owned()]);
+        let (tx, rx) = oneshot::channel();
+        let _ = self.subscriptions.send(Change::Confirm(tx));
+        subscribed.confirmed = Some(rx);
+        Ok(subscribed)
+    }
+
+    fn unsubscribe(&self, topic: &str, id: u64) {
+        self.router.unsubscribe(topic, id);
+        self.sync_topics([topic.to_owned()]);
+    }
+
+    fn subscribers(&self, topic: &str) -> Arc<[mpsc::Sender<Envelope>]> {
+        self.router.subscribers(topic)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.router.is_closed()
+    }
+
+    fn alarm(&self, after: Duration) -> Alarm {
+        self.router.alarm(after)
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.router.request_timeout()
+    }
+
+    fn published(&self, delivered: usize) {
+        self.router.published(delivered);
+    }
+}

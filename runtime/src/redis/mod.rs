@@ -1,0 +1,407 @@
+//! Store and bus backends on Redis, for clusters on several hosts that share
+//! one store and one bus (feature `redis`).
+//!
+//! Each backend runs its Redis I/O on a thread of its own (`forkless-redis`)
+//! with a `current_thread` tokio runtime: workers hand it an operation and
+//! get the answer on a oneshot channel, as they do from the in-process
+//! engine when an operation waits. So a worker never blocks on Redis, a
+//! cancelled operation still finishes (or undoes itself, for a lock), and
+//! code outside the workers (`Cluster::store`, a plain thread) uses it the
+//! same way.
+
+mod bus;
+mod store;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use forkless_worker::Error;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, RedisError, ScriptInvocation};
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, OnceCell};
+
+pub(crate) use bus::RedisBus;
+pub(crate) use store::RedisStore;
+
+/// Where and how a cluster reaches Redis, for
+/// [`Builder::store_backend`](crate::Builder::store_backend) and
+/// [`Builder::bus_backend`](crate::Builder::bus_backend). Needs the `redis`
+/// feature.
+///
+/// Every cluster (every host) that uses the same Redis and the same
+/// [`prefix`](RedisConfig::prefix) shares one store and one bus.
+///
+/// # What differs from the in-process backend
+///
+/// - **Latency**: every store operation is a round trip to Redis (a Lua
+///   script, so each one is atomic there). Messages between the slots of one
+///   cluster still go in-process; only [`Bus::send_to`] another host,
+///   [`Bus::request_to`] and topics go through Redis.
+/// - **Locks** are a Redis key set with `NX` and a lease, holding a token
+///   that only this lock knows; release commits and frees in one script that
+///   checks the token. A lock without a lease of its own is renewed while
+///   held (every third of [`lock_lease`](RedisConfig::lock_lease)), so a
+///   lock whose host dies (or loses Redis) is freed when the lease runs out.
+///   A worker that exits has its locks released, as in-process.
+/// - **Waiting on a locked key** polls (from 1 ms up to every 50 ms) and is
+///   woken at once by releases made on the same host. Waiters are served
+///   in no set order (in-process: first come, first served).
+/// - **Expiry** is Redis's own (`PEXPIRE`), refreshed on each access;
+///   [`CollectionOptions`](forkless_worker::CollectionOptions) are per
+///   process, so configure a collection the same way on every host. Keys
+///   set before expiry was configured keep no expiry until next touched.
+/// - **`len`** scans the collection's keys (`SCAN`): use it for checks and
+///   tests, not on a hot path.
+/// - **Errors**: when Redis cannot be reached or does not answer within
+///   [`timeout`](RedisConfig::timeout), an operation fails with
+///   [`Error::is_unavailable`] (it may or may not have been applied); the
+///   connection is made again by itself when Redis is back. Nothing panics
+///   and nothing waits forever.
+/// - **Topics** are Redis pub/sub: at most once. A host that is cut off
+///   from Redis misses what is published meanwhile, and `publish` counts the
+///   hosts that had subscribers. Messages to another host's slots are a
+///   Redis list per host: they wait there while that host restarts.
+///
+/// [`Bus::send_to`]: forkless_worker::Bus::send_to
+/// [`Bus::request_to`]: forkless_worker::Bus::request_to
+/// [`Error::is_unavailable`]: forkless_worker::Error::is_unavailable
+///
+/// # Examples
+///
+/// ```no_run
+/// use forkless_runtime::{Cluster, RedisConfig};
+///
+/// let redis = RedisConfig::new("redis://127.0.0.1:6379/").host("web-1");
+/// let cluster = Cluster::builder()
+///     .store_backend(redis.clone())
+///     .bus_backend(redis)
+///     .start(|worker| async move {
+///         let hits = worker.store().collection("hits").incr("total", 1).await?;
+///         println!("hit number {hits}, counted across every host");
+///         Ok::<(), forkless_worker::Error>(())
+///     })?;
+/// cluster.join();
+/// # Ok::<(), forkless_worker::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    url: String,
+    prefix: String,
+    host: Option<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    lock_lease: Duration,
+}
+
+impl RedisConfig {
+    /// Redis at `url`, such as `redis://127.0.0.1:6379/` or
+    /// `redis://:password@host:6379/2`. Checked when the cluster starts.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            prefix: "forkless".to_owned(),
+            host: None,
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            lock_lease: Duration::from_secs(10),
+        }
+    }
+
+    /// What every Redis key of this store and bus starts with; clusters
+    /// with different prefixes share nothing. The default is `"forkless"`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> RedisConfig {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// This host's name on the bus: other hosts reach its slots with
+    /// [`Bus::send_to`](forkless_worker::Bus::send_to)`(name, slot, ..)`.
+    /// Names must be unique among the hosts on one Redis and prefix. The
+    /// default is the machine's host name and this process's id
+    /// (`web-1-4242`), which changes at each start: set a stable name if
+    /// messages should wait for a host that restarts.
+    pub fn host(mut self, name: impl Into<String>) -> RedisConfig {
+        self.host = Some(name.into());
+        self
+    }
+
+    /// How long one Redis command may take, connecting included, before
+    /// the operation fails with [`Error::is_unavailable`](forkless_worker::Error::is_unavailable).
+    /// The default is 2 seconds.
+    pub fn timeout(mut self, timeout: Duration) -> RedisConfig {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long one attempt to connect may take. The default is 1 second.
+    pub fn connect_timeout(mut self, timeout: Duration) -> RedisConfig {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The lease of a lock taken without one of its own: renewed while the
+    /// lock is held, it frees the lock this long after its host died or lost
+    /// Redis. The default is 10 seconds; at least 30 ms.
+    pub fn lock_lease(mut self, lease: Duration) -> RedisConfig {
+        self.lock_lease = lease;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::config(format!(
+                "RedisConfig: cannot use the URL {:?}: {e}",
+                self.url
+            ))
+        })?;
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::config(
+                "RedisConfig: timeout and connect_timeout must be more than zero",
+            ));
+        }
+        if self.lock_lease < Duration::from_millis(30) {
+            return Err(Error::config(format!(
+                "RedisConfig: lock_lease must be at least 30ms, got {:?}",
+                self.lock_lease
+            )));
+        }
+        if self.prefix.is_empty() {
+            return Err(Error::config("RedisConfig: the prefix must not be empty"));
+        }
+        if self.host.as_deref() == Some("") {
+            return Err(Error::config(
+                "RedisConfig: the host name must not be empty",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The host name, chosen if not set.
+    pub(crate) fn host_name(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "host".to_owned());
+            format!("{machine}-{}", std::process::id())
+        })
+    }
+
+    /// The URL without its password, for messages.
+    fn shown_url(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***{}", &self.url[..scheme], &self.url[at..])
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// One connection to Redis and the thread that drives it.
+pub(crate) struct Link {
+    pub(crate) config: RedisConfig,
+    client: redis::Client,
+    handle: Handle,
+    conn: OnceCell<ConnectionManager>,
+    closed: AtomicBool,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Link {
+    /// Starts the link's thread. Connects on first use, so a cluster starts
+    /// while Redis is down.
+    pub(crate) fn start(config: &RedisConfig, what: &str) -> Result<Arc<Link>, Error> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| Error::config(format!("RedisConfig: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::spawn("cannot build the Redis runtime", e))?;
+        let handle = runtime.handle().clone();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("forkless-redis-{what}"))
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stop_rx.await;
+                });
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })
+            .map_err(|e| Error::spawn("cannot spawn the Redis thread", e))?;
+        Ok(Arc::new(Link {
+            config: config.clone(),
+            client,
+            handle,
+            conn: OnceCell::new(),
+            closed: AtomicBool::new(false),
+            stop: Mutex::new(Some(stop_tx)),
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Runs `task` on the link's thread.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+
+    /// Refuses new work, runs `last` (bounded by the timeout), then stops the
+    /// thread: what still runs there ends, and its answer channels close.
+    pub(crate) fn close<F>(&self, last: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let limit = self.config.timeout;
+        self.handle.spawn(async move {
+            let _ = tokio::time::timeout(limit, last).await;
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.recv_timeout(limit + Duration::from_millis(500));
+        let stop = self
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // Never join from the link's own thread (a drop there could lead
+        // here).
+        if let Some(thread) = thread {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// The connection, made on first use and made again by itself after a
+    /// failure.
+    async fn connection(&self) -> Result<ConnectionManager, Error> {
+        let connect = || {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(self.config.connect_timeout)
+                .set_response_timeout(self.config.timeout)
+                .set_number_of_retries(1)
+                .set_max_delay(self.config.connect_timeout.as_millis() as u64);
+            ConnectionManager::new_with_config(self.client.clone(), config)
+        };
+        let made = tokio::time::timeout(self.config.timeout, self.conn.get_or_try_init(connect))
+            .await
+            .map_err(|_| self.late("connecting"))?;
+        made.cloned().map_err(|e| self.failed("connecting", &e))
+    }
+
+    /// Runs a script, within the timeout.
+    pub(crate) async fn script<T: FromRedisValue>(
+        &self,
+        what: &str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        let mut conn = self.connection().await?;
+        tokio::time::timeout(self.config.timeout, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| self.late(what))?
+            .map_err(|e| self.failed(what, &e))
+    }
+
+    /// Runs a command, within the timeout.
+    pub(crate) async fn command<T: FromRedisValue>(
+        &self,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, Error> {
+        let mut conn = self.connection().await?;
+        tokio::time::timeout(self.config.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| self.late(what))?
+            .map_err(|e| self.failed(what, &e))
+    }
+
+    pub(crate) fn late(&self, what: &str) -> Error {
+        Error::unavailable(format!(
+            "Redis at {} did not answer within {:?} ({what})",
+            self.config.shown_url(),
+            self.config.timeout
+        ))
+    }
+
+    pub(crate) fn failed(&self, what: &str, e: &RedisError) -> Error {
+        Error::unavailable(format!(
+            "Redis at {} failed ({what}): {e}",
+            self.config.shown_url()
+        ))
+    }
+
+    /// A dedicated connection, for blocking commands and pub/sub.
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+}
+
+/// A Redis key part that is safe inside a `SCAN MATCH` pattern.
+pub(crate) fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_checks_name_the_bad_value() {
+        assert!(RedisConfig::new("redis://127.0.0.1/").check().is_ok());
+        let e = RedisConfig::new("nope://x").check().unwrap_err();
+        assert!(e.is_config() && e.to_string().contains("nope://x"), "{e}");
+        let e = RedisConfig::new("redis://127.0.0.1/")
+            .lock_lease(Duration::from_millis(1))
+            .check()
+            .unwrap_err();
+        assert!(e.is_config() && e.to_string().contains("lock_lease"), "{e}");
+        let e = RedisConfig::new("redis://127.0.0.1/")
+            .timeout(Duration::ZERO)
+            .check()
+            .unwrap_err();
+        assert!(e.is_config(), "{e}");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        let c = RedisConfig::new("redis://:s3cret@db:6379/1");
+        assert_eq!(c.shown_url(), "redis://***@db:6379/1");
+        assert_eq!(RedisConfig::new("redis://db/").shown_url(), "redis://db/");
+    }
+
+    #[test]
+    fn glob_escape_escapes_pattern_characters() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
