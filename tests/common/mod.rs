@@ -299,14 +299,19 @@ pub mod redis {
     /// A configuration on the shared Redis with a prefix of its own, so
     /// that tests running at once share nothing.
     pub fn config() -> RedisConfig {
+        RedisConfig::new(shared_url()).prefix(unique_prefix())
+    }
+
+    /// A key prefix no other test uses.
+    pub fn unique_prefix() -> String {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        RedisConfig::new(shared_url()).prefix(format!(
+        format!(
             "test-{}-{}-{n}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
-        ))
+        )
     }
 }

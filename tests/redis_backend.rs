@@ -1,0 +1,407 @@
+//! What only the Redis backends promise: clusters (hosts) that share one
+//! store and one bus, leases that outlive a dead host, prompt errors while
+//! Redis is down and reconnection when it is back.
+//!
+//! Uses `FORKLESS_TEST_REDIS`, or starts `redis-server` on loopback ports.
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::redis::{config, shared_url, unique_prefix, RedisServer};
+use common::{recv, Op, PATIENCE};
+use forkless::{Bytes, Cluster, Worker};
+use forkless_runtime::RedisConfig;
+
+fn done<T>(f: impl std::future::Future<Output = T>) -> T {
+    Op::new(f).wait("an operation")
+}
+
+fn stop(cluster: Cluster) {
+    cluster.shutdown();
+    cluster.join();
+}
+
+/// A cluster that uses `redis` for its store and its bus, as host `host`.
+/// Each worker answers requests with `"{host}/{slot}: {message}"`, drops
+/// requests that say "drop", never answers those that say "wait", and
+/// passes other messages to `seen` as `(slot, from host, from slot,
+/// message)`.
+fn host(
+    redis: &RedisConfig,
+    host: &str,
+    seen: mpsc::Sender<(usize, Option<String>, Option<usize>, String)>,
+) -> Cluster {
+    let name = host.to_owned();
+    Cluster::builder()
+        .workers(2)
+        .request_timeout(Duration::from_millis(300))
+        .store_backend(redis.clone().host(host))
+        .bus_backend(redis.clone().host(host))
+        .start(move |worker: Worker| {
+            let (seen, name) = (seen.clone(), name.clone());
+            async move {
+                let mut inbox = worker.inbox();
+                let mut parked = Vec::new();
+                while let Some(envelope) = inbox.recv().await {
+                    let text = String::from_utf8_lossy(envelope.message()).into_owned();
+                    if envelope.is_request() {
+                        match text.as_str() {
+                            "drop" => drop(envelope),
+                            "wait" => parked.push(envelope),
+                            _ => {
+                                let answer = format!("{name}/{}: {text}", worker.slot());
+                                envelope.reply(answer);
+                            }
+                        }
+                    } else {
+                        let from_host = envelope.host().map(str::to_owned);
+                        let _ = seen.send((worker.slot(), from_host, envelope.from(), text));
+                    }
+                }
+                Ok::<(), forkless::Error>(())
+            }
+        })
+        .expect("start")
+}
+
+/// Sends until the receiving host is on the bus (it announces itself just
+/// after it starts).
+fn send_when_up(cluster: &Cluster, host: &str, slot: usize, message: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match done(cluster.bus().send_to(host, slot, message.to_owned())) {
+            Ok(()) => return,
+            Err(e) if e.is_no_such_slot() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("send to {host}/{slot}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn hosts_reach_each_others_slots_by_name_and_share_a_store() {
+    let redis = config();
+    let (a_tx, a_seen) = mpsc::channel();
+    let (b_tx, b_seen) = mpsc::channel();
+    let a = host(&redis, "a", a_tx);
+    let b = host(&redis, "b", b_tx);
+
+    send_when_up(&a, "b", 1, "hello from a");
+    assert_eq!(
+        recv(&b_seen, "b's slot 1 to get a's message"),
+        (1, Some("a".to_owned()), None, "hello from a".to_owned())
+    );
+    // In order, per sender.
+    for i in 0..20 {
+        done(a.bus().send_to("b", 0, format!("m{i}"))).unwrap();
+    }
+    for i in 0..20 {
+        let (slot, _, _, text) = recv(&b_seen, "the stream");
+        assert_eq!((slot, text), (0, format!("m{i}")));
+    }
+    send_when_up(&b, "a", 0, "hello from b");
+    assert_eq!(recv(&a_seen, "a's slot 0").1.as_deref(), Some("b"));
+    // A host's own name is the in-process path.
+    done(a.bus().send_to("a", 1, "to myself")).unwrap();
+    assert_eq!(
+        recv(&a_seen, "a's slot 1"),
+        (1, None, None, "to myself".to_owned())
+    );
+
+    let reply = done(a.bus().request_to("b", 1, "ping")).unwrap();
+    assert_eq!(reply, Bytes::from("b/1: ping"));
+    let e = done(a.bus().request_to("b", 0, "drop")).unwrap_err();
+    assert!(e.is_no_reply(), "{e:?}");
+    let e = done(a.bus().request_to("b", 0, "wait")).unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+
+    let e = done(a.bus().send_to("nobody", 0, "x")).unwrap_err();
+    assert!(
+        e.is_no_such_slot() && e.to_string().contains("nobody"),
+        "{e}"
+    );
+    let e = done(a.bus().send_to("b", 7, "x")).unwrap_err();
+    assert!(e.is_no_such_slot() && e.to_string().contains("0..2"), "{e}");
+
+    // One store: a counter and a lock, across hosts.
+    let on_a = a.store().collection("shared").blocking();
+    let on_b = b.store().collection("shared").blocking();
+    assert_eq!(on_a.incr("hits", 1).unwrap(), 1);
+    assert_eq!(on_b.incr("hits", 1).unwrap(), 2);
+    let lock = on_a.acquire("k").unwrap();
+    assert!(on_b.try_acquire("k").unwrap().is_none());
+    let b_async = b.store().collection("shared");
+    let mut waiting = Op::new(b_async.acquire("k"));
+    assert!(waiting.poll().is_pending());
+    let mut lock = lock;
+    lock.set("from a");
+    lock.release_blocking().unwrap();
+    let got = waiting.wait("b to get the lock a released");
+    assert_eq!(got.unwrap().get(), Some(Bytes::from("from a")));
+    stop(a);
+    stop(b);
+}
+
+#[test]
+fn topics_are_shared_by_hosts() {
+    let redis = config();
+    let (tx, _seen) = mpsc::channel();
+    let a = host(&redis, "a", tx.clone());
+    let b = host(&redis, "b", tx);
+    let mut on_a = a.bus().subscribe("news").unwrap();
+    let mut on_b = b.bus().subscribe("news").unwrap();
+    done(on_a.confirmed()).unwrap();
+    done(on_b.confirmed()).unwrap();
+    assert_eq!(
+        done(a.bus().publish("news", "first")).unwrap(),
+        2,
+        "two hosts"
+    );
+    let got = done(on_b.recv()).unwrap();
+    assert_eq!(
+        (got.host(), got.topic(), got.message()),
+        (Some("a"), Some("news"), &Bytes::from("first"))
+    );
+    let got = done(on_a.recv()).unwrap();
+    assert_eq!((got.host(), got.message()), (None, &Bytes::from("first")));
+
+    // In order, each once.
+    for i in 0..20 {
+        done(b.bus().publish("news", format!("n{i}"))).unwrap();
+    }
+    for sub in [&mut on_a, &mut on_b] {
+        for i in 0..20 {
+            assert_eq!(
+                done(sub.recv()).unwrap().message(),
+                &Bytes::from(format!("n{i}"))
+            );
+        }
+    }
+    drop(on_b);
+    let deadline = Instant::now() + PATIENCE;
+    while done(a.bus().publish("news", "after b left")).unwrap() != 1 {
+        assert!(Instant::now() < deadline, "b never unsubscribed on Redis");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop(a);
+    stop(b);
+}
+
+#[test]
+fn a_lock_is_renewed_while_its_holder_lives() {
+    let prefix = unique_prefix();
+    let redis = RedisConfig::new(shared_url())
+        .prefix(&prefix)
+        .lock_lease(Duration::from_millis(300));
+    let cluster = Cluster::builder()
+        .workers(1)
+        .store_backend(redis)
+        .start(|w: Worker| async move {
+            w.shutdown_signal().await;
+        })
+        .unwrap();
+    let c = cluster.store().collection("renew").blocking();
+    let lock = c.acquire("k").unwrap();
+    // The lock's key in Redis: its time to live goes back up when renewed.
+    let key = format!("{prefix}:s:5:renew:l:k");
+    let client = redis::Client::open(shared_url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let pttl =
+        |conn: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(&key).query(conn).unwrap() };
+    let first = pttl(&mut conn);
+    assert!(first > 0 && first <= 300, "the lease is set: {first}");
+    let mut last = first;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = pttl(&mut conn);
+        assert!(now > 0, "the lock expired while held: {now}");
+        if now > last {
+            break;
+        }
+        last = now;
+        assert!(Instant::now() < deadline, "never renewed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lock.release_blocking().unwrap();
+    assert_eq!(pttl(&mut conn), -2, "released: the key is gone");
+    stop(cluster);
+}
+
+#[test]
+fn a_lock_whose_host_dies_is_freed_by_its_lease() {
+    // This test is also the dying host: run again as a child, it takes the
+    // lock and waits to be killed.
+    if let Ok(prefix) = std::env::var("FORKLESS_TEST_LOCK_HOLDER") {
+        let redis = RedisConfig::new(shared_url())
+            .prefix(prefix)
+            .lock_lease(Duration::from_millis(500));
+        let cluster = Cluster::builder()
+            .workers(1)
+            .store_backend(redis)
+            .start(|w: Worker| async move {
+                w.shutdown_signal().await;
+            })
+            .unwrap();
+        let lock = cluster.store().collection("dies").blocking().acquire("k");
+        let _lock = lock.unwrap();
+        println!("holding");
+        loop {
+            std::thread::park();
+        }
+    }
+    let prefix = unique_prefix();
+    let redis = RedisConfig::new(shared_url()).prefix(&prefix);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_lock_whose_host_dies_is_freed_by_its_lease",
+            "--nocapture",
+        ])
+        .env("FORKLESS_TEST_LOCK_HOLDER", &prefix)
+        .env("FORKLESS_TEST_REDIS", shared_url())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("the child to hold the lock").unwrap();
+        if line.trim() == "holding" {
+            break;
+        }
+    }
+    let cluster = Cluster::builder()
+        .workers(1)
+        .store_backend(redis)
+        .start(|w: Worker| async move {
+            w.shutdown_signal().await;
+        })
+        .unwrap();
+    let c = cluster.store().collection("dies").blocking();
+    assert!(c.try_acquire("k").unwrap().is_none(), "the child holds it");
+    child.kill().unwrap(); // SIGKILL: no clean-up runs.
+    child.wait().unwrap();
+    let lock = c.acquire_timeout("k", PATIENCE);
+    assert!(
+        lock.is_ok(),
+        "the lease never freed the lock: {:?}",
+        lock.map(drop)
+    );
+    drop(lock);
+    stop(cluster);
+}
+
+#[test]
+fn while_redis_is_down_calls_fail_promptly_and_work_again_when_it_is_back() {
+    let mut server = RedisServer::start();
+    let port = server.port();
+    let redis = RedisConfig::new(server.url())
+        .prefix("down")
+        .host("h")
+        .timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(200));
+    let cluster = Cluster::builder()
+        .workers(1)
+        .store_backend(redis.clone())
+        .bus_backend(redis)
+        .start(|w: Worker| async move {
+            w.shutdown_signal().await;
+        })
+        .unwrap();
+    let c = cluster.store().collection("c").blocking();
+    c.set("k", "v").unwrap();
+
+    server.stop();
+    let e = c.get("k").unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    assert!(
+        e.to_string().contains(&port.to_string()),
+        "names Redis: {e}"
+    );
+    assert!(c.acquire("k").unwrap_err().is_unavailable());
+    assert!(c.len().unwrap_err().is_unavailable());
+    let e = done(cluster.bus().publish("t", "x")).unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    let e = done(cluster.bus().send_to("other", 0, "x")).unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    let mut sub = cluster.bus().subscribe("t").unwrap();
+    assert!(done(sub.confirmed()).unwrap_err().is_unavailable());
+    // Local messages do not need Redis.
+    done(cluster.bus().send(0, "local")).unwrap();
+
+    let _server = RedisServer::start_on(port);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match c.set("k", "again") {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e:?}");
+                assert!(Instant::now() < deadline, "never reconnected: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    assert_eq!(c.get("k").unwrap(), Some(Bytes::from("again")));
+    // The subscription made while Redis was away takes effect: publish
+    // reaches it once the bus has subscribed again.
+    let deadline = Instant::now() + PATIENCE;
+    while done(cluster.bus().publish("t", "back")).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the topic was never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(done(sub.recv()).unwrap().message(), &Bytes::from("back"));
+    stop(cluster);
+}
+
+#[test]
+fn a_cluster_starts_while_redis_is_down() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = RedisConfig::new(format!("redis://127.0.0.1:{port}/"))
+        .timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(100));
+    let cluster = Cluster::builder()
+        .workers(1)
+        .store_backend(redis.clone())
+        .bus_backend(redis)
+        .start(|w: Worker| async move {
+            w.shutdown_signal().await;
+        })
+        .expect("starts without Redis");
+    let e = cluster
+        .store()
+        .collection("c")
+        .blocking()
+        .get("k")
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    stop(cluster);
+}
+
+#[test]
+fn bad_redis_settings_are_refused_at_start() {
+    let e = Cluster::builder()
+        .store_backend(RedisConfig::new("http://nope"))
+        .start(|w: Worker| async move {
+            w.shutdown_signal().await;
+        })
+        .unwrap_err();
+    assert!(
+        e.is_config() && e.to_string().contains("http://nope"),
+        "{e}"
+    );
+    let e = Cluster::builder()
+        .bus_backend(RedisConfig::new("redis://127.0.0.1/").lock_lease(Duration::ZERO))
+        .start(|w: Worker| async move {
+            w.shutdown_signal().await;
+        })
+        .unwrap_err();
+    assert!(e.is_config(), "{e}");
+}
