@@ -7,7 +7,10 @@
 //!   in-process ceiling for a store built like forkless's;
 //! - `redis`: Redis on loopback through the `redis` crate (one multiplexed
 //!   connection per worker), when `redis-server` is on the PATH (or
-//!   `FORKLESS_BENCH_REDIS` names a running one, as `redis://127.0.0.1:6379`).
+//!   `FORKLESS_BENCH_REDIS` names a running one, as `redis://127.0.0.1:6379`);
+//! - `forkless-redis`: `worker.store()` again, on the Redis backend
+//!   (`Builder::store_backend`) and the same Redis: what a store shared by
+//!   several hosts costs against the in-process one and raw Redis.
 //!
 //! Two workloads, each on a 2-worker forkless cluster (the workers pinned to
 //! cores as usual), all doing set+get pairs on 16-byte values:
@@ -32,6 +35,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use forkless::{Bytes, Cluster, Collection, Worker};
+use forkless_runtime::RedisConfig;
 use redis::AsyncCommands;
 
 const WORKERS: usize = 2;
@@ -44,6 +48,7 @@ enum Backend {
     Mutex(Arc<Mutex<HashMap<String, Bytes>>>),
     Sharded(Arc<Sharded>),
     Redis(String),
+    ForklessRedis(String),
 }
 
 /// Maps behind one mutex each, on cache lines of their own.
@@ -77,6 +82,7 @@ impl Backend {
             Backend::Mutex(_) => "mutex",
             Backend::Sharded(_) => "sharded",
             Backend::Redis(_) => "redis",
+            Backend::ForklessRedis(_) => "forkless-redis",
         }
     }
 }
@@ -91,7 +97,9 @@ enum Client {
 impl Client {
     async fn new(backend: &Backend, worker: &Worker) -> Client {
         match backend {
-            Backend::Forkless => Client::Forkless(worker.store().collection("bench")),
+            Backend::Forkless | Backend::ForklessRedis(_) => {
+                Client::Forkless(worker.store().collection("bench"))
+            }
             Backend::Mutex(map) => Client::Mutex(map.clone()),
             Backend::Sharded(map) => Client::Sharded(map.clone()),
             Backend::Redis(url) => {
@@ -239,8 +247,11 @@ fn round(backend: &Backend, workload: Workload, secs: f64) -> (f64, Vec<u32>) {
         let backend = backend.clone();
         let stop = stop.clone();
         let go = go.clone();
-        Cluster::builder()
-            .workers(WORKERS)
+        let mut builder = Cluster::builder().workers(WORKERS);
+        if let Backend::ForklessRedis(url) = &backend {
+            builder = builder.store_backend(RedisConfig::new(url).prefix("forkless-bench"));
+        }
+        builder
             .start(move |worker: Worker| {
                 let backend = backend.clone();
                 let stop = stop.clone();
@@ -368,7 +379,10 @@ fn main() {
     ];
     let redis = redis();
     match &redis {
-        Some((url, _)) => backends.push(Backend::Redis(url.clone())),
+        Some((url, _)) => {
+            backends.push(Backend::Redis(url.clone()));
+            backends.push(Backend::ForklessRedis(url.clone()));
+        }
         None => println!("redis: skipped (no redis-server on the PATH, no FORKLESS_BENCH_REDIS)"),
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -402,7 +416,7 @@ fn main() {
         }
         println!("\n{title}");
         println!(
-            "{:<10} {:>14} {:>11} {:>11} {:>11} {:>10} {:>10}",
+            "{:<15} {:>14} {:>11} {:>11} {:>11} {:>10} {:>10}",
             "backend", "ops/s", "vs mutex", "vs sharded", "vs redis", "p50 us", "p99 us"
         );
         let medians: Vec<f64> = results
@@ -420,12 +434,12 @@ fn main() {
             let lat = &mut results[b].1;
             lat.sort_unstable();
             println!(
-                "{:<10} {:>14.0} {:>10.3}x {:>10.3}x {:>11} {:>10} {:>10}",
+                "{:<15} {:>14.0} {:>10.3}x {:>10.3}x {:>11} {:>10} {:>10}",
                 backend.name(),
                 medians[b],
                 medians[b] / medians[1],
                 medians[b] / medians[2],
-                redis_rate.map_or("-".to_owned(), |r| format!("{:.1}x", medians[b] / r)),
+                redis_rate.map_or("-".to_owned(), |r| format!("{:.2}x", medians[b] / r)),
                 percentile(lat, 0.50),
                 percentile(lat, 0.99),
             );

@@ -6,7 +6,22 @@ use std::process::ExitCode;
 
 /// Sets up logging, runs a cluster named `name` (with `workers`, or one per
 /// core) on `body`, prints its report, and says how it went.
+#[allow(dead_code)] // not every example uses both
 pub(crate) fn run<F, Fut>(name: &str, workers: Option<usize>, body: F) -> ExitCode
+where
+    F: Fn(forkless::Worker) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), forkless::Error>> + 'static,
+{
+    run_with(name, workers, |builder| builder, body)
+}
+
+/// [`run`], with the builder set up further by `configure`.
+pub(crate) fn run_with<F, Fut>(
+    name: &str,
+    workers: Option<usize>,
+    configure: impl FnOnce(forkless::Builder) -> forkless::Builder,
+    body: F,
+) -> ExitCode
 where
     F: Fn(forkless::Worker) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), forkless::Error>> + 'static,
@@ -23,7 +38,7 @@ where
     if let Some(workers) = workers {
         builder = builder.workers(workers);
     }
-    match builder.run(body) {
+    match configure(builder).run(body) {
         Ok(report) => {
             eprintln!("{report}");
             ExitCode::SUCCESS
