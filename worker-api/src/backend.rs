@@ -105,13 +105,26 @@ pub enum Outcome {
 }
 
 /// The engine's answer to an operation.
-#[derive(Debug)]
 pub enum Reply {
     /// The result, at once.
     Ready(Result<Outcome, Error>),
     /// The result comes on this channel. If the channel closes without one,
     /// the store was closed.
     Later(oneshot::Receiver<Result<Outcome, Error>>),
+    /// The result comes from this future, which the caller drives: the
+    /// engine's I/O runs on the caller's own runtime. Never for an acquire
+    /// or a release, which must finish even if their caller goes away.
+    Future(std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, Error>> + Send>>),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Ready(result) => f.debug_tuple("Ready").field(result).finish(),
+            Reply::Later(rx) => f.debug_tuple("Later").field(rx).finish(),
+            Reply::Future(_) => f.write_str("Future(..)"),
+        }
+    }
 }
 
 /// The engine of a store: a set of named collections.

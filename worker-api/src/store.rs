@@ -376,6 +376,7 @@ impl Collection {
                     .await
                     .map_err(|_| Error::stopped("store"))??
             }
+            Reply::Future(f) => f.await?,
         };
         match outcome {
             Outcome::Granted(grant) => Ok(Some(KeyLock {
@@ -632,6 +633,7 @@ async fn resolve(reply: Reply) -> Result<Outcome, Error> {
     match reply {
         Reply::Ready(result) => result,
         Reply::Later(rx) => rx.await.map_err(|_| Error::stopped("store"))?,
+        Reply::Future(f) => f.await,
     }
 }
 

@@ -203,6 +203,20 @@ impl RedisConfig {
     }
 }
 
+thread_local! {
+    /// A worker thread's own connections, by link.
+    static LOCAL: std::cell::RefCell<std::collections::HashMap<usize, Arc<OnceCell<ConnectionManager>>>> =
+        std::cell::RefCell::default();
+}
+
+/// Which connection an operation uses.
+pub(crate) enum Via {
+    /// The link's, driven by the link's thread.
+    Link,
+    /// A worker thread's own, driven by that worker's runtime.
+    Local(Arc<OnceCell<ConnectionManager>>),
+}
+
 /// One connection to Redis and the thread that drives it.
 pub(crate) struct Link {
     pub(crate) config: RedisConfig,
@@ -296,9 +310,23 @@ impl Link {
         }
     }
 
+    /// This worker thread's own connection, driven by its own runtime, so
+    /// that an operation makes no trip to the link's thread; `None` on other
+    /// threads. Made on first use.
+    pub(crate) fn local(self: &Arc<Self>) -> Option<Via> {
+        crate::worker_thread::current_cluster()?;
+        let id = Arc::as_ptr(self) as usize;
+        let cell = LOCAL.with(|local| local.borrow_mut().entry(id).or_default().clone());
+        Some(Via::Local(cell))
+    }
+
     /// The connection, made on first use and made again by itself after a
     /// failure.
-    async fn connection(&self) -> Result<ConnectionManager, Error> {
+    async fn connection(&self, via: &Via) -> Result<ConnectionManager, Error> {
+        let cell = match via {
+            Via::Link => &self.conn,
+            Via::Local(cell) => &**cell,
+        };
         let connect = || {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(self.config.connect_timeout)
@@ -307,7 +335,7 @@ impl Link {
                 .set_max_delay(self.config.connect_timeout.as_millis() as u64);
             ConnectionManager::new_with_config(self.client.clone(), config)
         };
-        let made = tokio::time::timeout(self.config.timeout, self.conn.get_or_try_init(connect))
+        let made = tokio::time::timeout(self.config.timeout, cell.get_or_try_init(connect))
             .await
             .map_err(|_| self.late("connecting"))?;
         made.cloned().map_err(|e| self.failed("connecting", &e))
@@ -319,7 +347,17 @@ impl Link {
         what: &str,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, Error> {
-        let mut conn = self.connection().await?;
+        self.script_via(&Via::Link, what, invocation).await
+    }
+
+    /// Runs a script on `via`'s connection, within the timeout.
+    pub(crate) async fn script_via<T: FromRedisValue>(
+        &self,
+        via: &Via,
+        what: &str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        let mut conn = self.connection(via).await?;
         tokio::time::timeout(self.config.timeout, invocation.invoke_async(&mut conn))
             .await
             .map_err(|_| self.late(what))?
@@ -332,7 +370,7 @@ impl Link {
         what: &str,
         cmd: &redis::Cmd,
     ) -> Result<T, Error> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection(&Via::Link).await?;
         tokio::time::timeout(self.config.timeout, cmd.query_async(&mut conn))
             .await
             .map_err(|_| self.late(what))?

@@ -19,7 +19,7 @@ use redis::{Script, Value};
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
-use super::{glob_escape, Link, RedisConfig};
+use super::{glob_escape, Link, RedisConfig, Via};
 use crate::backend::StoreEngine;
 use crate::store::{check_options, check_sizes, lock_lost, shorten, too_large, Exits};
 
@@ -363,7 +363,7 @@ impl RColl {
             }
             let attempt = match &op {
                 Op::Acquire { lease, .. } => self.acquire(owner, &key, *lease, &answer).await,
-                other => self.once(&key, other).await,
+                other => self.once(&Via::Link, &key, other).await,
             };
             match attempt {
                 Err(e) => {
@@ -413,8 +413,33 @@ impl RColl {
         }
     }
 
+    /// Runs `op` on this worker thread's own connection until it is done,
+    /// waiting while the key is locked.
+    async fn run_here(self: Arc<Self>, via: Via, key: String, op: Op) -> Result<Outcome, Error> {
+        let mut released = self.core.released.subscribe();
+        let mut pause = Duration::from_millis(1);
+        let mut waited = false;
+        loop {
+            if let Attempt::Done(outcome) = self.once(&via, &key, &op).await? {
+                return Ok(outcome);
+            }
+            if !waited {
+                waited = true;
+                self.core.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::select! {
+                _ = released.changed() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(MAX_POLL);
+            if self.link().is_closed() {
+                return Err(self.stopped());
+            }
+        }
+    }
+
     /// One look at an unlocked-key operation.
-    async fn once(&self, key: &str, op: &Op) -> Result<Attempt, Error> {
+    async fn once(&self, via: &Via, key: &str, op: &Op) -> Result<Attempt, Error> {
         let (vkey, lkey, ttl) = (self.value_key(key), self.lock_key(key), self.ttl());
         let (script, what): (&Script, &str) = match op {
             Op::Get => (&GET, "get"),
@@ -447,7 +472,7 @@ impl RColl {
             }
             Op::Acquire { .. } => {}
         }
-        let (code, value) = answer_of(self.link().script(what, &call).await?)?;
+        let (code, value) = answer_of(self.link().script_via(via, what, &call).await?)?;
         if code == LOCKED {
             return Ok(Attempt::Locked);
         }
@@ -666,6 +691,11 @@ impl CollectionBackend for RColl {
             },
             other => other,
         };
+        if !matches!(op, Op::Acquire { .. }) {
+            if let Some(via) = self.core.link.local() {
+                return Reply::Future(Box::pin(self.arc().run_here(via, key.to_owned(), op)));
+            }
+        }
         let (tx, rx) = oneshot::channel();
         self.link()
             .spawn(self.arc().run(owner, key.to_owned(), op, tx));
