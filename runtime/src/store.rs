@@ -857,7 +857,7 @@ mod tests {
     fn ready(reply: Reply) -> Outcome {
         match reply {
             Reply::Ready(r) => r.expect("ok"),
-            Reply::Later(_) => panic!("expected an answer at once"),
+            Reply::Later(_) | Reply::Future(_) => panic!("expected an answer at once"),
         }
     }
 
