@@ -405,3 +405,48 @@ fn bad_redis_settings_are_refused_at_start() {
         .unwrap_err();
     assert!(e.is_config(), "{e}");
 }
+
+#[test]
+fn messages_a_host_did_not_take_wait_for_its_next_start() {
+    let redis = config();
+    let (a_tx, _a_seen) = mpsc::channel();
+    let a = host(&redis, "a", a_tx);
+    // b's worker holds its inbox and never reads it: b takes at most its
+    // inbox's capacity (2) off its list, plus one it waits to deliver.
+    let (up_tx, up_rx) = mpsc::channel();
+    let b = Cluster::builder()
+        .workers(1)
+        .inbox_capacity(2)
+        .bus_backend(redis.clone().host("b"))
+        .start(move |worker: Worker| {
+            let up_tx = up_tx.clone();
+            async move {
+                let _inbox = worker.inbox();
+                up_tx.send(()).unwrap();
+                worker.shutdown_signal().await;
+            }
+        })
+        .unwrap();
+    recv(&up_rx, "b's worker");
+    send_when_up(&a, "b", 0, "m0");
+    for i in 1..10 {
+        done(a.bus().send_to("b", 0, format!("m{i}"))).unwrap();
+    }
+    stop(b);
+
+    let (b_tx, b_seen) = mpsc::channel();
+    let b = host(&redis, "b", b_tx);
+    let (_, from, _, first) = recv(&b_seen, "the first message left for b");
+    assert_eq!(from.as_deref(), Some("a"));
+    let first: usize = first.strip_prefix('m').unwrap().parse().unwrap();
+    assert!(
+        first <= 3,
+        "more were lost than b could have taken: m{first}"
+    );
+    for i in first + 1..10 {
+        let (_, _, _, text) = recv(&b_seen, "the rest, in order");
+        assert_eq!(text, format!("m{i}"));
+    }
+    stop(a);
+    stop(b);
+}

@@ -40,6 +40,9 @@ const PRESENCE: Duration = Duration::from_secs(6);
 const RENEW_PRESENCE: Duration = Duration::from_secs(2);
 /// How long one blocking read of the host's list waits.
 const READ_WAIT: Duration = Duration::from_secs(1);
+/// How long messages wait in a host's list for a host that is away (one
+/// that never comes back leaves nothing behind for longer).
+const KEEP_UNREAD: Duration = Duration::from_secs(3600);
 /// The longest pause before a reader reconnects.
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
@@ -52,6 +55,7 @@ n = tonumber(n)
 if tonumber(ARGV[1]) >= n then return {2, n} end
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then return {3, n} end
 redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {0, n}
 ",
     )
@@ -307,9 +311,16 @@ impl RedisBus {
                             s: None,
                             i: id,
                         };
-                        let mut cmd = redis::cmd("RPUSH");
-                        cmd.arg(&inbox).arg(frame(&header, &reply));
-                        if let Err(e) = link.command::<()>("reply", &cmd).await {
+                        let mut cmd = redis::pipe();
+                        cmd.cmd("RPUSH")
+                            .arg(&inbox)
+                            .arg(frame(&header, &reply))
+                            .ignore()
+                            .cmd("PEXPIRE")
+                            .arg(&inbox)
+                            .arg(KEEP_UNREAD.as_millis() as u64)
+                            .ignore();
+                        if let Err(e) = link.pipeline(&cmd).await {
                             tracing::warn!(to = %to, "cannot send a reply: {e}");
                         }
                     });
@@ -464,7 +475,8 @@ impl RedisBus {
                 .key(self.inbox_key(&send.host))
                 .arg(send.slot)
                 .arg(self.list_limit(self.router.mailboxes().len()))
-                .arg(&raw[..]);
+                .arg(&raw[..])
+                .arg(KEEP_UNREAD.as_millis() as u64);
             let (code, slots): (i64, usize) =
                 self.link.script("send to another host", &call).await?;
             match code {

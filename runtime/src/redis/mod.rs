@@ -64,7 +64,12 @@ pub(crate) use store::RedisStore;
 /// - **Topics** are Redis pub/sub: at most once. A host that is cut off
 ///   from Redis misses what is published meanwhile, and `publish` counts the
 ///   hosts that had subscribers. Messages to another host's slots are a
-///   Redis list per host: they wait there while that host restarts.
+///   Redis list per host. What a host had not taken off its list when it
+///   stopped waits there for its next start under the same name (up to an
+///   hour); what it had taken but its workers had not read (at most its
+///   inbox capacity, plus one, per host) goes with it. A send to a host that
+///   is not up (its presence, renewed every 2 s, lapses 6 s after it
+///   stopped, at once when it stops gracefully) is refused.
 ///
 /// [`Bus::send_to`]: forkless_worker::Bus::send_to
 /// [`Bus::request_to`]: forkless_worker::Bus::request_to
@@ -375,6 +380,15 @@ impl Link {
             .await
             .map_err(|_| self.late(what))?
             .map_err(|e| self.failed(what, &e))
+    }
+
+    /// Runs a pipeline whose answers are ignored, within the timeout.
+    pub(crate) async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<(), Error> {
+        let mut conn = self.connection(&Via::Link).await?;
+        tokio::time::timeout(self.config.timeout, pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| self.late("pipeline"))?
+            .map_err(|e| self.failed("pipeline", &e))
     }
 
     pub(crate) fn late(&self, what: &str) -> Error {
