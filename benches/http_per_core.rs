@@ -27,6 +27,9 @@
 //! - `node`: Node's `cluster` module with 1 worker (`benches/node/hello.js`;
 //!   the primary shares the core), when `node` is on the PATH.
 //!
+//! `FORKLESS_BENCH_SERVERS=forkless,per-core` measures only those (the
+//! first one listed is the one compared; the default is all of them).
+//!
 //! `FORKLESS_BENCH_WORKERS=n` (default 1) gives every server `n` cores
 //! (cores `0..n`) and wrk the next one: the N-workers mode, for machines
 //! with more cores (`benches/scaling.sh` runs it for 1, 2, 4 and 8).
@@ -45,6 +48,11 @@ mod servers;
 use std::process::{Child, Command};
 
 const ALL_SERVERS: [&str; 5] = ["forkless", "per-core", "tokio-mt", "actix-web", "node"];
+/// For diagnosis, by `FORKLESS_BENCH_SERVERS` only: a forkless cluster
+/// serving the per-core server's handler as it is (`fl-min`), and with a
+/// graceful-shutdown `select!` beside each connection (`fl-sel`). What
+/// `forkless` costs beyond `fl-min` is `hello`'s own code.
+const DIAGNOSTIC_SERVERS: [&str; 2] = ["fl-min", "fl-sel"];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -79,9 +87,21 @@ fn main() {
     let secs: u64 = env_or("FORKLESS_BENCH_SECS", 10);
     let rounds: usize = env_or("FORKLESS_BENCH_ROUNDS", 3);
     let node = Command::new("node").arg("--version").output().is_ok();
-    let servers: Vec<&str> = ALL_SERVERS
-        .iter()
-        .copied()
+    let chosen = std::env::var("FORKLESS_BENCH_SERVERS").unwrap_or_default();
+    let servers: Vec<&str> = if chosen.is_empty() {
+        ALL_SERVERS.to_vec()
+    } else {
+        chosen.split(',').map(str::trim).collect()
+    };
+    for s in &servers {
+        assert!(
+            ALL_SERVERS.contains(s) || DIAGNOSTIC_SERVERS.contains(s),
+            "FORKLESS_BENCH_SERVERS: unknown server {s:?} (known: {ALL_SERVERS:?}, \
+             {DIAGNOSTIC_SERVERS:?})"
+        );
+    }
+    let servers: Vec<&str> = servers
+        .into_iter()
         .filter(|s| *s != "node" || node)
         .collect();
     if !node {
@@ -126,8 +146,9 @@ fn main() {
             (median(&mut rps), median(&mut p50), median(&mut p99))
         })
         .collect();
-    let base = summary[1].0;
-    let forkless = summary[0].0;
+    let find = |name: &str| servers.iter().position(|s| *s == name).unwrap_or(0);
+    let base = summary[find("per-core")].0;
+    let forkless = summary[find("forkless")].0;
     println!("\n| server | req/s (median) | p50 ms | p99 ms | vs per-core | forkless vs it |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (kind, (rps, p50, p99)) in servers.iter().zip(&summary) {
@@ -238,6 +259,40 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The diagnostic servers: forkless with the per-core server's handler,
+/// with or without a graceful-shutdown `select!` per connection.
+fn fl(select: bool, port: u16) {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    forkless::Cluster::builder()
+        .run(move |worker: forkless::Worker| async move {
+            let listener = worker.listen(("127.0.0.1", port)).await?;
+            while let Some(conn) = listener.accept().await {
+                let (stream, _) = conn?;
+                let stop = worker.shutdown_signal();
+                tokio::task::spawn_local(async move {
+                    let conn = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(servers::hello_world));
+                    if !select {
+                        let _ = conn.await;
+                        return;
+                    }
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+            Ok::<(), forkless::Error>(())
+        })
+        .expect("forkless");
+}
+
 fn start_server(kind: &str, port: u16, cores: &str) -> Child {
     let mut command = Command::new("taskset");
     command.args(["-c", cores]);
@@ -316,6 +371,7 @@ fn serve(kind: &str, port: u16) {
                 .run(move |worker| hello::serve(worker, args.clone()))
                 .expect("forkless");
         }
+        "fl-min" | "fl-sel" => fl(kind == "fl-sel", port),
         "per-core" => servers::per_core(port, None),
         "tokio-mt" => servers::tokio_mt(port, None),
         "actix-web" => actix(port),

@@ -152,7 +152,7 @@ async fn handle(
     crash: Rc<Cell<bool>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/") => text(StatusCode::OK, "Hello, World!".to_owned()),
+        (&Method::GET, "/") => Response::new(Full::new(Bytes::from_static(b"Hello, World!"))),
         (&Method::GET, "/whoami") => text(
             StatusCode::OK,
             format!(
@@ -164,25 +164,11 @@ async fn handle(
                     .map_or_else(|| "-".to_owned(), |c| c.to_string())
             ),
         ),
-        (&Method::GET, "/hits") => match worker.store().collection("hello").incr("hits", 1).await {
-            Ok(n) => text(StatusCode::OK, format!("hits {n}\n")),
-            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-        },
-        (&Method::GET, "/ask") => {
-            let bus = worker.bus();
-            let next = (worker.slot() + 1) % bus.size();
-            match bus.request(next, "hi").await {
-                Ok(reply) => text(
-                    StatusCode::OK,
-                    format!(
-                        "slot {} asked slot {next}: {}\n",
-                        worker.slot(),
-                        String::from_utf8_lossy(&reply)
-                    ),
-                ),
-                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-            }
-        }
+        // The routes that wait on the store or the bus are boxed, so that
+        // this future (which hyper moves into place for every request) stays
+        // small for `/`.
+        (&Method::GET, "/hits") => Box::pin(hits(&worker)).await,
+        (&Method::GET, "/ask") => Box::pin(ask(&worker)).await,
         (&Method::GET, "/crash") => {
             crash.set(true);
             let mut response = text(
@@ -198,6 +184,31 @@ async fn handle(
         _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     Ok(response)
+}
+
+/// `GET /hits`: a counter in the cluster's store.
+async fn hits(worker: &forkless::Worker) -> Response<Full<Bytes>> {
+    match worker.store().collection("hello").incr("hits", 1).await {
+        Ok(n) => text(StatusCode::OK, format!("hits {n}\n")),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+/// `GET /ask`: asks the next worker over the bus.
+async fn ask(worker: &forkless::Worker) -> Response<Full<Bytes>> {
+    let bus = worker.bus();
+    let next = (worker.slot() + 1) % bus.size();
+    match bus.request(next, "hi").await {
+        Ok(reply) => text(
+            StatusCode::OK,
+            format!(
+                "slot {} asked slot {next}: {}\n",
+                worker.slot(),
+                String::from_utf8_lossy(&reply)
+            ),
+        ),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

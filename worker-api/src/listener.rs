@@ -243,7 +243,8 @@ fn is_resource_error(e: &io::Error) -> bool {
 /// An address that [`Worker::listen`](crate::Worker::listen) accepts.
 ///
 /// Implemented for `&str` and `String` (`"ip:port"`, `"[ipv6]:port"` or
-/// `"host:port"`), [`SocketAddr`] and its V4/V6 forms, and `(ip, port)` pairs.
+/// `"host:port"`), [`SocketAddr`] and its V4/V6 forms, and `(ip, port)` and
+/// `(&str, port)` pairs, as in `worker.listen(("127.0.0.1", 8080))`.
 pub trait ListenAddr {
     /// Resolves to the one address to bind.
     #[doc(hidden)]
@@ -342,6 +343,34 @@ macro_rules! pair_like {
 
 pair_like!(IpAddr, Ipv4Addr, Ipv6Addr);
 
+/// `("127.0.0.1", 8080)`, `("::1", 8080)`, `("localhost", 8080)`, as tokio
+/// takes them.
+impl ListenAddr for (&str, u16) {
+    fn resolve(&self) -> Result<SocketAddr, String> {
+        if let Ok(ip) = self.0.parse::<IpAddr>() {
+            return Ok(SocketAddr::from((ip, self.1)));
+        }
+        self.describe().as_str().resolve()
+    }
+
+    fn describe(&self) -> String {
+        match self.0.parse::<Ipv6Addr>() {
+            Ok(_) => format!("[{}]:{}", self.0, self.1),
+            Err(_) => format!("{}:{}", self.0, self.1),
+        }
+    }
+}
+
+impl ListenAddr for (String, u16) {
+    fn resolve(&self) -> Result<SocketAddr, String> {
+        (self.0.as_str(), self.1).resolve()
+    }
+
+    fn describe(&self) -> String {
+        (self.0.as_str(), self.1).describe()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +389,25 @@ mod tests {
             String::from("0.0.0.0:0").resolve(),
             Ok(SocketAddr::from(([0, 0, 0, 0], 0)))
         );
+    }
+
+    #[test]
+    fn takes_host_and_port_pairs() {
+        assert_eq!(
+            ("127.0.0.1", 80).resolve(),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 80)))
+        );
+        assert_eq!(
+            ("::1", 8080).resolve(),
+            Ok(SocketAddr::from((Ipv6Addr::LOCALHOST, 8080)))
+        );
+        assert_eq!(("::1", 8080).describe(), "[::1]:8080");
+        assert_eq!(
+            (String::from("0.0.0.0"), 0).resolve(),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 0)))
+        );
+        assert!(("300.1.1.1", 80).resolve().is_err());
+        assert!(("", 80).resolve().is_err());
     }
 
     #[test]
