@@ -10,7 +10,8 @@
 //!   `FORKLESS_BENCH_REDIS` names a running one, as `redis://127.0.0.1:6379`);
 //! - `forkless-redis`: `worker.store()` again, on the Redis backend
 //!   (`Builder::store_backend`) and the same Redis: what a store shared by
-//!   several hosts costs against the in-process one and raw Redis.
+//!   several hosts costs against the in-process one and raw Redis. Needs
+//!   the `redis` feature: `cargo bench --bench store --features redis`.
 //!
 //! Two workloads, each on a 2-worker forkless cluster (the workers pinned to
 //! cores as usual), all doing set+get pairs on 16-byte values:
@@ -35,7 +36,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use forkless::{Bytes, Cluster, Collection, Worker};
-use forkless_runtime::RedisConfig;
 use redis::AsyncCommands;
 
 const WORKERS: usize = 2;
@@ -48,6 +48,7 @@ enum Backend {
     Mutex(Arc<Mutex<HashMap<String, Bytes>>>),
     Sharded(Arc<Sharded>),
     Redis(String),
+    #[cfg(feature = "redis")]
     ForklessRedis(String),
 }
 
@@ -82,6 +83,7 @@ impl Backend {
             Backend::Mutex(_) => "mutex",
             Backend::Sharded(_) => "sharded",
             Backend::Redis(_) => "redis",
+            #[cfg(feature = "redis")]
             Backend::ForklessRedis(_) => "forkless-redis",
         }
     }
@@ -97,9 +99,9 @@ enum Client {
 impl Client {
     async fn new(backend: &Backend, worker: &Worker) -> Client {
         match backend {
-            Backend::Forkless | Backend::ForklessRedis(_) => {
-                Client::Forkless(worker.store().collection("bench"))
-            }
+            Backend::Forkless => Client::Forkless(worker.store().collection("bench")),
+            #[cfg(feature = "redis")]
+            Backend::ForklessRedis(_) => Client::Forkless(worker.store().collection("bench")),
             Backend::Mutex(map) => Client::Mutex(map.clone()),
             Backend::Sharded(map) => Client::Sharded(map.clone()),
             Backend::Redis(url) => {
@@ -247,9 +249,12 @@ fn round(backend: &Backend, workload: Workload, secs: f64) -> (f64, Vec<u32>) {
         let backend = backend.clone();
         let stop = stop.clone();
         let go = go.clone();
+        #[allow(unused_mut)]
         let mut builder = Cluster::builder().workers(WORKERS);
+        #[cfg(feature = "redis")]
         if let Backend::ForklessRedis(url) = &backend {
-            builder = builder.store_backend(RedisConfig::new(url).prefix("forkless-bench"));
+            builder =
+                builder.store_backend(forkless::RedisConfig::new(url).prefix("forkless-bench"));
         }
         builder
             .start(move |worker: Worker| {
@@ -381,7 +386,10 @@ fn main() {
     match &redis {
         Some((url, _)) => {
             backends.push(Backend::Redis(url.clone()));
+            #[cfg(feature = "redis")]
             backends.push(Backend::ForklessRedis(url.clone()));
+            #[cfg(not(feature = "redis"))]
+            println!("forkless-redis: skipped (build with `--features redis` to measure it)");
         }
         None => println!("redis: skipped (no redis-server on the PATH, no FORKLESS_BENCH_REDIS)"),
     }

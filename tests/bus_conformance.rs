@@ -2,7 +2,8 @@
 //! (`in_process::`) and the Redis bus (`redis::`), and checks what both
 //! promise. What only the Redis bus does (hosts reaching each other) is in
 //! `redis_backend.rs`; the in-process bus's own promises (answers without a
-//! wait, publish counting subscribers) are in `bus.rs`.
+//! wait, publish counting subscribers) are in `bus.rs`. The Redis half needs
+//! the `redis` feature (`cargo test --all-features`, as `.ci/run` does).
 #![allow(clippy::unwrap_used)] // the suite's tests are plain functions that `suite!` wraps
 
 mod common;
@@ -16,12 +17,14 @@ use forkless::{Backend, Builder, Bytes, Cluster, Worker};
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     InProcess,
+    #[cfg(feature = "redis")]
     Redis,
 }
 
 fn builder(kind: Kind) -> Builder {
     let backend = match kind {
         Kind::InProcess => Backend::InProcess,
+        #[cfg(feature = "redis")]
         Kind::Redis => common::redis::config().into(),
     };
     Cluster::builder().bus_backend(backend)
@@ -41,6 +44,7 @@ macro_rules! suite {
         mod in_process {
             $( #[test] fn $test() { super::$test(super::Kind::InProcess) } )*
         }
+        #[cfg(feature = "redis")]
         mod redis {
             $( #[test] fn $test() { super::$test(super::Kind::Redis) } )*
         }

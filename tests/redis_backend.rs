@@ -3,6 +3,8 @@
 //! Redis is down and reconnection when it is back.
 //!
 //! Uses `FORKLESS_TEST_REDIS`, or starts `redis-server` on loopback ports.
+//! Needs the `redis` feature (`cargo test --all-features`).
+#![cfg(feature = "redis")]
 
 mod common;
 
@@ -13,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::redis::{config, shared_url, unique_prefix, RedisServer};
 use common::{recv, Op, PATIENCE};
+use forkless::RedisConfig;
 use forkless::{Bytes, Cluster, Worker};
-use forkless_runtime::RedisConfig;
 
 fn done<T>(f: impl std::future::Future<Output = T>) -> T {
     Op::new(f).wait("an operation")

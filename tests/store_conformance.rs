@@ -5,8 +5,9 @@
 //! Redis store's reconnection and leases across hosts) is tested in
 //! `store.rs`, `store_model.rs` and `redis_backend.rs`.
 //!
-//! The Redis tests use `FORKLESS_TEST_REDIS`, or start a `redis-server` on
-//! a loopback port.
+//! The Redis half needs the `redis` feature (`cargo test --all-features`,
+//! as `.ci/run` does); it uses `FORKLESS_TEST_REDIS`, or starts a
+//! `redis-server` on a loopback port.
 
 #![allow(clippy::unwrap_used)] // the suite's tests are plain functions that `suite!` wraps
 
@@ -21,12 +22,14 @@ use forkless::{Backend, Builder, Bytes, Cluster, CollectionOptions, LockOptions,
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     InProcess,
+    #[cfg(feature = "redis")]
     Redis,
 }
 
 fn builder(kind: Kind) -> Builder {
     let backend = match kind {
         Kind::InProcess => Backend::InProcess,
+        #[cfg(feature = "redis")]
         Kind::Redis => common::redis::config().into(),
     };
     Cluster::builder().store_backend(backend)
@@ -76,6 +79,7 @@ macro_rules! suite {
         mod in_process {
             $( #[test] fn $test() { super::$test(super::Kind::InProcess) } )*
         }
+        #[cfg(feature = "redis")]
         mod redis {
             $( #[test] fn $test() { super::$test(super::Kind::Redis) } )*
         }

@@ -186,7 +186,8 @@ pub fn spawn_listening(
     (child, addr)
 }
 
-/// Redis servers for the tests of the Redis backends.
+/// Redis servers for the tests of the Redis backends (feature `redis`).
+#[cfg(feature = "redis")]
 pub mod redis {
     use std::io::Write;
     use std::process::{Child, Command, Stdio};
@@ -194,7 +195,7 @@ pub mod redis {
     use std::sync::OnceLock;
     use std::time::Instant;
 
-    use forkless_runtime::RedisConfig;
+    use forkless::RedisConfig;
 
     use super::PATIENCE;
 
