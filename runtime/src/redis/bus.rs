@@ -17,7 +17,6 @@
 //! A frame is a JSON header line, then the message's bytes.
 
 use std::collections::{HashMap, HashSet};
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -31,7 +30,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Link, RedisConfig};
+use super::{follow, Follow, Link, RedisConfig};
 use crate::backend::BusEngine;
 use crate::bus::Router;
 
@@ -43,8 +42,7 @@ const READ_WAIT: Duration = Duration::from_secs(1);
 /// How long messages wait in a host's list for a host that is away (one
 /// that never comes back leaves nothing behind for longer).
 const KEEP_UNREAD: Duration = Duration::from_secs(3600);
-/// The longest pause before a reader reconnects.
-const MAX_RETRY: Duration = Duration::from_secs(1);
+use super::MAX_RETRY;
 
 static SEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -118,7 +116,7 @@ pub(crate) struct RedisBus {
     /// The topics this host is subscribed to on Redis.
     subscribed: Mutex<HashSet<String>>,
     /// Tells the pub/sub task what to (un)subscribe.
-    subscriptions: mpsc::UnboundedSender<Change>,
+    subscriptions: mpsc::UnboundedSender<Follow>,
     /// Requests sent to other hosts, waiting for their replies.
     pending: Mutex<HashMap<u64, ReplyTo>>,
     next_id: AtomicU64,
@@ -127,13 +125,6 @@ pub(crate) struct RedisBus {
 
 /// Where the reply to a request goes.
 type ReplyTo = oneshot::Sender<Result<Option<Bytes>, Error>>;
-
-enum Change {
-    Subscribe(String),
-    Unsubscribe(String),
-    /// Answer once the changes before this one are in effect on Redis.
-    Confirm(oneshot::Sender<Result<(), Error>>),
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing under these mutexes can panic halfway.
@@ -332,87 +323,25 @@ impl RedisBus {
 
     /// Keeps the pub/sub connection and its subscriptions, and delivers what
     /// is published on them to this host's subscribers.
-    async fn follow_topics(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<Change>) {
-        let mut pause = Duration::from_millis(50);
-        while !self.router.is_closed() {
-            let connected = tokio::time::timeout(
-                self.link.config.connect_timeout,
-                self.link.client().get_async_pubsub(),
-            )
-            .await;
-            let pubsub = match connected {
-                Ok(Ok(pubsub)) => pubsub,
-                _ => {
-                    // Changes still come while Redis is away; the topics are
-                    // (re)subscribed from `subscribed` once it is back.
-                    let sleep = tokio::time::sleep(pause);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            change = changes.recv() => match change {
-                                Some(Change::Confirm(done)) => {
-                                    let _ = done.send(Err(Error::unavailable(format!(
-                                        "the bus cannot subscribe on Redis at {} now; it keeps \
-                                         trying",
-                                        self.link.config.shown_url()
-                                    ))));
-                                }
-                                Some(_) => {}
-                                None => return,
-                            },
-                        }
-                    }
-                    pause = (pause * 2).min(MAX_RETRY);
-                    continue;
-                }
-            };
-            pause = Duration::from_millis(50);
-            let (mut sink, mut stream) = pubsub.split();
-            let topics: Vec<String> = lock(&self.subscribed).iter().cloned().collect();
-            let mut ok = true;
-            for topic in &topics {
-                if sink.subscribe(self.channel(topic)).await.is_err() {
-                    ok = false;
-                    break;
+    async fn follow_topics(self: Arc<Self>, changes: mpsc::UnboundedReceiver<Follow>) {
+        let link = self.link.clone();
+        let prefix = self.channel("");
+        let channels = || {
+            lock(&self.subscribed)
+                .iter()
+                .map(|t| self.channel(t))
+                .collect()
+        };
+        follow(&link, "bus", channels, changes, |channel, payload| {
+            let this = self.clone();
+            let topic = channel.strip_prefix(&prefix).map(str::to_owned);
+            async move {
+                if let Some(topic) = topic {
+                    this.publish_here(&topic, &payload).await;
                 }
             }
-            if !ok {
-                tokio::time::sleep(pause).await;
-                continue;
-            }
-            loop {
-                tokio::select! {
-                    change = changes.recv() => {
-                        let result = match change {
-                            None => return,
-                            Some(Change::Subscribe(topic)) => {
-                                sink.subscribe(self.channel(&topic)).await
-                            }
-                            Some(Change::Unsubscribe(topic)) => {
-                                sink.unsubscribe(self.channel(&topic)).await
-                            }
-                            Some(Change::Confirm(done)) => {
-                                let _ = done.send(Ok(()));
-                                Ok(())
-                            }
-                        };
-                        if result.is_err() {
-                            break;
-                        }
-                    }
-                    msg = poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)) => {
-                        let Some(msg) = msg else { break };
-                        let channel = msg.get_channel_name().to_owned();
-                        let prefix = self.channel("");
-                        if let Some(topic) = channel.strip_prefix(&prefix) {
-                            self.publish_here(topic, msg.get_payload_bytes()).await;
-                        }
-                    }
-                }
-            }
-            tracing::warn!(host = %self.host, "the bus lost its pub/sub connection to Redis; reconnecting");
-        }
+        })
+        .await;
     }
 
     /// Delivers a frame published on `topic` to this host's subscribers.
@@ -445,9 +374,13 @@ impl RedisBus {
         for topic in topics {
             let wanted = !self.router.subscribers(&topic).is_empty();
             if wanted && subscribed.insert(topic.clone()) {
-                let _ = self.subscriptions.send(Change::Subscribe(topic));
+                let _ = self
+                    .subscriptions
+                    .send(Follow::Subscribe(self.channel(&topic)));
             } else if !wanted && subscribed.remove(&topic) {
-                let _ = self.subscriptions.send(Change::Unsubscribe(topic));
+                let _ = self
+                    .subscriptions
+                    .send(Follow::Unsubscribe(self.channel(&topic)));
             }
         }
     }
@@ -629,7 +562,7 @@ impl BusBackend for RedisBus {
         let mut subscribed = self.router.subscribe(owner, topic)?;
         self.sync_topics([topic.to_owned()]);
         let (tx, rx) = oneshot::channel();
-        let _ = self.subscriptions.send(Change::Confirm(tx));
+        let _ = self.subscriptions.send(Follow::Confirm(tx));
         subscribed.confirmed = Some(rx);
         Ok(subscribed)
     }
