@@ -452,3 +452,60 @@ fn messages_a_host_did_not_take_wait_for_its_next_start() {
     stop(a);
     stop(b);
 }
+
+#[test]
+fn waiters_listen_to_their_lock_and_a_release_tells_them() {
+    let prefix = unique_prefix();
+    let redis = RedisConfig::new(shared_url()).prefix(&prefix);
+    let start = |h: &str| {
+        Cluster::builder()
+            .workers(1)
+            .store_backend(redis.clone().host(h))
+            .start(|w: Worker| async move {
+                w.shutdown_signal().await;
+            })
+            .unwrap()
+    };
+    let (a, b) = (start("a"), start("b"));
+    let key = format!("{prefix}:s:4:wait:l:k");
+    let client = redis::Client::open(shared_url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let listeners = |conn: &mut redis::Connection| -> i64 {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&key)
+            .query(conn)
+            .unwrap();
+        n
+    };
+    let until = |conn: &mut redis::Connection, n: i64, what: &str| {
+        let deadline = Instant::now() + PATIENCE;
+        while listeners(conn) != n {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // A raw listener on the lock's channel sees the release.
+    let mut raw = client.get_connection().unwrap();
+    let mut heard = raw.as_pubsub();
+    heard.subscribe(&key).unwrap();
+    heard.set_read_timeout(Some(PATIENCE)).unwrap();
+
+    let lock = a
+        .store()
+        .collection("wait")
+        .blocking()
+        .acquire("k")
+        .unwrap();
+    let on_b = b.store().collection("wait");
+    let mut waiting = Op::new(on_b.acquire("k"));
+    assert!(waiting.poll().is_pending());
+    until(&mut conn, 2, "b never listened to the lock's releases");
+    lock.release_blocking().unwrap();
+    let message = heard.get_message().expect("the release's message");
+    assert_eq!(message.get_channel_name(), key);
+    drop(waiting.wait("b to get the lock"));
+    until(&mut conn, 1, "b kept listening after it got the lock");
+    stop(a);
+    stop(b);
+}
