@@ -509,3 +509,59 @@ fn waiters_listen_to_their_lock_and_a_release_tells_them() {
     stop(a);
     stop(b);
 }
+
+#[test]
+fn a_redis_that_stops_answering_gives_errors_not_a_hang() {
+    let server = RedisServer::start();
+    let redis = RedisConfig::new(server.url())
+        .prefix("paused")
+        .host("h")
+        .timeout(Duration::from_millis(300));
+    let cluster = Cluster::builder()
+        .workers(1)
+        .store_backend(redis.clone())
+        .bus_backend(redis)
+        .start(|w: Worker| async move {
+            w.shutdown_signal().await;
+        })
+        .unwrap();
+    let c = cluster.store().collection("c").blocking();
+    c.set("k", "v").unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_connection().unwrap();
+    // Every client's commands wait for 5 s: an operation that waited for
+    // its answer would succeed then instead of failing.
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(5_000)
+        .arg("ALL")
+        .query(&mut admin)
+        .unwrap();
+    let e = c.get("k").unwrap_err();
+    assert!(
+        e.is_unavailable() && e.to_string().contains("did not answer"),
+        "{e}"
+    );
+    assert!(c.acquire("k").unwrap_err().is_unavailable());
+    let e = done(cluster.bus().publish("t", "x")).unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    let e = done(cluster.bus().send_to("other", 0, "x")).unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+
+    // Answers again once the pause is over.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match c.get("k") {
+            Ok(v) => {
+                assert_eq!(v, Some(Bytes::from("v")));
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e:?}");
+                assert!(Instant::now() < deadline, "never answered again: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    stop(cluster);
+}

@@ -404,6 +404,9 @@ impl Link {
     }
 
     pub(crate) fn failed(&self, what: &str, e: &RedisError) -> Error {
+        if e.is_timeout() {
+            return self.late(what);
+        }
         Error::unavailable(format!(
             "Redis at {} failed ({what}): {e}",
             self.config.shown_url()
@@ -478,9 +481,15 @@ pub(crate) async fn follow<C, D, F>(
         };
         pause = Duration::from_millis(50);
         let (mut sink, mut stream) = pubsub.split();
+        // A Redis that takes the connection but does not answer must not
+        // hold the follower (and the `confirmed` waiters) for ever.
+        let limit = link.config.timeout;
+        let answered = |r: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>| {
+            matches!(r, Ok(Ok(())))
+        };
         let mut ok = true;
         for channel in channels() {
-            if sink.subscribe(channel).await.is_err() {
+            if !answered(tokio::time::timeout(limit, sink.subscribe(channel)).await) {
                 ok = false;
                 break;
             }
@@ -495,16 +504,20 @@ pub(crate) async fn follow<C, D, F>(
             });
             tokio::select! {
                 change = changes.recv() => {
-                    let result = match change {
+                    let ok = match change {
                         None => return,
-                        Some(Follow::Subscribe(channel)) => sink.subscribe(channel).await,
-                        Some(Follow::Unsubscribe(channel)) => sink.unsubscribe(channel).await,
+                        Some(Follow::Subscribe(channel)) => {
+                            answered(tokio::time::timeout(limit, sink.subscribe(channel)).await)
+                        }
+                        Some(Follow::Unsubscribe(channel)) => {
+                            answered(tokio::time::timeout(limit, sink.unsubscribe(channel)).await)
+                        }
                         Some(Follow::Confirm(done)) => {
                             let _ = done.send(Ok(()));
-                            Ok(())
+                            true
                         }
                     };
-                    if result.is_err() {
+                    if !ok {
                         break;
                     }
                 }
