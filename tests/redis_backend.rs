@@ -334,6 +334,16 @@ fn while_redis_is_down_calls_fail_promptly_and_work_again_when_it_is_back() {
     assert!(done(sub.confirmed()).unwrap_err().is_unavailable());
     // Local messages do not need Redis.
     done(cluster.bus().send(0, "local")).unwrap();
+    // The metrics say so.
+    let metrics = cluster.metrics();
+    for backend in ["store", "bus"] {
+        assert_eq!(
+            metric(&metrics, "forkless_backend_up", backend),
+            0,
+            "{metrics}"
+        );
+        assert!(metric(&metrics, "forkless_backend_failures_total", backend) > 0);
+    }
 
     let _server = RedisServer::start_on(port);
     let deadline = Instant::now() + PATIENCE;
@@ -348,6 +358,10 @@ fn while_redis_is_down_calls_fail_promptly_and_work_again_when_it_is_back() {
         }
     }
     assert_eq!(c.get("k").unwrap(), Some(Bytes::from("again")));
+    assert_eq!(
+        metric(&cluster.metrics(), "forkless_backend_up", "store"),
+        1
+    );
     // The subscription made while Redis was away takes effect: publish
     // reaches it once the bus has subscribed again.
     let deadline = Instant::now() + PATIENCE;
@@ -357,6 +371,15 @@ fn while_redis_is_down_calls_fail_promptly_and_work_again_when_it_is_back() {
     }
     assert_eq!(done(sub.recv()).unwrap().message(), &Bytes::from("back"));
     stop(cluster);
+}
+
+/// A metric's value for one backend, from the text format.
+fn metric(text: &str, name: &str, backend: &str) -> u64 {
+    let prefix = format!("{name}{{backend=\"{backend}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
 }
 
 #[test]

@@ -45,9 +45,24 @@ impl Backend {
     }
 }
 
+/// How a remote backend (Redis) is doing, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Health {
+    /// Whether its last command was answered.
+    pub(crate) reachable: bool,
+    /// Commands that failed because it could not be reached or did not
+    /// answer.
+    pub(crate) failures: u64,
+}
+
 /// What the cluster asks of a store engine: metrics, clean-up after a
 /// worker, and the end.
 pub(crate) trait StoreEngine: Send + Sync {
+    /// How its remote backend is doing; `None` in-process.
+    fn health(&self) -> Option<Health> {
+        None
+    }
+
     /// Operations so far, and those that waited behind a key lock.
     fn counts(&self) -> (u64, u64);
     /// Takes back every lock held by this generation of `slot`, and refuses
@@ -60,6 +75,11 @@ pub(crate) trait StoreEngine: Send + Sync {
 
 /// What the cluster asks of a bus engine.
 pub(crate) trait BusEngine: Send + Sync {
+    /// How its remote backend is doing; `None` in-process.
+    fn health(&self) -> Option<Health> {
+        None
+    }
+
     /// A slot stopped for good: its inbox closes.
     fn close_slot(&self, slot: usize);
     /// The cluster now has `size` slots.

@@ -274,7 +274,8 @@ impl Cluster {
     /// connections, alive tasks, busy ratio, stalls, task panics and a
     /// histogram of event-loop lag; for the cluster, its size and uptime,
     /// established connections on its ports, store operations and lock
-    /// waits, bus messages, and the process's resident memory and CPU time.
+    /// waits, bus messages, whether a Redis backend answers and how many of
+    /// its commands failed, and the process's resident memory and CPU time.
     /// The control socket serves it as `GET /metrics`.
     pub fn metrics(&self) -> String {
         let (store_ops, store_lock_waits) = self.shared.store.counts();
@@ -284,6 +285,8 @@ impl Cluster {
             store_ops,
             store_lock_waits,
             bus_messages: self.shared.bus.messages(),
+            store_health: self.shared.store.health(),
+            bus_health: self.shared.bus.health(),
         };
         self.shared.metrics.scrape(&self.status(), figures)
     }

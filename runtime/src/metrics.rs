@@ -55,6 +55,8 @@ pub(crate) struct Metrics {
     store_ops: Counter,
     store_lock_waits: Counter,
     bus_messages: Counter,
+    backend_up: Family<Labels, Gauge>,
+    backend_failures: Family<Labels, Counter>,
     rss: Gauge,
     cpu: Counter<f64, AtomicU64>,
 }
@@ -87,6 +89,8 @@ impl Metrics {
             store_ops: Counter::default(),
             store_lock_waits: Counter::default(),
             bus_messages: Counter::default(),
+            backend_up: Family::default(),
+            backend_failures: Family::default(),
             rss: Gauge::default(),
             cpu: Counter::default(),
         };
@@ -165,6 +169,16 @@ impl Metrics {
                 m.bus_messages.clone(),
             );
             r.register(
+                "backend_up",
+                "1 while the store's or the bus's remote backend (Redis) answers, by backend",
+                m.backend_up.clone(),
+            );
+            r.register(
+                "backend_failures",
+                "Commands to the remote backend (Redis) that it failed or did not answer in time",
+                m.backend_failures.clone(),
+            );
+            r.register(
                 "process_resident_memory_bytes",
                 "Resident memory of the process",
                 m.rss.clone(),
@@ -228,6 +242,15 @@ impl Metrics {
         raise(&self.store_ops, figures.store_ops);
         raise(&self.store_lock_waits, figures.store_lock_waits);
         raise(&self.bus_messages, figures.bus_messages);
+        for (backend, health) in [("store", figures.store_health), ("bus", figures.bus_health)] {
+            if let Some(health) = health {
+                let l = vec![("backend".to_owned(), backend.to_owned())];
+                self.backend_up
+                    .get_or_create(&l)
+                    .set(i64::from(health.reachable));
+                raise(&self.backend_failures.get_or_create(&l), health.failures);
+            }
+        }
         if let Some(rss) = process_rss() {
             self.rss.set(rss as i64);
         }
@@ -259,6 +282,8 @@ pub(crate) struct Figures {
     pub(crate) store_ops: u64,
     pub(crate) store_lock_waits: u64,
     pub(crate) bus_messages: u64,
+    pub(crate) store_health: Option<crate::backend::Health>,
+    pub(crate) bus_health: Option<crate::backend::Health>,
 }
 
 /// `VmRSS` of `/proc/self/status`, in bytes.

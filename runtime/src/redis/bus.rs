@@ -465,6 +465,10 @@ impl RedisBus {
 }
 
 impl BusEngine for RedisBus {
+    fn health(&self) -> Option<crate::backend::Health> {
+        Some(self.link.health())
+    }
+
     fn close_slot(&self, slot: usize) {
         self.router.close_slot(slot);
     }

@@ -233,6 +233,9 @@ pub(crate) struct Link {
     handle: Handle,
     conn: OnceCell<ConnectionManager>,
     closed: AtomicBool,
+    /// Whether the last command was answered, and how many were not.
+    reachable: AtomicBool,
+    failures: std::sync::atomic::AtomicU64,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -258,15 +261,50 @@ impl Link {
                 runtime.shutdown_timeout(Duration::from_millis(100));
             })
             .map_err(|e| Error::spawn("cannot spawn the Redis thread", e))?;
-        Ok(Arc::new(Link {
+        let link = Arc::new(Link {
             config: config.clone(),
             client,
             handle,
             conn: OnceCell::new(),
             closed: AtomicBool::new(false),
+            reachable: AtomicBool::new(false),
+            failures: std::sync::atomic::AtomicU64::new(0),
             stop: Mutex::new(Some(stop_tx)),
             thread: Mutex::new(Some(thread)),
-        }))
+        });
+        // Connect now, to say at start-up whether Redis is there.
+        let probe = link.clone();
+        let what = what.to_owned();
+        link.spawn(async move {
+            let ping = redis::cmd("PING");
+            if let Err(e) = probe.command::<()>("connect", &ping).await {
+                tracing::warn!(
+                    "the {what} cannot reach Redis now ({e}); its calls fail until it can"
+                );
+            }
+        });
+        Ok(link)
+    }
+
+    /// Whether Redis answers, and how many commands it failed.
+    pub(crate) fn health(&self) -> crate::backend::Health {
+        crate::backend::Health {
+            reachable: self.reachable.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Notes how a command went, for [`health`](Link::health).
+    fn note<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        match &result {
+            Ok(_) => self.reachable.store(true, Ordering::Relaxed),
+            Err(e) if e.is_unavailable() => {
+                self.reachable.store(false, Ordering::Relaxed);
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -366,11 +404,14 @@ impl Link {
         what: &str,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, Error> {
-        let mut conn = self.connection(via).await?;
-        tokio::time::timeout(self.config.timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| self.late(what))?
-            .map_err(|e| self.failed(what, &e))
+        let result = async {
+            let mut conn = self.connection(via).await?;
+            tokio::time::timeout(self.config.timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| self.late(what))?
+                .map_err(|e| self.failed(what, &e))
+        };
+        self.note(result.await)
     }
 
     /// Runs a command, within the timeout.
@@ -379,20 +420,26 @@ impl Link {
         what: &str,
         cmd: &redis::Cmd,
     ) -> Result<T, Error> {
-        let mut conn = self.connection(&Via::Link).await?;
-        tokio::time::timeout(self.config.timeout, cmd.query_async(&mut conn))
-            .await
-            .map_err(|_| self.late(what))?
-            .map_err(|e| self.failed(what, &e))
+        let result = async {
+            let mut conn = self.connection(&Via::Link).await?;
+            tokio::time::timeout(self.config.timeout, cmd.query_async(&mut conn))
+                .await
+                .map_err(|_| self.late(what))?
+                .map_err(|e| self.failed(what, &e))
+        };
+        self.note(result.await)
     }
 
     /// Runs a pipeline whose answers are ignored, within the timeout.
     pub(crate) async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<(), Error> {
-        let mut conn = self.connection(&Via::Link).await?;
-        tokio::time::timeout(self.config.timeout, pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| self.late("pipeline"))?
-            .map_err(|e| self.failed("pipeline", &e))
+        let result = async {
+            let mut conn = self.connection(&Via::Link).await?;
+            tokio::time::timeout(self.config.timeout, pipe.query_async::<()>(&mut conn))
+                .await
+                .map_err(|_| self.late("pipeline"))?
+                .map_err(|e| self.failed("pipeline", &e))
+        };
+        self.note(result.await)
     }
 
     pub(crate) fn late(&self, what: &str) -> Error {

@@ -274,6 +274,10 @@ impl StoreBackend for RedisStore {
 }
 
 impl StoreEngine for RedisStore {
+    fn health(&self) -> Option<crate::backend::Health> {
+        Some(self.core.link.health())
+    }
+
     fn counts(&self) -> (u64, u64) {
         (
             self.core.ops.load(Ordering::Relaxed),
