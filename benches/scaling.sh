@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Scaling on a 16-core machine: forkless, tokio multi-thread, actix-web (and
-# the others of http_per_core) on 1, 2, 4 and 8 server cores, wrk on the
-# remaining cores (up to 8 threads, 64 connections per server core).
-# About 3 minutes once built: 4 sizes x 5 servers x (2 s warm-up + 5 s).
+# Scaling on a 16-core machine: forkless, tokio multi-thread and actix-web,
+# beside the hand-written per-core server, on 1, 2, 4 and 8 server cores, wrk
+# on the remaining cores (up to 8 threads, 64 connections per server core).
+# About 2 minutes once built: 4 sizes x 4 servers x (2 s warm-up + 5 s).
+# Needs wrk and a Linux network stack (not a gVisor sandbox).
 #
 #   apt-get install -y wrk && benches/scaling.sh
 #
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 cargo bench --bench http_per_core --no-run
 for n in 1 2 4 8; do
   echo "== $n server core(s) =="
+  FORKLESS_BENCH_SERVERS=forkless,per-core,tokio-mt,actix-web \
   FORKLESS_BENCH_WORKERS=$n FORKLESS_BENCH_SECS=5 FORKLESS_BENCH_ROUNDS=1 \
     cargo bench --bench http_per_core 2>/dev/null | sed -n '/^| server/,$p'
 done
