@@ -46,6 +46,10 @@ pub fn mark_tokio_timer_thread() {
 ///   [`subscribe`](Bus::subscribe)r.
 /// - [`request`](Bus::request) a slot and wait for its
 ///   [`reply`](Envelope::reply).
+/// - With the Redis backend (`Builder::bus_backend`), reach the slots of
+///   other clusters, on other hosts, by their host's name:
+///   [`send_to`](Bus::send_to) and [`request_to`](Bus::request_to); topics
+///   are then shared by every host.
 ///
 /// Messages from one sender to one receiver arrive in the order sent. Get a
 /// bus from a worker with [`Worker::bus`](crate::Worker::bus) (its messages
