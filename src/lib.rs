@@ -208,8 +208,9 @@
 #[cfg(feature = "redis")]
 pub use forkless_runtime::RedisConfig;
 pub use forkless_runtime::{
-    default_control_socket, Backend, BodyResult, Builder, Cluster, Event, Events, Exit,
-    GenerationReport, Report, Restart, SlotReport, Status, TaskPanic, WorkerState, WorkerStatus,
+    default_control_socket, Backend, BackendStatus, BodyResult, Builder, Cluster, Event, Events,
+    Exit, GenerationReport, Report, Restart, SlotReport, Status, TaskPanic, WorkerState,
+    WorkerStatus,
 };
 pub use forkless_worker::{
     BlockingCollection, Bus, Bytes, Collection, CollectionOptions, Envelope, Error, Inbox, KeyLock,

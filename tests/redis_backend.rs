@@ -334,7 +334,13 @@ fn while_redis_is_down_calls_fail_promptly_and_work_again_when_it_is_back() {
     assert!(done(sub.confirmed()).unwrap_err().is_unavailable());
     // Local messages do not need Redis.
     done(cluster.bus().send(0, "local")).unwrap();
-    // The metrics say so.
+    // The status and the metrics say so.
+    let backends = cluster.status().backends;
+    assert_eq!(backends.len(), 2, "{backends:?}");
+    assert!(
+        backends.iter().all(|b| !b.reachable && b.failures > 0),
+        "{backends:?}"
+    );
     let metrics = cluster.metrics();
     for backend in ["store", "bus"] {
         assert_eq!(

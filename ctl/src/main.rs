@@ -290,6 +290,19 @@ fn table(status: &Value) -> String {
             w["loop_lag_ms"].as_f64().unwrap_or(0.0),
         ));
     }
+    for b in status["backends"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{} on {}: {} ({} failed commands)\n",
+            b["name"].as_str().unwrap_or("?"),
+            b["kind"].as_str().unwrap_or("?"),
+            if b["reachable"] == Value::Bool(true) {
+                "answers"
+            } else {
+                "NOT REACHABLE"
+            },
+            b["failures"],
+        ));
+    }
     out
 }
 
@@ -344,6 +357,26 @@ mod tests {
             "{text}"
         );
         assert!(lines[3].contains("starting"), "{text}");
+    }
+
+    #[test]
+    fn the_table_says_whether_redis_answers() {
+        let status = serde_json::json!({
+            "name": "api", "size": 0, "rolling": false, "stopping": false, "workers": [],
+            "backends": [
+                {"name": "store", "kind": "redis", "reachable": true, "failures": 0},
+                {"name": "bus", "kind": "redis", "reachable": false, "failures": 7},
+            ]
+        });
+        let text = table(&status);
+        assert!(
+            text.contains("store on redis: answers (0 failed commands)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bus on redis: NOT REACHABLE (7 failed commands)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -258,7 +258,8 @@ impl Cluster {
 
     /// A snapshot of every slot: generation, state, restarts, last exit, and
     /// its worker's figures (connections accepted, tasks, busy ratio, loop
-    /// lag, from tokio's runtime metrics and a heartbeat).
+    /// lag, from tokio's runtime metrics and a heartbeat); and whether the
+    /// store's and the bus's Redis, if they use one, answers.
     pub fn status(&self) -> Status {
         let view = self
             .shared
@@ -266,7 +267,23 @@ impl Cluster {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        view.status(&self.shared.name)
+        let mut status = view.status(&self.shared.name);
+        let engines = [
+            ("store", self.shared.store.health()),
+            ("bus", self.shared.bus.health()),
+        ];
+        status.backends = engines
+            .into_iter()
+            .filter_map(|(name, health)| {
+                health.map(|h| crate::BackendStatus {
+                    name,
+                    kind: "redis",
+                    reachable: h.reachable,
+                    failures: h.failures,
+                })
+            })
+            .collect();
+        status
     }
 
     /// The cluster's metrics in Prometheus' text format (OpenMetrics): per

@@ -478,6 +478,12 @@ pub(crate) fn status_json(status: &Status) -> Value {
             "busy_ratio": w.busy_ratio,
             "loop_lag_ms": w.loop_lag.as_secs_f64() * 1000.0,
         })).collect::<Vec<_>>(),
+        "backends": status.backends.iter().map(|b| json!({
+            "name": b.name,
+            "kind": b.kind,
+            "reachable": b.reachable,
+            "failures": b.failures,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -291,6 +291,24 @@ pub struct Status {
     pub stopping: bool,
     /// One entry per slot, `0..size`: its serving generation.
     pub workers: Vec<WorkerStatus>,
+    /// The store's and the bus's remote backends (Redis), if they have one;
+    /// empty with the in-process backends.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// A remote backend of the store or the bus, in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendStatus {
+    /// `"store"` or `"bus"`.
+    pub name: &'static str,
+    /// What it runs on: `"redis"`.
+    pub kind: &'static str,
+    /// Whether its last command was answered.
+    pub reachable: bool,
+    /// Commands that failed because it could not be reached or did not
+    /// answer in time.
+    pub failures: u64,
 }
 
 /// One slot in a [`Status`].
@@ -387,6 +405,7 @@ impl View {
             size: self.size,
             rolling: self.rolling,
             stopping: self.stopping,
+            backends: Vec::new(),
             workers: self
                 .slots
                 .iter()

@@ -39,7 +39,7 @@ pub use body::BodyResult;
 pub use builder::{Builder, Restart, TaskPanic};
 pub use cluster::{Cluster, GenerationReport, Report, SlotReport};
 pub use control::default_control_socket;
-pub use events::{Event, Events, Status, WorkerState, WorkerStatus};
+pub use events::{BackendStatus, Event, Events, Status, WorkerState, WorkerStatus};
 pub use exit::Exit;
 #[cfg(feature = "redis")]
 pub use redis::RedisConfig;
