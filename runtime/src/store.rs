@@ -223,21 +223,10 @@ impl StoreEngine for Engine {
 
 impl StoreBackend for Engine {
     fn collection(&self, name: &str) -> Arc<dyn CollectionBackend> {
-        if let Some(c) = self
-            .collections
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
-            return c.clone();
-        }
-        let mut map = self
-            .collections
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.entry(name.to_owned())
-            .or_insert_with(|| Coll::new(name, self.core.clone()))
-            .clone()
+        let coll: Arc<Coll> = named(&self.collections, name, || {
+            Coll::new(name, self.core.clone())
+        });
+        coll
     }
 }
 
@@ -758,6 +747,23 @@ impl Coll {
         });
         Reply::Later(rx)
     }
+}
+
+/// The collection named `name` in `map`, made by `make` on first use. Most
+/// calls find it under the read lock.
+pub(crate) fn named<T>(
+    map: &RwLock<HashMap<String, Arc<T>>>,
+    name: &str,
+    make: impl FnOnce() -> Arc<T>,
+) -> Arc<T> {
+    if let Some(c) = map.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+        return c.clone();
+    }
+    map.write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(name.to_owned())
+        .or_insert_with(make)
+        .clone()
 }
 
 /// The error of a release whose lock was taken back.

@@ -21,7 +21,7 @@ use tokio::task::AbortHandle;
 
 use super::{follow, glob_escape, Follow, Link, RedisConfig, Via};
 use crate::backend::StoreEngine;
-use crate::store::{check_options, check_sizes, lock_lost, shorten, too_large, Exits};
+use crate::store::{check_options, check_sizes, lock_lost, named, shorten, too_large, Exits};
 
 /// The longest pause between two looks at a locked key. A release wakes
 /// the waiters sooner (it publishes on the lock's key, which hosts with
@@ -246,30 +246,17 @@ impl RedisStore {
 
 impl StoreBackend for RedisStore {
     fn collection(&self, name: &str) -> Arc<dyn CollectionBackend> {
-        if let Some(c) = self
-            .collections
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
-            return c.clone();
-        }
-        let mut map = self
-            .collections
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.entry(name.to_owned())
-            .or_insert_with(|| {
-                let base = format!("{}:s:{}:{name}:", self.core.link.config.prefix, name.len());
-                Arc::new_cyclic(|me| RColl {
-                    name: name.to_owned(),
-                    me: me.clone(),
-                    base,
-                    options: Mutex::new(CollectionOptions::default()),
-                    core: self.core.clone(),
-                })
+        let coll: Arc<RColl> = named(&self.collections, name, || {
+            let base = format!("{}:s:{}:{name}:", self.core.link.config.prefix, name.len());
+            Arc::new_cyclic(|me| RColl {
+                name: name.to_owned(),
+                me: me.clone(),
+                base,
+                options: Mutex::new(CollectionOptions::default()),
+                core: self.core.clone(),
             })
-            .clone()
+        });
+        coll
     }
 }
 
