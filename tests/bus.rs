@@ -6,7 +6,7 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{now, recv, Op};
+use common::{done, now, recv, stop, Op};
 use forkless::{Bytes, Cluster, Envelope, Restart, Worker};
 use tokio::sync::oneshot;
 
@@ -36,11 +36,6 @@ fn readers(workers: usize, builder: forkless::Builder) -> (Cluster, mpsc::Receiv
         })
         .expect("start");
     (cluster, rx)
-}
-
-fn stop(cluster: Cluster) {
-    cluster.shutdown();
-    cluster.join();
 }
 
 #[test]
@@ -312,30 +307,23 @@ fn responder() -> Cluster {
 fn requests_get_replies_from_workers() {
     let cluster = responder();
     let bus = cluster.bus();
-    assert_eq!(now_wait(bus.request(0, "hi")).unwrap(), "echo:hi");
+    assert_eq!(done(bus.request(0, "hi")).unwrap(), "echo:hi");
     // Worker 1 asks worker 0 in turn.
-    assert_eq!(
-        now_wait(bus.request(1, "ask 0")).unwrap(),
-        "echo:from a worker"
-    );
+    assert_eq!(done(bus.request(1, "ask 0")).unwrap(), "echo:from a worker");
     stop(cluster);
-}
-
-fn now_wait<T>(f: impl std::future::Future<Output = T>) -> T {
-    Op::new(f).wait("a request")
 }
 
 #[test]
 fn a_request_dropped_or_whose_receiver_dies_is_an_error_not_a_hang() {
     let cluster = responder();
     let bus = cluster.bus();
-    let e = now_wait(bus.request(0, "drop")).unwrap_err();
+    let e = done(bus.request(0, "drop")).unwrap_err();
     assert!(e.is_no_reply(), "{e:?}");
-    let e = now_wait(bus.request(0, "crash")).unwrap_err();
+    let e = done(bus.request(0, "crash")).unwrap_err();
     assert!(e.is_no_reply(), "{e:?}");
     assert!(e.to_string().contains("slot 0"), "{e}");
     // The slot came back and answers.
-    assert_eq!(now_wait(bus.request(0, "again")).unwrap(), "echo:again");
+    assert_eq!(done(bus.request(0, "again")).unwrap(), "echo:again");
     stop(cluster);
 }
 
@@ -344,7 +332,7 @@ fn a_request_without_a_reply_in_time_times_out() {
     let cluster = responder();
     let bus = cluster.bus();
     // From outside the workers: the cluster's timer thread keeps the time.
-    let e = now_wait(bus.request_timeout(0, "hold", Duration::from_millis(50))).unwrap_err();
+    let e = done(bus.request_timeout(0, "hold", Duration::from_millis(50))).unwrap_err();
     assert!(e.is_timeout(), "{e:?}");
     assert!(e.to_string().contains("slot 0"), "{e}");
     stop(cluster);
@@ -488,9 +476,9 @@ fn typed_messages_round_trip_as_json() {
         id: 21,
         name: "double".into(),
     };
-    let doubled: u32 = now_wait(bus.request_as(0, &job)).unwrap();
+    let doubled: u32 = done(bus.request_as(0, &job)).unwrap();
     assert_eq!(doubled, 42);
-    let e = now_wait(bus.request_as::<_, String>(0, &job)).unwrap_err();
+    let e = done(bus.request_as::<_, String>(0, &job)).unwrap_err();
     assert!(
         e.is_invalid_value(),
         "the reply is a number, not a string: {e:?}"

@@ -4,54 +4,22 @@
 //! `redis_backend.rs`; the in-process bus's own promises (answers without a
 //! wait, publish counting subscribers) are in `bus.rs`. The Redis half needs
 //! the `redis` feature (`cargo test --all-features`, as `.ci/run` does).
-#![allow(clippy::unwrap_used)] // the suite's tests are plain functions that `suite!` wraps
+#![allow(clippy::unwrap_used)] // the suite's tests are plain functions that `conformance_suite!` wraps
 
+#[macro_use]
 mod common;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{recv, Op, PATIENCE};
-use forkless::{Backend, Builder, Bytes, Cluster, Worker};
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    InProcess,
-    #[cfg(feature = "redis")]
-    Redis,
-}
+use common::{done, recv, stop, Kind, Op, PATIENCE};
+use forkless::{Builder, Bytes, Cluster, Worker};
 
 fn builder(kind: Kind) -> Builder {
-    let backend = match kind {
-        Kind::InProcess => Backend::InProcess,
-        #[cfg(feature = "redis")]
-        Kind::Redis => common::redis::config().into(),
-    };
-    Cluster::builder().bus_backend(backend)
+    Cluster::builder().bus_backend(kind.backend())
 }
 
-fn stop(cluster: Cluster) {
-    cluster.shutdown();
-    cluster.join();
-}
-
-fn done<T>(f: impl std::future::Future<Output = T>) -> T {
-    Op::new(f).wait("a bus call")
-}
-
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod in_process {
-            $( #[test] fn $test() { super::$test(super::Kind::InProcess) } )*
-        }
-        #[cfg(feature = "redis")]
-        mod redis {
-            $( #[test] fn $test() { super::$test(super::Kind::Redis) } )*
-        }
-    };
-}
-
-suite!(
+conformance_suite!(
     messages_between_workers_arrive_in_order_and_name_their_sender,
     requests_get_replies_and_dropped_ones_say_so,
     topics_reach_every_subscriber_once_until_it_unsubscribes,

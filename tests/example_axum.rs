@@ -30,22 +30,6 @@ fn get(addr: SocketAddr, cookie: Option<&str>) -> String {
     common::read_answer(&mut stream)
 }
 
-fn stop(mut child: Child) {
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    drop(child.stdout.take());
-    let output = child.wait_with_output().expect("exits");
-    assert!(
-        output.status.success(),
-        "{:?}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn the_axum_example_serves_on_every_worker_and_stops_gracefully() {
     let (child, addr) = start("axum");
@@ -68,7 +52,7 @@ fn the_axum_example_serves_on_every_worker_and_stops_gracefully() {
             "Hello from slot 1".to_owned()
         ])
     );
-    stop(child);
+    common::stop_example(child);
 }
 
 #[test]
@@ -105,5 +89,5 @@ fn a_session_counter_stays_right_across_workers() {
     }
     assert!(last.starts_with("counter 200 "), "{last}");
     assert_eq!(slots.len(), 2, "the requests landed on both workers");
-    stop(child);
+    common::stop_example(child);
 }

@@ -13,7 +13,7 @@ fn hello_binary() -> PathBuf {
     common::example_binary("hello")
 }
 
-use common::runtime_dir;
+use common::{runtime_dir, signal};
 
 /// A GET over a fresh connection; returns (status line, body).
 fn get(addr: SocketAddr, path: &str) -> (String, String) {
@@ -60,14 +60,6 @@ fn start_hello_with(args: &[&str], cpus: Option<&str>, log: &str) -> (Child, Soc
     )
 }
 
-fn sigterm(child: &Child) {
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-}
-
 #[test]
 fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
     let (mut child, addr) = start_hello(&["--workers", "1"], None);
@@ -100,7 +92,7 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
     // The store outlives the worker.
     assert_eq!(get(addr, "/hits").1, "hits 2\n");
 
-    sigterm(&child);
+    signal(&child, "TERM");
     let stdout = child.stdout.take();
     drop(stdout);
     let output = child.wait_with_output().expect("hello exits");
@@ -133,21 +125,13 @@ fn workers_stay_inside_the_affinity_mask() {
             break;
         }
     }
-    sigterm(&child);
+    signal(&child, "TERM");
     let output = child.wait_with_output().expect("hello exits");
     assert!(output.status.success());
     assert_eq!(seen.len(), 2, "both slots answered: {seen:?}");
 }
 
 /// Sends `signal` (a name such as `HUP`) to the child.
-fn signal(child: &Child, signal: &str) {
-    let sent = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-}
-
 /// Asks `/whoami` until `done` accepts an answer.
 fn whoami_until(addr: SocketAddr, what: &str, mut done: impl FnMut(&str) -> bool) {
     let deadline = std::time::Instant::now() + common::PATIENCE;
@@ -161,15 +145,6 @@ fn whoami_until(addr: SocketAddr, what: &str, mut done: impl FnMut(&str) -> bool
             "waiting for {what}; last {body:?}"
         );
     }
-}
-
-fn stop_and_check(mut child: Child) -> String {
-    sigterm(&child);
-    drop(child.stdout.take());
-    let output = child.wait_with_output().expect("hello exits");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{:?}\n{stderr}", output.status);
-    stderr
 }
 
 #[test]
@@ -193,7 +168,7 @@ fn sighup_rolls_and_sigttin_sigttou_resize() {
         };
         in_a_row == 30
     });
-    let stderr = stop_and_check(child);
+    let stderr = common::stop_example(child);
     assert!(stderr.contains("gen 1"), "{stderr}");
     // Each worker logs inside a span that names its slot, generation and core.
     assert!(
@@ -235,7 +210,7 @@ fn forkless_variables_configure_the_cluster_and_bad_ones_stop_it() {
             .stderr(Stdio::piped()),
     );
     whoami_until(addr, "slot 1", |b| b.starts_with("slot 1 "));
-    stop_and_check(child);
+    common::stop_example(child);
 }
 
 #[test]
@@ -280,6 +255,6 @@ os.execv(sys.argv[1], [sys.argv[1], "--port", port, "--workers", "2"])
     whoami_until(addr, "slot 0", |b| b.starts_with("slot 0 "));
     whoami_until(addr, "slot 1", |b| b.starts_with("slot 1 "));
     drop(stdout);
-    let stderr = stop_and_check(child);
+    let stderr = common::stop_example(child);
     assert!(stderr.contains("inherited from systemd"), "{stderr}");
 }

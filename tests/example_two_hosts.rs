@@ -61,22 +61,6 @@ fn get_until(addr: SocketAddr, path: &str, done: impl Fn(u16, &str) -> bool) -> 
     }
 }
 
-fn stop(mut child: Child) {
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    drop(child.stdout.take());
-    let output = child.wait_with_output().expect("exits");
-    assert!(
-        output.status.success(),
-        "{:?}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn two_hosts_share_a_counter_and_a_topic_and_reach_each_other() {
     let redis = common::redis::shared_url();
@@ -116,6 +100,6 @@ fn two_hosts_share_a_counter_and_a_topic_and_reach_each_other() {
         body.lines().any(|l| l == "me: hello")
     });
 
-    stop(a);
-    stop(b);
+    common::stop_example(a);
+    common::stop_example(b);
 }

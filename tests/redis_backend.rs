@@ -14,18 +14,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::redis::{config, shared_url, unique_prefix, RedisServer};
-use common::{recv, Op, PATIENCE};
+use common::{done, idle, recv, stop, Op, PATIENCE};
 use forkless::RedisConfig;
 use forkless::{Bytes, Cluster, Worker};
-
-fn done<T>(f: impl std::future::Future<Output = T>) -> T {
-    Op::new(f).wait("an operation")
-}
-
-fn stop(cluster: Cluster) {
-    cluster.shutdown();
-    cluster.join();
-}
 
 /// A cluster that uses `redis` for its store and its bus, as host `host`.
 /// Each worker answers requests with `"{host}/{slot}: {message}"`, drops
@@ -200,13 +191,7 @@ fn a_lock_is_renewed_while_its_holder_lives() {
     let redis = RedisConfig::new(shared_url())
         .prefix(&prefix)
         .lock_lease(Duration::from_millis(300));
-    let cluster = Cluster::builder()
-        .workers(1)
-        .store_backend(redis)
-        .start(|w: Worker| async move {
-            w.shutdown_signal().await;
-        })
-        .unwrap();
+    let cluster = idle(Cluster::builder().store_backend(redis));
     let c = cluster.store().collection("renew").blocking();
     let lock = c.acquire("k").unwrap();
     // The lock's key in Redis: its time to live goes back up when renewed.
@@ -242,13 +227,7 @@ fn a_lock_whose_host_dies_is_freed_by_its_lease() {
         let redis = RedisConfig::new(shared_url())
             .prefix(prefix)
             .lock_lease(Duration::from_millis(500));
-        let cluster = Cluster::builder()
-            .workers(1)
-            .store_backend(redis)
-            .start(|w: Worker| async move {
-                w.shutdown_signal().await;
-            })
-            .unwrap();
+        let cluster = idle(Cluster::builder().store_backend(redis));
         let lock = cluster.store().collection("dies").blocking().acquire("k");
         let _lock = lock.unwrap();
         println!("holding");
@@ -276,13 +255,7 @@ fn a_lock_whose_host_dies_is_freed_by_its_lease() {
             break;
         }
     }
-    let cluster = Cluster::builder()
-        .workers(1)
-        .store_backend(redis)
-        .start(|w: Worker| async move {
-            w.shutdown_signal().await;
-        })
-        .unwrap();
+    let cluster = idle(Cluster::builder().store_backend(redis));
     let c = cluster.store().collection("dies").blocking();
     assert!(c.try_acquire("k").unwrap().is_none(), "the child holds it");
     child.kill().unwrap(); // SIGKILL: no clean-up runs.
@@ -306,14 +279,11 @@ fn while_redis_is_down_calls_fail_promptly_and_work_again_when_it_is_back() {
         .host("h")
         .timeout(Duration::from_millis(300))
         .connect_timeout(Duration::from_millis(200));
-    let cluster = Cluster::builder()
-        .workers(1)
-        .store_backend(redis.clone())
-        .bus_backend(redis)
-        .start(|w: Worker| async move {
-            w.shutdown_signal().await;
-        })
-        .unwrap();
+    let cluster = idle(
+        Cluster::builder()
+            .store_backend(redis.clone())
+            .bus_backend(redis),
+    );
     let c = cluster.store().collection("c").blocking();
     c.set("k", "v").unwrap();
 
@@ -398,14 +368,11 @@ fn a_cluster_starts_while_redis_is_down() {
     let redis = RedisConfig::new(format!("redis://127.0.0.1:{port}/"))
         .timeout(Duration::from_millis(200))
         .connect_timeout(Duration::from_millis(100));
-    let cluster = Cluster::builder()
-        .workers(1)
-        .store_backend(redis.clone())
-        .bus_backend(redis)
-        .start(|w: Worker| async move {
-            w.shutdown_signal().await;
-        })
-        .expect("starts without Redis");
+    let cluster = idle(
+        Cluster::builder()
+            .store_backend(redis.clone())
+            .bus_backend(redis),
+    );
     let e = cluster
         .store()
         .collection("c")
@@ -486,15 +453,7 @@ fn messages_a_host_did_not_take_wait_for_its_next_start() {
 fn waiters_listen_to_their_lock_and_a_release_tells_them() {
     let prefix = unique_prefix();
     let redis = RedisConfig::new(shared_url()).prefix(&prefix);
-    let start = |h: &str| {
-        Cluster::builder()
-            .workers(1)
-            .store_backend(redis.clone().host(h))
-            .start(|w: Worker| async move {
-                w.shutdown_signal().await;
-            })
-            .unwrap()
-    };
+    let start = |h: &str| idle(Cluster::builder().store_backend(redis.clone().host(h)));
     let (a, b) = (start("a"), start("b"));
     let key = format!("{prefix}:s:4:wait:l:k");
     let client = redis::Client::open(shared_url()).unwrap();
@@ -546,14 +505,11 @@ fn a_redis_that_stops_answering_gives_errors_not_a_hang() {
         .prefix("paused")
         .host("h")
         .timeout(Duration::from_millis(300));
-    let cluster = Cluster::builder()
-        .workers(1)
-        .store_backend(redis.clone())
-        .bus_backend(redis)
-        .start(|w: Worker| async move {
-            w.shutdown_signal().await;
-        })
-        .unwrap();
+    let cluster = idle(
+        Cluster::builder()
+            .store_backend(redis.clone())
+            .bus_backend(redis),
+    );
     let c = cluster.store().collection("c").blocking();
     c.set("k", "v").unwrap();
     let client = redis::Client::open(server.url()).unwrap();

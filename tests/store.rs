@@ -6,13 +6,8 @@ mod common;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{idle_cluster, now, recv, Op, PATIENCE};
+use common::{idle_cluster, now, recv, stop, Op, PATIENCE};
 use forkless::{Bytes, Cluster, CollectionOptions, LockOptions};
-
-fn stop(cluster: Cluster) {
-    cluster.shutdown();
-    cluster.join();
-}
 
 #[test]
 fn get_set_del_incr_and_compare_and_swap() {

@@ -9,50 +9,24 @@
 //! as `.ci/run` does); it uses `FORKLESS_TEST_REDIS`, or starts a
 //! `redis-server` on a loopback port.
 
-#![allow(clippy::unwrap_used)] // the suite's tests are plain functions that `suite!` wraps
+#![allow(clippy::unwrap_used)] // the suite's tests are plain functions that `conformance_suite!` wraps
 
+#[macro_use]
 mod common;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{recv, Op, PATIENCE};
-use forkless::{Backend, Builder, Bytes, Cluster, CollectionOptions, LockOptions, Worker};
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    InProcess,
-    #[cfg(feature = "redis")]
-    Redis,
-}
+use common::{done, recv, stop, Kind, Op, PATIENCE};
+use forkless::{Builder, Bytes, Cluster, CollectionOptions, LockOptions, Worker};
 
 fn builder(kind: Kind) -> Builder {
-    let backend = match kind {
-        Kind::InProcess => Backend::InProcess,
-        #[cfg(feature = "redis")]
-        Kind::Redis => common::redis::config().into(),
-    };
-    Cluster::builder().store_backend(backend)
+    Cluster::builder().store_backend(kind.backend())
 }
 
 /// A 1-worker cluster whose worker idles: the tests use its handle.
 fn idle(kind: Kind) -> Cluster {
-    builder(kind)
-        .workers(1)
-        .start(|worker: Worker| async move {
-            worker.shutdown_signal().await;
-        })
-        .expect("start")
-}
-
-fn stop(cluster: Cluster) {
-    cluster.shutdown();
-    cluster.join();
-}
-
-/// Waits for an async operation from this (non-async) thread.
-fn done<T>(f: impl std::future::Future<Output = T>) -> T {
-    Op::new(f).wait("a store operation")
+    common::idle(builder(kind))
 }
 
 /// The operations that have waited behind a key lock so far.
@@ -74,19 +48,7 @@ fn wait_for_lock_waits(cluster: &Cluster, n: u64) {
     }
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod in_process {
-            $( #[test] fn $test() { super::$test(super::Kind::InProcess) } )*
-        }
-        #[cfg(feature = "redis")]
-        mod redis {
-            $( #[test] fn $test() { super::$test(super::Kind::Redis) } )*
-        }
-    };
-}
-
-suite!(
+conformance_suite!(
     get_set_del_incr_and_compare_and_swap,
     typed_values_and_bad_values_say_why,
     operations_behind_a_lock_see_what_it_committed,

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: a tiny line protocol (each
 //! connection is answered with `"{slot} {generation}\n"` and closed), and
 //! waits with generous limits.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,12 +13,81 @@ use forkless::{Listener, Worker};
 /// A running 1-worker cluster whose worker idles until shutdown: for tests
 /// of the store, reached through the cluster's handle.
 pub fn idle_cluster() -> forkless::Cluster {
-    forkless::Cluster::builder()
+    idle(forkless::Cluster::builder())
+}
+
+/// [`idle_cluster`] from `builder`'s settings (its store or bus backend).
+pub fn idle(builder: forkless::Builder) -> forkless::Cluster {
+    builder
         .workers(1)
         .start(|worker: Worker| async move {
             worker.shutdown_signal().await;
         })
         .expect("start")
+}
+
+/// Stops a cluster gracefully and waits for the end.
+pub fn stop(cluster: forkless::Cluster) {
+    cluster.shutdown();
+    cluster.join();
+}
+
+/// Waits for an async operation from this (non-async) thread.
+pub fn done<T>(f: impl std::future::Future<Output = T>) -> T {
+    Op::new(f).wait("an operation")
+}
+
+/// The backends the conformance suites run each test against.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    InProcess,
+    #[cfg(feature = "redis")]
+    Redis,
+}
+
+impl Kind {
+    /// The backend, on the shared test Redis with a prefix of its own.
+    pub fn backend(self) -> forkless::Backend {
+        match self {
+            Kind::InProcess => forkless::Backend::InProcess,
+            #[cfg(feature = "redis")]
+            Kind::Redis => redis::config().into(),
+        }
+    }
+}
+
+/// Runs each named test function, `fn(Kind)`, once per backend: as
+/// `in_process::name` and, with the `redis` feature, `redis::name`.
+macro_rules! conformance_suite {
+    ($($test:ident),* $(,)?) => {
+        mod in_process {
+            $( #[test] fn $test() { super::$test(super::common::Kind::InProcess) } )*
+        }
+        #[cfg(feature = "redis")]
+        mod redis {
+            $( #[test] fn $test() { super::$test(super::common::Kind::Redis) } )*
+        }
+    };
+}
+
+/// Sends `signal` (`"TERM"`, `"HUP"`, ...) to `child` with kill(1).
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+}
+
+/// Stops an example with SIGTERM, expects it to exit with success, and
+/// returns what it wrote on stderr (which the caller must have piped).
+pub fn stop_example(mut child: std::process::Child) -> String {
+    signal(&child, "TERM");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("the example exits");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{:?}\n{stderr}", output.status);
+    stderr
 }
 
 /// Long enough for a busy 2-core machine; only reached when a test fails.
