@@ -28,15 +28,17 @@
 //! ```
 #![allow(missing_docs)]
 
+#[path = "../tests/common/redis_server.rs"]
+mod redis_server;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use forkless::{Bytes, Cluster, Collection, Worker};
 use redis::AsyncCommands;
+use redis_server::RedisServer;
 
 const WORKERS: usize = 2;
 const TASKS: usize = 64;
@@ -309,50 +311,17 @@ fn percentile(sorted: &[u32], p: f64) -> String {
     format!("{:.2}", sorted[i] as f64 / 1000.0)
 }
 
-struct RedisServer(Child);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A Redis to measure: `FORKLESS_BENCH_REDIS`, or a `redis-server` started
 /// on a free loopback port for this run.
 fn redis() -> Option<(String, Option<RedisServer>)> {
     if let Ok(url) = std::env::var("FORKLESS_BENCH_REDIS") {
         return Some((url, None));
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .ok()?
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = RedisServer(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            eprintln!("redis-server did not start listening on port {port}");
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !redis_server::installed() {
+        return None;
     }
-    Some((format!("redis://127.0.0.1:{port}/"), Some(server)))
+    let server = RedisServer::start();
+    Some((server.url(), Some(server)))
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
