@@ -8,8 +8,6 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::net::IpAddr;
-
 use axum::routing::get;
 use axum::Router;
 use clap::Parser;
@@ -17,20 +15,13 @@ use clap::Parser;
 /// An axum app on every core.
 #[derive(Parser, Debug, Clone)]
 struct Args {
-    /// TCP port to listen on (0 picks a free one).
-    #[arg(long, default_value_t = 3000)]
-    port: u16,
-    /// Number of workers [default: the cores this process may run on].
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
+    #[command(flatten)]
+    listen: support::Listen,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let workers = args.workers;
+    let workers = args.listen.workers;
     support::run("axum", workers, move |worker| serve(worker, args.clone()))
 }
 
@@ -40,7 +31,7 @@ async fn serve(worker: forkless::Worker, args: Args) -> Result<(), forkless::Err
         "/",
         get(move || async move { format!("Hello from slot {slot}\n") }),
     );
-    let listener = worker.listen((args.host, args.port)).await?;
+    let listener = worker.listen((args.listen.host, args.listen.port)).await?;
     if slot == 0 && worker.generation() == 0 {
         println!("listening on http://{}", listener.local_addr()?);
     }

@@ -11,8 +11,6 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::net::IpAddr;
-
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -23,20 +21,13 @@ use tower_sessions::{Expiry, Session, SessionManagerLayer};
 /// Sessions shared by every worker.
 #[derive(Parser, Debug, Clone)]
 struct Args {
-    /// TCP port to listen on (0 picks a free one).
-    #[arg(long, default_value_t = 3000)]
-    port: u16,
-    /// Number of workers [default: the cores this process may run on].
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
+    #[command(flatten)]
+    listen: support::Listen,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let workers = args.workers;
+    let workers = args.listen.workers;
     support::run("axum-sessions", workers, move |worker| {
         serve(worker, args.clone())
     })
@@ -68,7 +59,7 @@ async fn serve(worker: forkless::Worker, args: Args) -> Result<(), forkless::Err
     let app = Router::new()
         .route("/", get(move |session: Session| count(session, slot)))
         .layer(sessions);
-    let listener = worker.listen((args.host, args.port)).await?;
+    let listener = worker.listen((args.listen.host, args.listen.port)).await?;
     if slot == 0 && worker.generation() == 0 {
         println!("listening on http://{}", listener.local_addr()?);
     }

@@ -61,6 +61,15 @@ fn host(
         .expect("start")
 }
 
+/// An idle 1-worker cluster with its store and its bus on `redis`.
+fn idle_on(redis: RedisConfig) -> Cluster {
+    idle(
+        Cluster::builder()
+            .store_backend(redis.clone())
+            .bus_backend(redis),
+    )
+}
+
 /// Sends until the receiving host is on the bus (it announces itself just
 /// after it starts).
 fn send_when_up(cluster: &Cluster, host: &str, slot: usize, message: &str) {
@@ -279,11 +288,7 @@ fn while_redis_is_down_calls_fail_promptly_and_work_again_when_it_is_back() {
         .host("h")
         .timeout(Duration::from_millis(300))
         .connect_timeout(Duration::from_millis(200));
-    let cluster = idle(
-        Cluster::builder()
-            .store_backend(redis.clone())
-            .bus_backend(redis),
-    );
+    let cluster = idle_on(redis);
     let c = cluster.store().collection("c").blocking();
     c.set("k", "v").unwrap();
 
@@ -368,11 +373,7 @@ fn a_cluster_starts_while_redis_is_down() {
     let redis = RedisConfig::new(format!("redis://127.0.0.1:{port}/"))
         .timeout(Duration::from_millis(200))
         .connect_timeout(Duration::from_millis(100));
-    let cluster = idle(
-        Cluster::builder()
-            .store_backend(redis.clone())
-            .bus_backend(redis),
-    );
+    let cluster = idle_on(redis);
     let e = cluster
         .store()
         .collection("c")
@@ -505,11 +506,7 @@ fn a_redis_that_stops_answering_gives_errors_not_a_hang() {
         .prefix("paused")
         .host("h")
         .timeout(Duration::from_millis(300));
-    let cluster = idle(
-        Cluster::builder()
-            .store_backend(redis.clone())
-            .bus_backend(redis),
-    );
+    let cluster = idle_on(redis);
     let c = cluster.store().collection("c").blocking();
     c.set("k", "v").unwrap();
     let client = redis::Client::open(server.url()).unwrap();

@@ -1,5 +1,6 @@
-//! What the examples share: logging to stderr with `RUST_LOG`, and running
-//! the cluster with its report or error printed at the end.
+//! What the examples share: logging to stderr with `RUST_LOG`, running the
+//! cluster with its report or error printed at the end, and the flags of
+//! the axum examples.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -48,4 +49,19 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Where an axum example listens, and on how many workers.
+#[derive(clap::Args, Debug, Clone)]
+#[allow(dead_code)] // not every example uses it
+pub(crate) struct Listen {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 3000)]
+    pub(crate) port: u16,
+    /// Number of workers [default: the cores this process may run on].
+    #[arg(long)]
+    pub(crate) workers: Option<usize>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: std::net::IpAddr,
 }
