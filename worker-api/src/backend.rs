@@ -311,7 +311,7 @@ pub trait BusBackend: Send + Sync + 'static {
         &self,
         from: Option<usize>,
         topic: &str,
-        message: Bytes,
+        message: &[u8],
     ) -> Option<Pending<usize>> {
         let _ = (from, topic, message);
         None

@@ -265,7 +265,7 @@ impl Bus {
         let message = message.into();
         if let Some(pending) =
             self.backend
-                .publish_shared(self.owner.map(|o| o.slot), topic, message.clone())
+                .publish_shared(self.owner.map(|o| o.slot), topic, &message)
         {
             return settle(pending).await;
         }

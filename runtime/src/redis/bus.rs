@@ -535,7 +535,7 @@ impl BusBackend for RedisBus {
         &self,
         from: Option<usize>,
         topic: &str,
-        message: Bytes,
+        message: &[u8],
     ) -> Option<Pending<usize>> {
         let (tx, rx) = oneshot::channel();
         let header = Header {
@@ -546,7 +546,7 @@ impl BusBackend for RedisBus {
             i: None,
         };
         let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(self.channel(topic)).arg(frame(&header, &message));
+        cmd.arg(self.channel(topic)).arg(frame(&header, message));
         let link = self.link.clone();
         if link.is_closed() {
             let _ = tx.send(Err(Error::stopped("bus")));
