@@ -317,6 +317,27 @@ impl StoreEngine for RedisStore {
     }
 }
 
+/// An operation waiting for a locked key. It looks again after a release
+/// (made here, or published by another host) or after a pause that doubles
+/// from 1 ms up to [`MAX_POLL`].
+struct Waiter {
+    released: watch::Receiver<u64>,
+    _watching: Watching,
+    pause: Duration,
+}
+
+impl Waiter {
+    /// Returns after the next release, or the pause (at most `limit`).
+    async fn wait(&mut self, limit: Option<Duration>) {
+        let pause = limit.map_or(self.pause, |limit| self.pause.min(limit));
+        tokio::select! {
+            _ = self.released.changed() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+        self.pause = (self.pause * 2).min(MAX_POLL);
+    }
+}
+
 /// A waiter's interest in a lock key's releases, while it waits.
 struct Watching {
     core: Arc<Core>,
@@ -407,9 +428,7 @@ impl RColl {
             } => Some(Instant::now() + *d),
             _ => None,
         };
-        let mut released = self.core.released.subscribe();
-        let mut pause = Duration::from_millis(1);
-        let mut watching = None;
+        let mut waiter = None;
         loop {
             if answer.is_closed() {
                 return;
@@ -444,50 +463,45 @@ impl RColl {
                 let _ = answer.send(Ok(Outcome::NotGranted));
                 return;
             }
-            if watching.is_none() {
-                self.core.waits.fetch_add(1, Ordering::Relaxed);
-                watching = Some(self.core.watch(self.lock_key(&key)));
-            }
-            let mut sleep = pause;
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let _ = answer.send(Ok(Outcome::NotGranted));
-                    return;
-                }
-                sleep = sleep.min(left);
+            let waiter = waiter.get_or_insert_with(|| self.waiter(&key));
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                let _ = answer.send(Ok(Outcome::NotGranted));
+                return;
             }
             tokio::select! {
-                _ = released.changed() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                () = waiter.wait(left) => {}
                 _ = answer.closed() => return,
             }
-            pause = (pause * 2).min(MAX_POLL);
         }
     }
 
     /// Runs `op` on this worker thread's own connection until it is done,
     /// waiting while the key is locked.
     async fn run_here(self: Arc<Self>, via: Via, key: String, op: Op) -> Result<Outcome, Error> {
-        let mut released = self.core.released.subscribe();
-        let mut pause = Duration::from_millis(1);
-        let mut watching = None;
+        let mut waiter = None;
         loop {
             if let Attempt::Done(outcome) = self.once(&via, &key, &op).await? {
                 return Ok(outcome);
             }
-            if watching.is_none() {
-                self.core.waits.fetch_add(1, Ordering::Relaxed);
-                watching = Some(self.core.watch(self.lock_key(&key)));
-            }
-            tokio::select! {
-                _ = released.changed() => {}
-                _ = tokio::time::sleep(pause) => {}
-            }
-            pause = (pause * 2).min(MAX_POLL);
+            waiter
+                .get_or_insert_with(|| self.waiter(&key))
+                .wait(None)
+                .await;
             if self.link().is_closed() {
                 return Err(self.stopped());
             }
+        }
+    }
+
+    /// Starts waiting for `key`'s lock: counts the wait, and listens to the
+    /// key's releases.
+    fn waiter(&self, key: &str) -> Waiter {
+        self.core.waits.fetch_add(1, Ordering::Relaxed);
+        Waiter {
+            released: self.core.released.subscribe(),
+            _watching: self.core.watch(self.lock_key(key)),
+            pause: Duration::from_millis(1),
         }
     }
 
