@@ -461,6 +461,17 @@ impl Builder {
 
     /// Refuses values out of range.
     fn check(&self) -> Result<(), Error> {
+        for (what, d) in [
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("terminate_timeout", self.terminate_timeout),
+            ("throttle_delay", self.throttle_delay),
+            ("max_backoff", self.max_backoff),
+            ("request_timeout", self.request_timeout),
+            ("ready_timeout", self.ready_timeout),
+            ("stall_timeout", self.stall_timeout),
+        ] {
+            crate::deadline::check_option(what, d)?;
+        }
         if self.workers == Some(0) {
             return Err(Error::config(
                 "workers must be at least 1, got 0 (leave it unset to run one per core)",
@@ -548,5 +559,40 @@ mod tests {
         assert_eq!(b.inbox_capacity, 1024);
         assert_eq!(b.request_timeout, Duration::from_secs(30));
         assert_eq!(b.restart, Restart::Always);
+    }
+
+    #[test]
+    fn durations_over_a_year_are_refused_by_name() {
+        for (what, b) in [
+            (
+                "shutdown_timeout",
+                Builder::new().shutdown_timeout(Duration::MAX),
+            ),
+            (
+                "terminate_timeout",
+                Builder::new().terminate_timeout(Duration::MAX),
+            ),
+            (
+                "throttle_delay",
+                Builder::new().throttle_delay(Duration::MAX),
+            ),
+            ("max_backoff", Builder::new().max_backoff(Duration::MAX)),
+            (
+                "request_timeout",
+                Builder::new().request_timeout(Duration::MAX),
+            ),
+            ("ready_timeout", Builder::new().ready_timeout(Duration::MAX)),
+            ("stall_timeout", Builder::new().stall_timeout(Duration::MAX)),
+        ] {
+            let e = b.check().expect_err(what);
+            assert!(e.is_config() && e.to_string().contains(what), "{e}");
+        }
+        let year = crate::deadline::MAX_OPTION;
+        Builder::new()
+            .shutdown_timeout(year)
+            .ready_timeout(year)
+            .max_backoff(year)
+            .check()
+            .expect("a year is allowed");
     }
 }

@@ -5,12 +5,15 @@
 //!
 //! Timers are kept by deadline; one that ends early is cancelled, so the map
 //! holds only timers that can still fire. A timer's action runs on the timer
-//! thread and must be short.
+//! thread and must be short; one that panics is caught and counted (see
+//! [`guard`](crate::guard)), and the thread goes on with the next.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+use crate::guard::Faults;
 
 /// A timer's deadline and a unique id: what [`Clock::cancel`] takes.
 pub(crate) type TimerKey = (Instant, u64);
@@ -21,6 +24,7 @@ pub(crate) struct Clock {
     state: Mutex<State>,
     changed: Condvar,
     thread: Mutex<Option<JoinHandle<()>>>,
+    faults: Arc<Faults>,
 }
 
 #[derive(Default)]
@@ -37,11 +41,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Clock {
     /// Starts the timer thread.
-    pub(crate) fn start() -> std::io::Result<Arc<Clock>> {
+    pub(crate) fn start(faults: Arc<Faults>) -> std::io::Result<Arc<Clock>> {
         let clock = Arc::new(Clock {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             thread: Mutex::new(None),
+            faults,
         });
         let thread = {
             let clock = clock.clone();
@@ -53,8 +58,14 @@ impl Clock {
         Ok(clock)
     }
 
+    /// Where the cluster counts panics caught on the threads it owns.
+    pub(crate) fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
     /// Runs `action` on the timer thread at `at` (at once if `at` has
-    /// passed), unless cancelled first or the clock stops.
+    /// passed), unless cancelled first or the clock stops. Make `at` with
+    /// [`deadline::after`](crate::deadline::after), which cannot overflow.
     pub(crate) fn schedule(&self, at: Instant, action: impl FnOnce() + Send + 'static) -> TimerKey {
         let mut state = lock(&self.state);
         state.next_id += 1;
@@ -122,12 +133,12 @@ impl Clock {
                     let due = state.due.pop_first();
                     drop(state);
                     if let Some((_, action)) = due {
-                        action();
+                        self.faults.caught("forkless-timers", "a timer", action);
                     }
                     state = lock(&self.state);
                 }
                 Some(((at, _), _)) => {
-                    let wait = *at - now;
+                    let wait = at.saturating_duration_since(now);
                     state = self
                         .changed
                         .wait_timeout(state, wait)
@@ -147,7 +158,7 @@ mod tests {
 
     #[test]
     fn timers_fire_in_deadline_order_and_cancelled_ones_never() {
-        let clock = Clock::start().expect("clock");
+        let clock = Clock::start(Faults::new()).expect("clock");
         let (tx, rx) = mpsc::channel();
         let now = Instant::now();
         for (i, ms) in [(2, 30u64), (1, 10), (3, 50)] {
@@ -171,5 +182,23 @@ mod tests {
         // After stop, nothing is kept.
         clock.schedule(Instant::now(), move || tx.send(9).expect("test alive"));
         assert_eq!(clock.pending(), 0);
+    }
+
+    #[test]
+    fn a_panicking_timer_is_counted_and_the_next_ones_still_fire() {
+        let clock = Clock::start(Faults::new()).expect("clock");
+        let (tx, rx) = mpsc::channel();
+        let now = Instant::now();
+        clock.schedule(now, || panic!("a timer action broke"));
+        clock.schedule(now + Duration::from_millis(5), move || {
+            tx.send(1).expect("test alive")
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)), Ok(1));
+        assert_eq!(clock.faults().counts(), vec![("forkless-timers", 1)]);
+        // A deadline that overflows `Instant` is "never", not a panic.
+        let never = clock.schedule(crate::deadline::from_now(Duration::MAX), || {});
+        assert_eq!(clock.pending(), 1);
+        clock.cancel(Some(never));
+        clock.stop();
     }
 }

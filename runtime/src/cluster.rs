@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::backend::{start_bus, start_store, BusEngine, BusSettings, StoreEngine};
 use crate::clock::Clock;
 use crate::events::{Events, Hub, Status, View};
+use crate::guard::Faults;
 use crate::metrics::{active_connections, Figures, Metrics};
 use crate::registry::Registry;
 use crate::{Builder, Exit};
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) bus: Arc<dyn BusEngine>,
     bus_backend: Arc<dyn BusBackend>,
     pub(crate) clock: Arc<Clock>,
+    /// Panics caught on the runtime's own threads.
+    pub(crate) faults: Arc<Faults>,
     pub(crate) events: Hub,
     pub(crate) metrics: Metrics,
     /// Where the control server listens, once started.
@@ -97,7 +100,9 @@ pub(crate) enum Msg {
 
 impl Shared {
     pub(crate) fn new(builder: &Builder, size: usize, tx: Sender<Msg>) -> Result<Shared, Error> {
-        let clock = Clock::start().map_err(|e| Error::spawn("cannot spawn the timer thread", e))?;
+        let faults = Faults::new();
+        let clock = Clock::start(faults.clone())
+            .map_err(|e| Error::spawn("cannot spawn the timer thread", e))?;
         let store = start_store(&builder.store_backend, &clock).inspect_err(|_| clock.stop())?;
         let settings = BusSettings {
             size,
@@ -119,6 +124,7 @@ impl Shared {
             bus: bus.engine,
             bus_backend: bus.backend,
             clock,
+            faults,
             events: Hub::new(),
             metrics: Metrics::new(),
             control: Mutex::new(None),
@@ -304,6 +310,7 @@ impl Cluster {
             bus_messages: self.shared.bus.messages(),
             store_health: self.shared.store.health(),
             bus_health: self.shared.bus.health(),
+            runtime_panics: self.shared.faults.counts(),
         };
         self.shared.metrics.scrape(&self.status(), figures)
     }

@@ -118,7 +118,7 @@ pub(crate) fn take_panics() -> Vec<(String, Option<String>)> {
     PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()))
 }
 
-fn message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -21,9 +21,11 @@ mod bus;
 mod clock;
 mod cluster;
 mod control;
+mod deadline;
 mod env;
 mod events;
 mod exit;
+mod guard;
 mod master;
 mod metrics;
 #[cfg(feature = "redis")]

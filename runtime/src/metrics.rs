@@ -57,6 +57,7 @@ pub(crate) struct Metrics {
     bus_messages: Counter,
     backend_up: Family<Labels, Gauge>,
     backend_failures: Family<Labels, Counter>,
+    runtime_panics: Family<Labels, Counter>,
     rss: Gauge,
     cpu: Counter<f64, AtomicU64>,
 }
@@ -91,6 +92,7 @@ impl Metrics {
             bus_messages: Counter::default(),
             backend_up: Family::default(),
             backend_failures: Family::default(),
+            runtime_panics: Family::default(),
             rss: Gauge::default(),
             cpu: Counter::default(),
         };
@@ -179,6 +181,12 @@ impl Metrics {
                 m.backend_failures.clone(),
             );
             r.register(
+                "runtime_panics",
+                "Panics caught on the runtime's own threads (master, timers, control, signals, \
+                 backend links), by thread; each one is a bug worth reporting",
+                m.runtime_panics.clone(),
+            );
+            r.register(
                 "process_resident_memory_bytes",
                 "Resident memory of the process",
                 m.rss.clone(),
@@ -251,6 +259,10 @@ impl Metrics {
                 raise(&self.backend_failures.get_or_create(&l), health.failures);
             }
         }
+        for (thread, n) in figures.runtime_panics {
+            let l = vec![("thread".to_owned(), thread.to_owned())];
+            raise(&self.runtime_panics.get_or_create(&l), n);
+        }
         if let Some(rss) = process_rss() {
             self.rss.set(rss as i64);
         }
@@ -284,6 +296,8 @@ pub(crate) struct Figures {
     pub(crate) bus_messages: u64,
     pub(crate) store_health: Option<crate::backend::Health>,
     pub(crate) bus_health: Option<crate::backend::Health>,
+    /// Panics caught on the runtime's own threads, by thread.
+    pub(crate) runtime_panics: Vec<(&'static str, u64)>,
 }
 
 /// `VmRSS` of `/proc/self/status`, in bytes.

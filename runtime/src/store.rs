@@ -880,7 +880,7 @@ mod tests {
 
     #[test]
     fn leases_and_wait_timeouts_that_end_early_leave_no_timer_behind() {
-        let clock = Clock::start().expect("clock");
+        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
         let engine = Engine::new(clock.clone());
         let c = engine.collection("timers");
         let hour = Duration::from_secs(3600);
