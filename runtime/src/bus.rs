@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use forkless_worker::backend::{
@@ -257,7 +257,7 @@ impl BusBackend for Router {
 
     fn alarm(&self, after: Duration) -> Alarm {
         let (tx, rx) = oneshot::channel();
-        let key = self.clock.schedule(Instant::now() + after, move || {
+        let key = self.clock.schedule(crate::deadline::from_now(after), move || {
             let _ = tx.send(());
         });
         let clock = self.clock.clone();

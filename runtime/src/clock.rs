@@ -58,11 +58,6 @@ impl Clock {
         Ok(clock)
     }
 
-    /// Where the cluster counts panics caught on the threads it owns.
-    pub(crate) fn faults(&self) -> &Arc<Faults> {
-        &self.faults
-    }
-
     /// Runs `action` on the timer thread at `at` (at once if `at` has
     /// passed), unless cancelled first or the clock stops. Make `at` with
     /// [`deadline::after`](crate::deadline::after), which cannot overflow.
@@ -186,7 +181,8 @@ mod tests {
 
     #[test]
     fn a_panicking_timer_is_counted_and_the_next_ones_still_fire() {
-        let clock = Clock::start(Faults::new()).expect("clock");
+        let faults = Faults::new();
+        let clock = Clock::start(faults.clone()).expect("clock");
         let (tx, rx) = mpsc::channel();
         let now = Instant::now();
         clock.schedule(now, || panic!("a timer action broke"));
@@ -194,7 +190,7 @@ mod tests {
             tx.send(1).expect("test alive")
         });
         assert_eq!(rx.recv_timeout(Duration::from_secs(60)), Ok(1));
-        assert_eq!(clock.faults().counts(), vec![("forkless-timers", 1)]);
+        assert_eq!(faults.counts(), vec![("forkless-timers", 1)]);
         // A deadline that overflows `Instant` is "never", not a panic.
         let never = clock.schedule(crate::deadline::from_now(Duration::MAX), || {});
         assert_eq!(clock.pending(), 1);

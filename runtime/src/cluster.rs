@@ -103,14 +103,18 @@ impl Shared {
         let faults = Faults::new();
         let clock = Clock::start(faults.clone())
             .map_err(|e| Error::spawn("cannot spawn the timer thread", e))?;
-        let store = start_store(&builder.store_backend, &clock).inspect_err(|_| clock.stop())?;
+        let store = crate::guard::scope(&faults, || start_store(&builder.store_backend, &clock))
+            .inspect_err(|_| clock.stop())?;
         let settings = BusSettings {
             size,
             capacity: builder.inbox_capacity,
             request_timeout: builder.request_timeout,
             name: builder.name.clone(),
         };
-        let bus = start_bus(&builder.bus_backend, settings, &clock).inspect_err(|_| {
+        let bus = crate::guard::scope(&faults, || {
+            start_bus(&builder.bus_backend, settings, &clock)
+        })
+        .inspect_err(|_| {
             store.engine.close();
             clock.stop();
         })?;

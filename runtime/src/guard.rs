@@ -5,9 +5,81 @@
 //! thread goes on with its next piece of work.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+thread_local! {
+    /// The faults of the cluster being set up on this thread, for the parts
+    /// (backend links) that start their own threads.
+    static CURRENT: RefCell<Option<Arc<Faults>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `faults` as [`current`]: the cluster's start-up sets up its
+/// engines inside this.
+pub(crate) fn scope<R>(faults: &Arc<Faults>, f: impl FnOnce() -> R) -> R {
+    let previous = CURRENT.with(|c| c.replace(Some(faults.clone())));
+    let result = f();
+    CURRENT.with(|c| *c.borrow_mut() = previous);
+    result
+}
+
+/// The faults of the cluster being set up on this thread (a fresh, unshared
+/// one outside [`scope`]).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn current() -> Arc<Faults> {
+    CURRENT
+        .with(|c| c.borrow().clone())
+        .unwrap_or_else(Faults::new)
+}
+
+/// A future whose panic is caught, logged and counted: it then ends
+/// (`None`), and the runtime that polls it goes on.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct Caught<F> {
+    future: Pin<Box<F>>,
+    faults: Arc<Faults>,
+    thread: &'static str,
+    what: &'static str,
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+impl<F: Future> Caught<F> {
+    pub(crate) fn new(
+        faults: Arc<Faults>,
+        thread: &'static str,
+        what: &'static str,
+        future: F,
+    ) -> Caught<F> {
+        Caught {
+            future: Box::pin(future),
+            faults,
+            thread,
+            what,
+        }
+    }
+}
+
+impl<F: Future> Future for Caught<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let this = self.get_mut();
+        let future = &mut this.future;
+        match panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Some(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => {
+                this.faults.record(this.thread, this.what, &*payload);
+                Poll::Ready(None)
+            }
+        }
+    }
+}
 
 /// The panics caught on the runtime's own threads of one cluster, by thread.
 #[derive(Default)]
@@ -88,5 +160,22 @@ mod tests {
         );
         assert_eq!(faults.counts(), vec![("control", 1), ("timers", 1)]);
         assert_eq!(faults.total(), 2);
+    }
+
+    #[test]
+    fn a_panicking_future_ends_and_is_counted() {
+        let faults = Faults::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let fine = rt.block_on(Caught::new(faults.clone(), "t", "a task", async { 3 }));
+        assert_eq!(fine, Some(3));
+        let broke = rt.block_on(Caught::new(faults.clone(), "t", "a task", async {
+            panic!("broke")
+        }));
+        assert_eq!(broke, None::<()>);
+        assert_eq!(faults.total(), 1);
+        assert!(scope(&faults, || Arc::ptr_eq(&current(), &faults)));
+        assert!(!Arc::ptr_eq(&current(), &faults));
     }
 }

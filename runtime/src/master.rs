@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::body::Factory;
 use crate::cluster::{GenerationReport, Msg, Report, Shared, SlotReport};
+use crate::deadline::{after, from_now};
 use crate::events::{Event, SlotView, View, WorkerState};
 use crate::exit::{install_panic_hook, Exit};
 use crate::systemd::Systemd;
@@ -256,7 +257,7 @@ impl Live {
     fn ask_to_stop(&mut self, now: Instant, shutdown_timeout: Duration) {
         let _ = self.stop.send(true);
         if self.deadline.is_none() {
-            self.deadline = Some((now + shutdown_timeout, Stage::Terminate));
+            self.deadline = Some((after(now, shutdown_timeout), Stage::Terminate));
         }
     }
 
@@ -265,7 +266,7 @@ impl Live {
         if let Some(terminate) = self.terminate.take() {
             let _ = terminate.send(());
         }
-        self.deadline = Some((now + terminate_timeout, Stage::Abandon));
+        self.deadline = Some((after(now, terminate_timeout), Stage::Abandon));
     }
 }
 
@@ -323,10 +324,18 @@ impl Master {
                     Err(_) => break,
                 },
             };
+            // A bug met while handling one message or timer (in the store's
+            // clean-up after an exit, say) is caught, logged and counted:
+            // the master goes on supervising.
+            let faults = self.shared.faults.clone();
             if let Some(msg) = msg {
-                self.handle(msg);
+                faults.caught("forkless-master", "a supervisor message", || {
+                    self.handle(msg)
+                });
             }
-            self.fire_timers();
+            faults.caught("forkless-master", "the supervisor's timers", || {
+                self.fire_timers()
+            });
             self.publish();
         }
         self.shared.registry().close_all();
@@ -614,7 +623,7 @@ impl Master {
             self.respawn(index);
         } else {
             tracing::warn!(slot = index, ?delay, "respawn throttled");
-            self.slots[index].respawn_at = Some(Instant::now() + delay);
+            self.slots[index].respawn_at = Some(from_now(delay));
         }
     }
 
@@ -742,7 +751,7 @@ impl Master {
                         roll.step = Some(Step {
                             slot: index,
                             generation,
-                            deadline: Instant::now() + self.config.ready_timeout,
+                            deadline: from_now(self.config.ready_timeout),
                         });
                     }
                     return;
@@ -887,14 +896,14 @@ impl Master {
                 }
                 if now >= self.next_check {
                     self.watch_stalls();
-                    self.next_check = now + self.config.stall_timeout / 4;
+                    self.next_check = after(now, self.config.stall_timeout / 4);
                 }
                 if let Some(interval) = self.systemd.watchdog_interval() {
                     if now >= self.next_ping {
                         if !self.slots.iter().flat_map(Slot::lives).any(|l| l.stalled) {
                             self.systemd.ping();
                         }
-                        self.next_ping = now + interval;
+                        self.next_ping = after(now, interval);
                     }
                 }
             }
@@ -1001,7 +1010,7 @@ impl Master {
                 }
             }
             self.phase = Phase::Terminating {
-                deadline: now + self.config.terminate_timeout,
+                deadline: after(now, self.config.terminate_timeout),
             };
         } else {
             tracing::info!(
@@ -1015,7 +1024,7 @@ impl Master {
                 }
             }
             self.phase = Phase::Stopping {
-                deadline: now + self.config.shutdown_timeout,
+                deadline: after(now, self.config.shutdown_timeout),
             };
         }
     }

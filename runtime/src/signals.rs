@@ -73,50 +73,58 @@ fn install(prepared: Prepared, cluster: Cluster) -> io::Result<Installed> {
         .name("forkless-signals".to_owned())
         .spawn(move || {
             let mut seen = 0;
+            let faults = cluster.shared.faults.clone();
             for signal in signals.forever() {
-                match signal {
-                    SIGHUP => {
-                        tracing::info!(signal = "SIGHUP", "rolling restart");
-                        if let Err(e) = cluster.restart() {
-                            tracing::warn!(signal = "SIGHUP", error = %e, "no rolling restart");
-                        }
-                        continue;
-                    }
-                    SIGTTIN | SIGTTOU => {
-                        let size = cluster.status().size;
-                        let (name, to) = if signal == SIGTTIN {
-                            ("SIGTTIN", size + 1)
-                        } else {
-                            ("SIGTTOU", size.saturating_sub(1))
-                        };
-                        tracing::info!(signal = name, from = size, to, "resizing");
-                        if let Err(e) = cluster.resize(to) {
-                            tracing::warn!(signal = name, error = %e, "no resize");
-                        }
-                        continue;
-                    }
-                    _ => {}
-                }
-                seen += 1;
-                let name = if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
-                if seen == 1 {
-                    tracing::info!(
-                        signal = name,
-                        "stopping gracefully; send it again to terminate"
-                    );
-                    cluster.shutdown();
-                } else {
-                    tracing::warn!(signal = name, "terminating");
-                    cluster.terminate();
-                }
+                faults.caught("forkless-signals", "a signal", || {
+                    act(&cluster, signal, &mut seen)
+                });
             }
         })?;
     Ok(Installed {
         handle,
         restore_default,
     })
+}
+
+/// Acts on one signal; `seen` counts the stop signals so far.
+fn act(cluster: &Cluster, signal: i32, seen: &mut u32) {
+    match signal {
+        SIGHUP => {
+            tracing::info!(signal = "SIGHUP", "rolling restart");
+            if let Err(e) = cluster.restart() {
+                tracing::warn!(signal = "SIGHUP", error = %e, "no rolling restart");
+            }
+            return;
+        }
+        SIGTTIN | SIGTTOU => {
+            let size = cluster.status().size;
+            let (name, to) = if signal == SIGTTIN {
+                ("SIGTTIN", size + 1)
+            } else {
+                ("SIGTTOU", size.saturating_sub(1))
+            };
+            tracing::info!(signal = name, from = size, to, "resizing");
+            if let Err(e) = cluster.resize(to) {
+                tracing::warn!(signal = name, error = %e, "no resize");
+            }
+            return;
+        }
+        _ => {}
+    }
+    *seen += 1;
+    let name = if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    if *seen == 1 {
+        tracing::info!(
+            signal = name,
+            "stopping gracefully; send it again to terminate"
+        );
+        cluster.shutdown();
+    } else {
+        tracing::warn!(signal = name, "terminating");
+        cluster.terminate();
+    }
 }

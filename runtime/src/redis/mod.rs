@@ -96,7 +96,7 @@ pub(crate) use store::RedisStore;
 /// cluster.join();
 /// # Ok::<(), forkless_worker::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     url: String,
     prefix: String,
@@ -162,11 +162,18 @@ impl RedisConfig {
 
     pub(crate) fn check(&self) -> Result<(), Error> {
         redis::Client::open(self.url.as_str()).map_err(|e| {
-            Error::config(format!(
-                "RedisConfig: cannot use the URL {:?}: {e}",
-                self.url
-            ))
+            Error::config(self.scrub(&format!(
+                "RedisConfig: cannot use the URL {}: {e}",
+                self.shown_url()
+            )))
         })?;
+        for (what, d) in [
+            ("RedisConfig: timeout", self.timeout),
+            ("RedisConfig: connect_timeout", self.connect_timeout),
+            ("RedisConfig: lock_lease", self.lock_lease),
+        ] {
+            crate::deadline::check_option(what, d)?;
+        }
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::config(
                 "RedisConfig: timeout and connect_timeout must be more than zero",
@@ -201,14 +208,89 @@ impl RedisConfig {
         })
     }
 
-    /// The URL without its password, for messages.
-    fn shown_url(&self) -> String {
-        match (self.url.find("://"), self.url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}://***{}", &self.url[..scheme], &self.url[at..])
+    /// The URL without its secrets, for messages: the user and password
+    /// before `@`, and the value of every query parameter but `db` and
+    /// `protocol` (`redis+unix:///run/redis.sock?pass=...`), are `***`.
+    pub(crate) fn shown_url(&self) -> String {
+        let url = self.url.as_str();
+        let (head, query) = match url.split_once('?') {
+            Some((head, query)) => (head, Some(query)),
+            None => (url, None),
+        };
+        let mut shown = match head.find("://") {
+            Some(scheme) => {
+                let rest = &head[scheme + 3..];
+                let end = rest.find('/').unwrap_or(rest.len());
+                match rest[..end].rfind('@') {
+                    Some(at) => format!("{}://***{}", &head[..scheme], &rest[at..]),
+                    None => head.to_owned(),
+                }
             }
-            _ => self.url.clone(),
+            None => head.to_owned(),
+        };
+        if let Some(query) = query {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, v)) if matches!(k, "db" | "protocol") => format!("{k}={v}"),
+                    Some((k, _)) => format!("{k}=***"),
+                    None => pair.to_owned(),
+                })
+                .collect();
+            shown.push('?');
+            shown.push_str(&pairs.join("&"));
         }
+        shown
+    }
+
+    /// The parts of the URL that [`shown_url`](RedisConfig::shown_url)
+    /// hides, longest first.
+    fn secrets(&self) -> Vec<&str> {
+        let url = self.url.as_str();
+        let (head, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut secrets = Vec::new();
+        if let Some(scheme) = head.find("://") {
+            let rest = &head[scheme + 3..];
+            let end = rest.find('/').unwrap_or(rest.len());
+            if let Some(at) = rest[..end].rfind('@') {
+                let userinfo = &rest[..at];
+                secrets.push(userinfo);
+                secrets.extend(userinfo.split(':'));
+            }
+        }
+        for pair in query.split('&') {
+            if let Some((k, v)) = pair.split_once('=') {
+                if !matches!(k, "db" | "protocol") {
+                    secrets.push(v);
+                }
+            }
+        }
+        secrets.retain(|s| s.len() >= 3);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets
+    }
+
+    /// `text` with every secret of the URL replaced by `***`: for messages
+    /// that quote what the Redis client said.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in self.secrets() {
+            text = text.replace(secret, "***");
+        }
+        text
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.shown_url())
+            .field("prefix", &self.prefix)
+            .field("host", &self.host)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("lock_lease", &self.lock_lease)
+            .finish()
     }
 }
 
@@ -238,6 +320,8 @@ pub(crate) struct Link {
     failures: std::sync::atomic::AtomicU64,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Where panics caught in its tasks are counted.
+    faults: Arc<crate::guard::Faults>,
 }
 
 impl Link {
@@ -245,7 +329,7 @@ impl Link {
     /// while Redis is down.
     pub(crate) fn start(config: &RedisConfig, what: &str) -> Result<Arc<Link>, Error> {
         let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| Error::config(format!("RedisConfig: {e}")))?;
+            .map_err(|e| Error::config(config.scrub(&format!("RedisConfig: {e}"))))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -271,6 +355,7 @@ impl Link {
             failures: std::sync::atomic::AtomicU64::new(0),
             stop: Mutex::new(Some(stop_tx)),
             thread: Mutex::new(Some(thread)),
+            faults: crate::guard::current(),
         });
         // Connect now, to say at start-up whether Redis is there.
         let probe = link.clone();
@@ -316,7 +401,12 @@ impl Link {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.handle.spawn(task)
+        // A panic in a task is caught and counted; the link goes on.
+        let caught =
+            crate::guard::Caught::new(self.faults.clone(), "forkless-redis", "a Redis task", task);
+        self.handle.spawn(async move {
+            caught.await;
+        })
     }
 
     /// Refuses new work, runs `last` (bounded by the timeout), then stops the
@@ -454,10 +544,10 @@ impl Link {
         if e.is_timeout() {
             return self.late(what);
         }
-        Error::unavailable(format!(
+        Error::unavailable(self.config.scrub(&format!(
             "Redis at {} failed ({what}): {e}",
             self.config.shown_url()
-        ))
+        )))
     }
 
     /// A dedicated connection, for blocking commands and pub/sub.
@@ -611,6 +701,11 @@ mod tests {
             .check()
             .unwrap_err();
         assert!(e.is_config(), "{e}");
+        let e = RedisConfig::new("redis://127.0.0.1/")
+            .timeout(Duration::MAX)
+            .check()
+            .unwrap_err();
+        assert!(e.is_config() && e.to_string().contains("timeout"), "{e}");
     }
 
     #[test]
@@ -618,6 +713,24 @@ mod tests {
         let c = RedisConfig::new("redis://:s3cret@db:6379/1");
         assert_eq!(c.shown_url(), "redis://***@db:6379/1");
         assert_eq!(RedisConfig::new("redis://db/").shown_url(), "redis://db/");
+        let c = RedisConfig::new("redis://admin:s3cret@db:6379/1");
+        assert_eq!(c.shown_url(), "redis://***@db:6379/1");
+        let c = RedisConfig::new("redis+unix:///run/redis.sock?db=2&pass=s3cret");
+        assert_eq!(c.shown_url(), "redis+unix:///run/redis.sock?db=2&pass=***");
+        assert_eq!(c.scrub("AUTH s3cret refused"), "AUTH *** refused");
+        let debug = format!(
+            "{:?}",
+            RedisConfig::new("redis://u:s3cret@db/?password=t0ken")
+        );
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("t0ken"),
+            "{debug}"
+        );
+        // A bad URL's error names the URL without its password.
+        let e = RedisConfig::new("redis://:s3cret@db:notaport/")
+            .check()
+            .expect_err("bad port");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]
