@@ -82,6 +82,8 @@ pub(crate) trait BusEngine: Send + Sync {
 
     /// A slot stopped for good: its inbox closes.
     fn close_slot(&self, slot: usize);
+    /// `generation` serves `slot` now: it reads the slot's inbox.
+    fn serve(&self, slot: usize, generation: u64);
     /// The cluster now has `size` slots.
     fn resize(&self, size: usize);
     /// Messages put in inboxes and delivered to subscribers so far.

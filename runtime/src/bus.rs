@@ -176,6 +176,12 @@ impl BusEngine for Router {
         Router::close_slot(self, slot);
     }
 
+    fn serve(&self, slot: usize, generation: u64) {
+        if let Some(mailbox) = self.mailboxes().get(slot) {
+            mailbox.serve(generation);
+        }
+    }
+
     fn resize(&self, size: usize) {
         Router::resize(self, size);
     }
@@ -257,9 +263,11 @@ impl BusBackend for Router {
 
     fn alarm(&self, after: Duration) -> Alarm {
         let (tx, rx) = oneshot::channel();
-        let key = self.clock.schedule(crate::deadline::from_now(after), move || {
-            let _ = tx.send(());
-        });
+        let key = self
+            .clock
+            .schedule(crate::deadline::from_now(after), move || {
+                let _ = tx.send(());
+            });
         let clock = self.clock.clone();
         Alarm {
             rx,

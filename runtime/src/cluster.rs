@@ -96,6 +96,10 @@ pub(crate) enum Msg {
     Resize(usize),
     Shutdown,
     Terminate,
+    /// Makes the master thread panic outside its guard, as a bug in the
+    /// master itself would.
+    #[cfg(test)]
+    PanicOutsideGuard,
 }
 
 impl Shared {
@@ -278,6 +282,12 @@ impl Cluster {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut status = view.status(&self.shared.name);
+        if self.is_stopped() {
+            // Whatever the master published last, nothing runs now.
+            let mut view = view;
+            view.mark_stopped();
+            status = view.status(&self.shared.name);
+        }
         let engines = [
             ("store", self.shared.store.health()),
             ("bus", self.shared.bus.health()),
@@ -594,5 +604,47 @@ impl fmt::Display for Report {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_tells_the_truth_after_the_master_thread_died() {
+        let cluster = Cluster::builder()
+            .workers(2)
+            .pin_cores(false)
+            .start(|worker| async move {
+                worker.ready();
+                worker.shutdown_signal().await;
+            })
+            .expect("start");
+        let mut events = cluster.events();
+        let mut ready = 0;
+        while ready < 2 {
+            match events.blocking_recv() {
+                Some(crate::Event::WorkerReady { .. }) => ready += 1,
+                Some(_) => {}
+                None => panic!("stopped early"),
+            }
+        }
+        assert!(!cluster.status().stopping);
+        let _ = cluster.shared.tx.send(Msg::PanicOutsideGuard);
+        let report = cluster
+            .join_timeout(Duration::from_secs(60))
+            .expect("the cluster ends when its master dies");
+        assert!(report.slots.is_empty());
+        let status = cluster.status();
+        assert!(status.stopping, "{status:?}");
+        assert!(
+            status
+                .workers
+                .iter()
+                .all(|w| w.state == crate::WorkerState::Stopped),
+            "{status:?}"
+        );
+        assert!(cluster.restart().is_err_and(|e| e.is_stopped()));
     }
 }

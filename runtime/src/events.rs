@@ -398,6 +398,17 @@ pub(crate) struct View {
 }
 
 impl View {
+    /// The view of a cluster whose master has ended: nothing runs.
+    pub(crate) fn mark_stopped(&mut self) {
+        self.stopping = true;
+        self.rolling = false;
+        for slot in &mut self.slots {
+            slot.state = WorkerState::Stopped;
+            slot.started_at = None;
+            slot.stats = None;
+        }
+    }
+
     pub(crate) fn status(&self, name: &str) -> Status {
         use std::sync::atomic::Ordering::Relaxed;
         Status {

@@ -102,9 +102,12 @@ pub(crate) fn install_panic_hook() {
     });
 }
 
-/// Marks the current thread as a worker whose panic locations are recorded.
+/// Marks the current thread as a worker whose panic locations are recorded,
+/// forgetting what an earlier generation on the same thread left.
 pub(crate) fn capture_panics_on_this_thread() {
     CAPTURING.with(|c| c.set(true));
+    LAST_LOCATION.with(|last| last.borrow_mut().take());
+    PANICS.with(|p| p.borrow_mut().clear());
 }
 
 /// Wakes `watcher` at each panic on this thread; [`take_panics`] says which.

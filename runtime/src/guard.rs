@@ -34,7 +34,7 @@ pub(crate) fn scope<R>(faults: &Arc<Faults>, f: impl FnOnce() -> R) -> R {
 pub(crate) fn current() -> Arc<Faults> {
     CURRENT
         .with(|c| c.borrow().clone())
-        .unwrap_or_else(Faults::new)
+        .unwrap_or_default()
 }
 
 /// A future whose panic is caught, logged and counted: it then ends

@@ -25,7 +25,7 @@ use crate::deadline::{after, from_now};
 use crate::events::{Event, SlotView, View, WorkerState};
 use crate::exit::{install_panic_hook, Exit};
 use crate::systemd::Systemd;
-use crate::worker_thread::{self, Generation};
+use crate::worker_thread::{Generation, Thread};
 use crate::{Builder, Cluster, Restart};
 
 /// Starts the master thread and, through it, every slot's first worker.
@@ -88,6 +88,12 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
                 // them every worker's stop sender: the workers see a stop.
                 // Unblock whoever waits for the end.
                 tracing::error!(name = %shared.name, "the master thread panicked; the cluster stops");
+                // Status tells the truth from now on: nothing runs.
+                shared
+                    .view
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .mark_stopped();
                 shared.registry().close_all();
                 shared.finish(Report {
                     name: shared.name.clone(),
@@ -169,6 +175,8 @@ struct Slot {
     restarts: u64,
     last_exit: Option<Exit>,
     history: VecDeque<GenerationReport>,
+    /// The thread of a generation that returned, waiting to run the next.
+    idle: Option<Thread>,
 }
 
 impl Slot {
@@ -188,6 +196,7 @@ impl Slot {
             restarts: 0,
             last_exit: None,
             history: VecDeque::new(),
+            idle: None,
         }
     }
 
@@ -245,6 +254,8 @@ struct Live {
     stalled: bool,
     /// For a draining generation: when to terminate it, then abandon it.
     deadline: Option<(Instant, Stage)>,
+    /// The thread it runs on, free again once it has returned.
+    thread: Thread,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,10 +309,18 @@ impl Master {
             let live = self
                 .spawn_live(index)
                 .map_err(|e| Error::spawn(format!("cannot spawn worker {index}"), e))?;
-            self.slots[index].current = Some(live);
+            self.serve(index, live);
         }
         self.publish();
         Ok(())
+    }
+
+    /// Makes `live` the generation that serves the slot: from now on it
+    /// reads the slot's inbox (a candidate that took the inbox before it was
+    /// ready waited until now; one that fails never reads it).
+    fn serve(&mut self, index: usize, live: Live) {
+        self.shared.bus.serve(index, live.generation);
+        self.slots[index].current = Some(live);
     }
 
     /// Publishes the status first, so that whoever sees the event sees a
@@ -324,6 +343,10 @@ impl Master {
                     Err(_) => break,
                 },
             };
+            #[cfg(test)]
+            if matches!(msg, Some(Msg::PanicOutsideGuard)) {
+                panic!("a test asked the master thread to die");
+            }
             // A bug met while handling one message or timer (in the store's
             // clean-up after an exit, say) is caught, logged and counted:
             // the master goes on supervising.
@@ -411,6 +434,8 @@ impl Master {
                     self.begin_stop(true);
                 }
             }
+            #[cfg(test)]
+            Msg::PanicOutsideGuard => {}
         }
     }
 
@@ -469,7 +494,9 @@ impl Master {
                     old.ask_to_stop(now, self.config.shutdown_timeout);
                     slot.draining.push(old);
                 }
-                slot.current = slot.candidate.take();
+                if let Some(candidate) = slot.candidate.take() {
+                    self.serve(index, candidate);
+                }
             }
             if let Some(roll) = &mut self.roll {
                 roll.restarted += 1;
@@ -517,6 +544,11 @@ impl Master {
         };
         let ran_for = live.started.elapsed();
         self.shared.owner_exited(index, generation);
+        // Its thread has returned: it runs the slot's next generation (an
+        // idle one left from before ends).
+        if slot.in_service() && matches!(self.phase, Phase::Running) {
+            slot.idle = Some(live.thread);
+        }
         match &exit {
             Exit::Normal => tracing::info!(slot = index, generation, ?ran_for, "worker returned"),
             Exit::Failed(_) | Exit::Panicked { .. } => {
@@ -542,9 +574,9 @@ impl Master {
         match role {
             Role::Current => {
                 let slot = &mut self.slots[index];
-                if slot.candidate.is_some() {
+                if let Some(candidate) = slot.candidate.take() {
                     // Mid-roll: the new generation takes over at once.
-                    slot.current = slot.candidate.take();
+                    self.serve(index, candidate);
                     return;
                 }
                 if matches!(self.phase, Phase::Running) && slot.in_service() {
@@ -584,6 +616,7 @@ impl Master {
                 config.restart
             );
             slot.ended = true;
+            slot.idle = None;
             let survivors = self.survivors(index);
             self.shared.slot_ended(index, &survivors);
             return;
@@ -598,6 +631,7 @@ impl Master {
                     "slot gave up after {failures} quick failures in a row; the other slots serve on",
                 );
                 slot.gave_up = true;
+                slot.idle = None;
                 let survivors = self.survivors(index);
                 self.shared.slot_ended(index, &survivors);
                 self.emit(Event::GaveUp {
@@ -631,7 +665,7 @@ impl Master {
         self.slots[index].restarts += 1;
         self.shared.metrics.restarted(index);
         match self.spawn_live(index) {
-            Ok(live) => self.slots[index].current = Some(live),
+            Ok(live) => self.serve(index, live),
             Err(e) => {
                 let slot = &mut self.slots[index];
                 let generation = slot.next_generation - 1;
@@ -668,7 +702,7 @@ impl Master {
             stop_rx,
             stats.clone(),
         );
-        worker_thread::spawn(Generation {
+        let job = Box::new(Generation {
             cluster: Arc::as_ptr(&self.shared) as usize,
             slot: index,
             generation,
@@ -682,7 +716,16 @@ impl Master {
             epoch: self.shared.epoch,
             task_panic: self.config.task_panic,
             shared: self.shared.clone(),
-        })?;
+        });
+        // The thread of a generation that returned runs the next one; a new
+        // thread only when there is none (or it has ended after all).
+        let thread = match self.slots[index].idle.take() {
+            Some(thread) => match thread.run(job) {
+                Ok(()) => thread,
+                Err(job) => Thread::spawn(job)?,
+            },
+            None => Thread::spawn(job)?,
+        };
         tracing::debug!(slot = index, generation, core = ?core, "worker started");
         self.emit(Event::WorkerStarted {
             slot: index,
@@ -700,6 +743,7 @@ impl Master {
             stats,
             stalled: false,
             deadline: None,
+            thread,
         })
     }
 
@@ -829,6 +873,7 @@ impl Master {
                 let slot = &mut self.slots[index];
                 slot.retired = true;
                 slot.respawn_at = None;
+                slot.idle = None;
                 slot.drain_all(now, self.config.shutdown_timeout);
                 let survivors = self.survivors(index);
                 self.shared.registry().retire_slot(index, &survivors);
@@ -853,7 +898,7 @@ impl Master {
     /// retirement).
     fn respawn_or_start(&mut self, index: usize) {
         match self.spawn_live(index) {
-            Ok(live) => self.slots[index].current = Some(live),
+            Ok(live) => self.serve(index, live),
             Err(e) => {
                 let exit = Exit::Failed(format!("cannot spawn the worker thread: {e}"));
                 tracing::error!(slot = index, %exit, "worker failed");
@@ -998,6 +1043,10 @@ impl Master {
         self.finish_roll(false);
         self.emit(Event::Stopping { terminate });
         self.systemd.stopping();
+        // Threads waiting for a generation that will not come end now.
+        for slot in &mut self.slots {
+            slot.idle = None;
+        }
         if terminate {
             tracing::info!(
                 name = %self.shared.name,

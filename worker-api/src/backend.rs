@@ -156,15 +156,29 @@ pub trait CollectionBackend: Send + Sync + 'static {
     fn count(&self) -> Reply;
 }
 
-/// A slot's inbox: a bounded queue that outlives the slot's workers. Its
-/// newest claimant (see [`Mailbox::claim`]) reads it.
+/// A slot's inbox: a bounded queue that outlives the slot's workers. The
+/// generation that serves the slot reads it (see [`Mailbox::serve`]); within
+/// that generation, its newest claimant (see [`Mailbox::claim`]).
 pub struct Mailbox {
     /// Where messages for the slot go.
     pub tx: tokio::sync::mpsc::Sender<crate::Envelope>,
     /// Messages put in this inbox, for metrics.
     pub sent: std::sync::atomic::AtomicU64,
     rx: std::sync::Mutex<tokio::sync::mpsc::Receiver<crate::Envelope>>,
-    claims: std::sync::atomic::AtomicU64,
+    /// 1 + the generation that reads the inbox; 0 before the first serves.
+    serving: std::sync::atomic::AtomicU64,
+    /// The claim that may read: the serving generation's newest.
+    reading: std::sync::atomic::AtomicU64,
+    readers: std::sync::Mutex<Readers>,
+}
+
+/// Claims of generations that do not serve yet, and who waits for a turn.
+#[derive(Default)]
+struct Readers {
+    next_claim: u64,
+    /// The newest claim of each generation that does not serve yet.
+    early: Vec<(u64, u64)>,
+    waiting: Vec<std::task::Waker>,
 }
 
 impl Mailbox {
@@ -175,29 +189,88 @@ impl Mailbox {
             tx,
             sent: std::sync::atomic::AtomicU64::new(0),
             rx: std::sync::Mutex::new(rx),
-            claims: std::sync::atomic::AtomicU64::new(0),
+            serving: std::sync::atomic::AtomicU64::new(0),
+            reading: std::sync::atomic::AtomicU64::new(0),
+            readers: std::sync::Mutex::new(Readers::default()),
         }
     }
 
-    /// Makes the caller the inbox's only reader; earlier claimants read
-    /// nothing more. Returns the claim to present to [`Mailbox::poll_recv`].
-    pub fn claim(&self) -> u64 {
-        self.claims
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            + 1
+    /// Makes `generation` the slot's reader: the one that serves. Older
+    /// generations read nothing more; a newer one that claimed the inbox
+    /// early (a candidate of a rolling restart that is not ready yet) waits
+    /// until it serves, so that a candidate that fails leaves the inbox to
+    /// the generation that serves on.
+    pub fn serve(&self, generation: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut readers = self.readers();
+        let claim = readers
+            .early
+            .iter()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, c)| *c)
+            .max();
+        readers.early.retain(|(g, _)| *g > generation);
+        // No claim yet: none may read until one is made.
+        self.reading.store(claim.unwrap_or(0), SeqCst);
+        self.serving.store(generation + 1, SeqCst);
+        for waker in readers.waiting.drain(..) {
+            waker.wake();
+        }
     }
 
-    /// Receives for `claim`: `Ready(None)` once a newer claim was made, or
-    /// the inbox is closed and empty.
+    /// Makes the caller the only reader of `generation`'s turn: earlier
+    /// claimants of the same generation read nothing more. Returns the claim
+    /// to present to [`Mailbox::poll_recv`].
+    pub fn claim(&self, generation: u64) -> u64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut readers = self.readers();
+        readers.next_claim += 1;
+        let claim = readers.next_claim;
+        match self.serving.load(SeqCst).checked_sub(1) {
+            Some(serving) if serving == generation => self.reading.store(claim, SeqCst),
+            Some(serving) if serving > generation => {}
+            _ => {
+                readers.early.retain(|(g, _)| *g != generation);
+                readers.early.push((generation, claim));
+            }
+        }
+        claim
+    }
+
+    /// Receives for `claim` of `generation`: `Ready(None)` once a newer
+    /// claim or generation reads, or the inbox is closed and empty; pending
+    /// while `generation` does not serve yet.
     pub fn poll_recv(
         &self,
+        generation: u64,
         claim: u64,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<crate::Envelope>> {
-        if self.claims.load(std::sync::atomic::Ordering::Acquire) != claim {
-            return std::task::Poll::Ready(None);
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            match self.serving.load(SeqCst).checked_sub(1) {
+                Some(serving) if serving == generation => {
+                    if self.reading.load(SeqCst) != claim {
+                        return std::task::Poll::Ready(None);
+                    }
+                    return self.receiver().poll_recv(cx);
+                }
+                Some(serving) if serving > generation => return std::task::Poll::Ready(None),
+                _ => {
+                    let mut readers = self.readers();
+                    // Checked again under the lock that `serve` takes: no
+                    // turn can come between this look and the waker.
+                    let serving = self.serving.load(SeqCst).checked_sub(1);
+                    if serving.is_some_and(|s| s >= generation) {
+                        continue;
+                    }
+                    if !readers.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                        readers.waiting.push(cx.waker().clone());
+                    }
+                    return std::task::Poll::Pending;
+                }
+            }
         }
-        self.receiver().poll_recv(cx)
     }
 
     /// Refuses new messages and drops the queued ones (whose requests then
@@ -220,6 +293,13 @@ impl Mailbox {
     /// Returns true if no message waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn readers(&self) -> std::sync::MutexGuard<'_, Readers> {
+        // Nothing runs under this lock that could panic halfway.
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn receiver(&self) -> std::sync::MutexGuard<'_, tokio::sync::mpsc::Receiver<crate::Envelope>> {

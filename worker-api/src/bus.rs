@@ -526,20 +526,24 @@ impl fmt::Debug for Envelope {
 ///
 /// It ends (yields `None`) once the worker is asked to stop: messages still
 /// queued then stay in the slot's inbox for the next generation. It also
-/// ends if a newer `Inbox` of the slot was taken (by this worker or the next
-/// generation), since one slot has one reader.
+/// ends if a newer `Inbox` of the slot was taken by this worker, or once a
+/// newer generation serves the slot, since one slot has one reader. A
+/// generation that does not serve yet (a rolling restart's candidate before
+/// it is ready) waits for its turn.
 pub struct Inbox {
     mailbox: Arc<Mailbox>,
+    generation: u64,
     claim: u64,
     stop: ShutdownSignal,
     ended: bool,
 }
 
 impl Inbox {
-    pub(crate) fn new(mailbox: Arc<Mailbox>, stop: ShutdownSignal) -> Inbox {
-        let claim = mailbox.claim();
+    pub(crate) fn new(mailbox: Arc<Mailbox>, generation: u64, stop: ShutdownSignal) -> Inbox {
+        let claim = mailbox.claim(generation);
         Inbox {
             mailbox,
+            generation,
             claim,
             stop,
             ended: false,
@@ -557,7 +561,7 @@ impl Inbox {
             self.ended = true;
             return Poll::Ready(None);
         }
-        let next = self.mailbox.poll_recv(self.claim, cx);
+        let next = self.mailbox.poll_recv(self.generation, self.claim, cx);
         if let Poll::Ready(None) = next {
             self.ended = true;
         }

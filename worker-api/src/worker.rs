@@ -185,9 +185,13 @@ impl Worker {
     /// This slot's inbox: the messages sent to the slot through the
     /// [`Bus`], including those that arrived while the slot was restarting.
     ///
-    /// A slot has one reader: taking the inbox again (here, or in the next
-    /// generation) ends the earlier `Inbox`. It also ends once this worker
-    /// is asked to stop, leaving what is queued for the next generation.
+    /// A slot has one reader: the generation that serves it, and within it
+    /// the newest `Inbox` taken (taking it again ends the earlier one). A
+    /// new generation of a rolling restart may take its inbox before it is
+    /// ready: it receives once it serves, when the old generation's inbox
+    /// ends; if it fails instead, the old generation reads on. An inbox
+    /// also ends once its worker is asked to stop, leaving what is queued
+    /// for the next generation.
     ///
     /// ```no_run
     /// # async fn body(worker: forkless_worker::Worker) {
@@ -206,9 +210,10 @@ impl Worker {
             // Not a slot of the cluster: an inbox that has ended.
             let closed = Mailbox::new(1);
             closed.close();
+            closed.serve(self.generation);
             Arc::new(closed)
         });
-        Inbox::new(mailbox, self.shutdown_signal())
+        Inbox::new(mailbox, self.generation, self.shutdown_signal())
     }
 
     /// Returns true once this worker has been asked to stop.

@@ -473,6 +473,10 @@ impl BusEngine for RedisBus {
         self.router.close_slot(slot);
     }
 
+    fn serve(&self, slot: usize, generation: u64) {
+        self.router.serve(slot, generation);
+    }
+
     fn resize(&self, size: usize) {
         self.router.resize(size);
         let mut cmd = redis::cmd("SET");

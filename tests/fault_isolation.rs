@@ -1,0 +1,167 @@
+//! Faults stay where they happen: a rolling restart whose new generation
+//! fails leaves the bus inbox to the generation that serves on; a slot's
+//! next generation runs on the thread of the one that returned; a report
+//! keeps where the body itself panicked.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use forkless::{Cluster, Event, Exit, Restart};
+
+/// Waits for the first event that `pick` accepts.
+fn wait_for<T>(events: &mut forkless::Events, what: &str, pick: impl Fn(&Event) -> Option<T>) -> T {
+    loop {
+        match events.blocking_recv() {
+            Some(event) => {
+                if let Some(found) = pick(&event) {
+                    return found;
+                }
+            }
+            None => panic!("the cluster stopped while waiting for {what}"),
+        }
+    }
+}
+
+#[test]
+fn a_failed_roll_leaves_the_inbox_to_the_generation_that_serves() {
+    let (took_tx, took_rx) = mpsc::channel::<u64>();
+    let took_tx = Arc::new(Mutex::new(took_tx));
+    let cluster = Cluster::builder()
+        .workers(1)
+        .pin_cores(false)
+        .ready_timeout(Duration::from_secs(3))
+        .request_timeout(Duration::from_secs(60))
+        .start(move |worker| {
+            let took_tx = took_tx.clone();
+            async move {
+                let mut inbox = worker.inbox();
+                if worker.generation() == 0 {
+                    worker.ready();
+                } else {
+                    // The roll's candidate takes the inbox and never gets
+                    // ready. Polling once makes it the channel's reader, as
+                    // it would be if it only waited for messages.
+                    let first = futures_poll_once(&mut inbox);
+                    assert!(first.is_none(), "a candidate read a message early");
+                    let _ = took_tx.lock().expect("lock").send(worker.generation());
+                }
+                while let Some(envelope) = inbox.recv().await {
+                    envelope.reply(format!("generation {}", worker.generation()));
+                }
+            }
+        })
+        .expect("start");
+    let mut events = cluster.events();
+    wait_for(&mut events, "generation 0 ready", |e| {
+        matches!(e, Event::WorkerReady { generation: 0, .. }).then_some(())
+    });
+    cluster.restart().expect("roll");
+    assert_eq!(common::recv(&took_rx, "the candidate takes the inbox"), 1);
+    // While the candidate waits to be ready, the serving generation reads.
+    let bus = cluster.bus();
+    let answer = common::done(bus.request(0, "during")).expect("answered during the roll");
+    assert_eq!(answer, "generation 0");
+    wait_for(&mut events, "the roll to fail", |e| {
+        matches!(e, Event::RollFailed { generation: 1, .. }).then_some(())
+    });
+    // ... and after it failed, with the candidate gone.
+    let answer = common::done(bus.request(0, "after")).expect("answered after the roll");
+    assert_eq!(answer, "generation 0");
+    common::stop(cluster);
+}
+
+/// Polls `inbox` once, without waiting.
+fn futures_poll_once(inbox: &mut forkless::Inbox) -> Option<forkless::Envelope> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match inbox.poll_recv(&mut cx) {
+        std::task::Poll::Ready(message) => message,
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[test]
+fn a_respawn_runs_on_the_thread_of_the_generation_that_returned() {
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    let seen = threads.clone();
+    let cluster = Cluster::builder()
+        .workers(1)
+        .pin_cores(false)
+        .throttle_delay(Duration::ZERO)
+        .start(move |worker| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().expect("lock").push(std::thread::current().id());
+                worker.ready();
+                if worker.generation() < 5 {
+                    panic!("generation {} panics on purpose", worker.generation());
+                }
+                worker.shutdown_signal().await;
+            }
+        })
+        .expect("start");
+    let mut events = cluster.events();
+    wait_for(&mut events, "generation 5 ready", |e| {
+        matches!(e, Event::WorkerReady { generation: 5, .. }).then_some(())
+    });
+    let threads = threads.lock().expect("lock").clone();
+    assert_eq!(threads.len(), 6);
+    assert!(
+        threads.iter().all(|t| *t == threads[0]),
+        "each generation ran on a new thread: {threads:?}"
+    );
+    common::stop(cluster);
+}
+
+static BODY_PANIC_LINE: AtomicU32 = AtomicU32::new(0);
+
+/// Panics when dropped, unless it is dropped by a panic's unwinding.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("a task's value panics as it is dropped");
+        }
+    }
+}
+
+#[test]
+fn the_report_keeps_where_the_body_panicked() {
+    let cluster = Cluster::builder()
+        .workers(1)
+        .pin_cores(false)
+        .restart(Restart::Never)
+        .start(|_worker| async move {
+            let guard = PanicsOnDrop;
+            tokio::task::spawn_local(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            });
+            tokio::task::yield_now().await;
+            if BODY_PANIC_LINE.load(Ordering::SeqCst) == 0 {
+                BODY_PANIC_LINE.store(line!() + 1, Ordering::SeqCst);
+                panic!("the body's own panic");
+            }
+        })
+        .expect("start");
+    let report = cluster
+        .join_timeout(Duration::from_secs(60))
+        .expect("the slot ends");
+    let exits: Vec<Exit> = report.exits().map(|(_, _, e)| e.clone()).collect();
+    let line = BODY_PANIC_LINE.load(Ordering::SeqCst);
+    match exits.as_slice() {
+        [Exit::Panicked { message, location }] => {
+            assert_eq!(message, "the body's own panic");
+            let location = location.as_deref().expect("a location");
+            assert!(
+                location.starts_with(&format!("tests/fault_isolation.rs:{line}:")),
+                "{location} is not the body's panic at line {line}"
+            );
+        }
+        other => panic!("unexpected exits {other:?}"),
+    }
+}
