@@ -11,6 +11,12 @@
 //! forkless-ctl --name api status      # the cluster named "api"
 //! forkless-ctl --socket /run/x.sock --json status
 //! ```
+//!
+//! It talks only to a control server that runs as the same user as itself,
+//! or as root: the server's credentials are checked on the socket
+//! (`SO_PEERCRED`) before anything is sent, so a socket that another user
+//! took first at the expected path gets no request, and `forkless-ctl`
+//! says whose it is.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -198,6 +204,24 @@ async fn call(
                 socket.display()
             ),
         })?;
+    let server = stream.peer_cred().map_err(|e| Failure {
+        code: 2,
+        message: format!(
+            "cannot tell who runs the server on {}: {e}",
+            socket.display()
+        ),
+    })?;
+    let ours = rustix::process::geteuid().as_raw();
+    if !server_trusted(server.uid(), ours) {
+        return Err(Failure {
+            code: 2,
+            message: format!(
+                "refusing to talk to {}: the server there runs as uid {}, not as this user                  (uid {ours}) or root; another user may have taken the socket's path",
+                socket.display(),
+                server.uid()
+            ),
+        });
+    }
     let broken = |e: hyper::Error| Failure {
         code: 1,
         message: format!("the control server at {} broke off: {e}", socket.display()),
@@ -235,6 +259,12 @@ async fn call(
         code: 1,
         message: format!("{status}: {message}"),
     })
+}
+
+/// Whether to talk to a control server that runs as `server`, this client
+/// running as `ours`: only to the same user, or to root.
+fn server_trusted(server: u32, ours: u32) -> bool {
+    server == ours || server == 0
 }
 
 async fn json(response: Response<Incoming>) -> Result<Value, Failure> {
@@ -377,6 +407,15 @@ mod tests {
             text.contains("bus on redis: NOT REACHABLE (7 failed commands)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn only_a_server_of_our_uid_or_root_is_trusted() {
+        assert!(server_trusted(1000, 1000));
+        assert!(server_trusted(0, 1000));
+        assert!(server_trusted(0, 0));
+        assert!(!server_trusted(1001, 1000));
+        assert!(!server_trusted(65534, 0));
     }
 
     #[test]
