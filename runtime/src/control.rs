@@ -15,6 +15,7 @@
 //! Errors are 4xx with `{"error": "..."}`.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -43,12 +44,23 @@ const MAX_BODY: usize = 4096;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the control server listens, from the builder.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct ControlConfig {
     /// `Some(false)`: off; `Some(true)`: on; `None`: on under `run` only.
     pub(crate) enabled: Option<bool>,
     pub(crate) path: Option<PathBuf>,
     pub(crate) tcp: Option<(SocketAddr, String)>,
+}
+
+/// Shows everything but the token.
+impl fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("enabled", &self.enabled)
+            .field("path", &self.path)
+            .field("tcp", &self.tcp.as_ref().map(|(addr, _)| (addr, "***")))
+            .finish()
+    }
 }
 
 /// The default socket path for a cluster named `name`:
@@ -565,6 +577,24 @@ mod tests {
         assert!(!same_token(b"secret-tokem", b"secret-token"));
         assert!(!same_token(b"secret", b"secret-token"));
         assert!(!same_token(b"", b"x"));
+    }
+
+    #[test]
+    fn the_token_is_not_shown() {
+        let config = ControlConfig {
+            enabled: Some(true),
+            path: None,
+            tcp: Some((
+                SocketAddr::from(([127, 0, 0, 1], 7000)),
+                "a-very-secret-token-123".to_owned(),
+            )),
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("a-very-secret-token-123"), "{shown}");
+        assert!(
+            shown.contains(r#"tcp: Some((127.0.0.1:7000, "***"))"#),
+            "{shown}"
+        );
     }
 
     #[test]
