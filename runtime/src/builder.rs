@@ -303,16 +303,38 @@ impl Builder {
     /// [`start`](Builder::start). The socket is
     /// [`default_control_socket`](crate::default_control_socket) of the
     /// cluster's name unless [`control_socket`](Builder::control_socket)
-    /// says otherwise. If another live cluster already answers on that
-    /// default path (two services that both keep the default name), this one
-    /// starts anyway, without a control server, and logs an error; an
-    /// explicit `control_socket` path that is taken is a start-up error.
+    /// says otherwise: `$XDG_RUNTIME_DIR/forkless-{name}.sock`, or else
+    /// `{temp dir}/forkless-{uid}/forkless-{name}.sock`, in a directory the
+    /// server creates with mode 0700 and uses only while it is a real
+    /// directory (not a symbolic link) owned by this uid with no group or
+    /// other permission bits. On that default path a problem does not stop
+    /// the cluster: if another live cluster already answers there (two
+    /// services that both keep the default name), the directory is not
+    /// private, or something other than a stale socket of ours is in the
+    /// way, this one starts anyway, without a control server, and logs an
+    /// error. On an explicit `control_socket` path any such problem is a
+    /// start-up error.
+    ///
+    /// Only processes of this uid or root reach the socket: its mode is
+    /// 0600 from its creation, and every connection's peer credentials are
+    /// checked (`SO_PEERCRED`); others are disconnected at once. At most 64
+    /// connections are served at once per listener.
     pub fn control(mut self, enabled: bool) -> Builder {
         self.control.enabled = Some(enabled);
         self
     }
 
-    /// Runs the control server on the Unix socket at `path`.
+    /// Runs the control server on the Unix socket at `path`, and turns it on.
+    ///
+    /// The socket file has mode 0600 from its creation (set before `bind`,
+    /// so under any umask), and only peers of this process's uid or root
+    /// are served (`SO_PEERCRED`). A file already at `path` is replaced only
+    /// if it is a socket of this uid that no cluster answers on; anything
+    /// else there (a regular file, a symbolic link, another user's socket,
+    /// a live cluster) is left intact, and [`start`](Builder::start) /
+    /// [`run`](Builder::run) fail with an error
+    /// ([`Error::is_config`](forkless_worker::Error::is_config)) that names `path` and
+    /// what is there. Choose a directory other users cannot write to.
     pub fn control_socket(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
         self.control.enabled = Some(true);
         self.control.path = Some(path.into());
@@ -320,7 +342,8 @@ impl Builder {
     }
 
     /// Also serves the control API on TCP at `addr` (keep it on loopback),
-    /// to clients that send `Authorization: Bearer <token>`; others get 401.
+    /// to clients that send `Authorization: Bearer <token>`; others get 401,
+    /// and their connection is closed.
     /// Turns the control server on.
     ///
     /// A token shorter than 16 bytes is refused at start: the TCP listener
