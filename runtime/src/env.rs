@@ -38,13 +38,22 @@ fn number<T: std::str::FromStr>(name: &str, value: &str, expected: &str) -> Resu
 }
 
 fn duration(name: &str, value: &str) -> Result<Duration, Error> {
-    humantime::parse_duration(value.trim()).map_err(|e| {
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
         bad(
             name,
             value,
             &format!("not a duration ({e}); write it like \"500ms\", \"5s\" or \"1m 30s\""),
         )
-    })
+    })?;
+    let max = crate::deadline::MAX_OPTION;
+    if d > max {
+        return Err(bad(
+            name,
+            value,
+            &format!("longer than the most a duration may be ({} days)", max.as_secs() / 86_400),
+        ));
+    }
+    Ok(d)
 }
 
 fn boolean(name: &str, value: &str) -> Result<bool, Error> {
@@ -213,6 +222,9 @@ mod tests {
             ("FORKLESS_RESTART", "sometimes"),
             ("FORKLESS_TASK_PANIC", "explode"),
             ("FORKLESS_BACKLOG", "1e3"),
+            ("FORKLESS_SHUTDOWN_TIMEOUT", "100years"),
+            ("FORKLESS_READY_TIMEOUT", "366days"),
+            ("FORKLESS_MAX_BACKOFF", "584942417355years"),
         ] {
             let e = with(&[(name, value)]).expect_err(name);
             assert!(e.is_config(), "{e:?}");
