@@ -151,9 +151,18 @@ impl Shared {
     }
 
     /// A generation has exited: the store and the bus take back what it held.
+    ///
+    /// Handing a lock on to its next waiter wakes that waiter's task, whose
+    /// waker is code of theirs: a panic there is caught here, so that the
+    /// master goes on with the exit (records it, respawns the slot).
     pub(crate) fn owner_exited(&self, slot: usize, generation: u64) {
-        self.store.owner_exited(slot, generation);
-        self.bus.owner_exited(Owner { slot, generation });
+        let what = "the clean-up after a worker's exit";
+        self.faults.caught("forkless-master", what, || {
+            self.store.owner_exited(slot, generation)
+        });
+        self.faults.caught("forkless-master", what, || {
+            self.bus.owner_exited(Owner { slot, generation })
+        });
     }
 
     /// A slot will not run again: a survivor accepts from its sockets (so

@@ -256,6 +256,8 @@ struct Live {
     deadline: Option<(Instant, Stage)>,
     /// The thread it runs on, free again once it has returned.
     thread: Thread,
+    /// Where a panic of a waker woken by its stop signal is counted.
+    faults: Arc<crate::guard::Faults>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,17 +267,30 @@ enum Stage {
 }
 
 impl Live {
+    /// Resolves its shutdown signal. That wakes the tasks that wait on it,
+    /// whose wakers are code of theirs: a panic there is caught, and the
+    /// master goes on.
+    fn signal_stop(&self) {
+        self.faults
+            .caught("forkless-master", "waking a worker to stop", || {
+                let _ = self.stop.send(true);
+            });
+    }
+
     fn ask_to_stop(&mut self, now: Instant, shutdown_timeout: Duration) {
-        let _ = self.stop.send(true);
+        self.signal_stop();
         if self.deadline.is_none() {
             self.deadline = Some((after(now, shutdown_timeout), Stage::Terminate));
         }
     }
 
     fn terminate(&mut self, now: Instant, terminate_timeout: Duration) {
-        let _ = self.stop.send(true);
+        self.signal_stop();
         if let Some(terminate) = self.terminate.take() {
-            let _ = terminate.send(());
+            self.faults
+                .caught("forkless-master", "terminating a worker", || {
+                    let _ = terminate.send(());
+                });
         }
         self.deadline = Some((after(now, terminate_timeout), Stage::Abandon));
     }
@@ -319,7 +334,12 @@ impl Master {
     /// reads the slot's inbox (a candidate that took the inbox before it was
     /// ready waited until now; one that fails never reads it).
     fn serve(&mut self, index: usize, live: Live) {
-        self.shared.bus.serve(index, live.generation);
+        let generation = live.generation;
+        self.shared
+            .faults
+            .caught("forkless-master", "handing a slot's inbox on", || {
+                self.shared.bus.serve(index, generation)
+            });
         self.slots[index].current = Some(live);
     }
 
@@ -744,6 +764,7 @@ impl Master {
             stalled: false,
             deadline: None,
             thread,
+            faults: self.shared.faults.clone(),
         })
     }
 
@@ -1069,7 +1090,7 @@ impl Master {
             );
             for slot in &mut self.slots {
                 for live in slot.lives_mut() {
-                    let _ = live.stop.send(true);
+                    live.signal_stop();
                 }
             }
             self.phase = Phase::Stopping {

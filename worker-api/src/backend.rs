@@ -213,8 +213,19 @@ impl Mailbox {
         // No claim yet: none may read until one is made.
         self.reading.store(claim.unwrap_or(0), SeqCst);
         self.serving.store(generation + 1, SeqCst);
-        for waker in readers.waiting.drain(..) {
-            waker.wake();
+        let waiting = std::mem::take(&mut readers.waiting);
+        drop(readers);
+        // A waker is its task's code: one that panics does not keep the
+        // others asleep, and its panic goes on to the caller afterwards.
+        let mut panicked = None;
+        for waker in waiting {
+            let woken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+            if let Err(payload) = woken {
+                panicked.get_or_insert(payload);
+            }
+        }
+        if let Some(payload) = panicked {
+            std::panic::resume_unwind(payload);
         }
     }
 
