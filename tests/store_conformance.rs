@@ -61,6 +61,8 @@ conformance_suite!(
     a_lock_leaked_by_a_worker_that_panics_is_freed,
     counters_from_workers_and_threads_at_once_end_exact,
     after_the_cluster_stops_every_operation_fails_and_nothing_hangs,
+    endless_waits_and_leases_work_and_zero_or_overlong_ones_are_refused,
+    max_keys_and_max_bytes_hold_or_are_refused,
 );
 
 fn get_set_del_incr_and_compare_and_swap(kind: Kind) {
@@ -510,4 +512,137 @@ fn after_the_cluster_stops_every_operation_fails_and_nothing_hangs(kind: Kind) {
         .is_stopped());
     let e = store.collection("new after stop").blocking().incr("n", 1);
     assert!(e.unwrap_err().is_stopped());
+}
+
+fn endless_waits_and_leases_work_and_zero_or_overlong_ones_are_refused(kind: Kind) {
+    let cluster = idle(kind);
+    let c = cluster.store().collection("endless");
+    let endless = LockOptions::new()
+        .lease(Duration::MAX)
+        .timeout(Duration::MAX);
+    let mut held = done(c.acquire_with("k", endless)).unwrap();
+    held.set("first");
+    // Behind the holder, waiting "forever" in two spellings, one after
+    // the other (the Redis store does not keep waiters in order).
+    let behind = Op::new(c.acquire_timeout("k", Duration::MAX)).pending("acquire_timeout(MAX)");
+    wait_for_lock_waits(&cluster, 1);
+    done(held.release()).unwrap();
+    let mut lock = behind.wait("the grant at release").unwrap();
+    assert_eq!(lock.get(), Some(Bytes::from("first")));
+    lock.set("second");
+    let last = Op::new(c.acquire_with("k", endless)).pending("acquire_with(endless)");
+    wait_for_lock_waits(&cluster, 2);
+    done(lock.release()).unwrap();
+    let lock = last.wait("the grant after that").unwrap();
+    assert_eq!(lock.get(), Some(Bytes::from("second")));
+    done(lock.release()).unwrap();
+
+    // A zero lease would take the lock back as it is granted: refused.
+    let e = done(c.acquire_with("k", LockOptions::new().lease(Duration::ZERO))).unwrap_err();
+    assert!(e.is_config() && e.to_string().contains("zero lease"), "{e}");
+    assert!(
+        done(c.try_acquire("k")).unwrap().is_some(),
+        "the refused acquire holds nothing"
+    );
+
+    // Collection durations: a year at most, each named when refused.
+    let year = Duration::from_secs(365 * 86_400);
+    done(c.configure(CollectionOptions {
+        expire_keys: Some(year),
+        max_hold: Some(year),
+        ..CollectionOptions::default()
+    }))
+    .unwrap();
+    done(c.set("k", "kept")).unwrap();
+    let lock = done(c.acquire("k")).unwrap();
+    done(lock.release()).unwrap();
+    assert_eq!(done(c.get("k")).unwrap(), Some(Bytes::from("kept")));
+    for (name, options) in [
+        (
+            "expire_keys",
+            CollectionOptions {
+                expire_keys: Some(Duration::MAX),
+                ..CollectionOptions::default()
+            },
+        ),
+        (
+            "max_hold",
+            CollectionOptions {
+                max_hold: Some(year + Duration::from_secs(1)),
+                ..CollectionOptions::default()
+            },
+        ),
+    ] {
+        let e = done(c.configure(options)).unwrap_err();
+        assert!(e.is_config() && e.to_string().contains(name), "{e}");
+    }
+    assert_eq!(c.options().max_hold, Some(year), "refused, nothing changed");
+    stop(cluster);
+}
+
+fn max_keys_and_max_bytes_hold_or_are_refused(kind: Kind) {
+    let cluster = idle(kind);
+    let c = cluster.store().collection("bounded").blocking();
+    let limited = |max_keys, max_bytes| CollectionOptions {
+        max_keys,
+        max_bytes,
+        ..CollectionOptions::default()
+    };
+    for bad in [limited(Some(0), None), limited(None, Some(0))] {
+        let e = c.configure(bad).unwrap_err();
+        assert!(e.is_config(), "{e}");
+    }
+    if let Err(e) = c.configure(limited(Some(2), None)) {
+        // The Redis backend cannot count keys that Redis expires: it says
+        // so, and points at Redis's own bound.
+        assert!(!matches!(kind, Kind::InProcess), "{e}");
+        assert!(e.is_config() && e.to_string().contains("maxmemory"), "{e}");
+        let e = c.configure(limited(None, Some(1 << 20))).unwrap_err();
+        assert!(e.is_config() && e.to_string().contains("max_bytes"), "{e}");
+        assert_eq!(c.options(), CollectionOptions::default());
+        stop(cluster);
+        return;
+    }
+    // max_keys: 2. A new key past it fails, whatever makes it.
+    c.set("a", "1").unwrap();
+    c.set("b", "2").unwrap();
+    let e = c.set("c", "3").unwrap_err();
+    assert!(e.is_full(), "{e:?}");
+    assert!(
+        e.to_string().contains("\"bounded\"") && e.to_string().contains("max_keys of 2"),
+        "{e}"
+    );
+    assert!(c.incr("c", 1).unwrap_err().is_full());
+    assert!(c
+        .compare_and_swap("c", None, Some("3".into()))
+        .unwrap_err()
+        .is_full());
+    let mut lock = c.acquire("c").unwrap();
+    lock.set("3");
+    assert!(lock.release_blocking().unwrap_err().is_full());
+    assert!(c.try_acquire("c").unwrap().is_some(), "the lock was freed");
+    assert_eq!(c.get("c").unwrap(), None, "nothing was committed");
+    // Old keys take any value; deletes always work and make room.
+    c.set("a", "a longer value").unwrap();
+    assert_eq!(c.incr("b", 40).unwrap(), 42);
+    assert!(c.del("a").unwrap());
+    c.set("c", "3").unwrap();
+    assert_eq!(c.len().unwrap(), 2);
+
+    // max_bytes: keys and values together.
+    let c = cluster.store().collection("bytes").blocking();
+    c.configure(limited(None, Some(10))).unwrap();
+    c.set("k1", "12345678").unwrap(); // 10 bytes
+    let e = c.set("k2", "").unwrap_err();
+    assert!(
+        e.is_full() && e.to_string().contains("max_bytes of 10"),
+        "{e}"
+    );
+    assert!(c.set("k1", "123456789").unwrap_err().is_full(), "grows");
+    c.set("k1", "1234").unwrap(); // 6 bytes: shrinking works
+    c.set("k2", "12").unwrap(); // 10 bytes again
+    assert!(c.incr("k2", 100).unwrap_err().is_full(), "12 + 100 grows");
+    assert_eq!(c.incr("k2", -2).unwrap(), 10, "the same size");
+    assert_eq!(c.get("k2").unwrap(), Some(Bytes::from("10")));
+    stop(cluster);
 }

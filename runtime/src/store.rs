@@ -11,10 +11,20 @@
 //! The cluster's timer thread ([`Clock`]) fires the store's timers: lock
 //! leases, acquire timeouts, and the sweeps that drop expired keys nobody
 //! reads (reads check expiry themselves, so a sweep only frees memory).
+//! Every deadline is made with [`deadline::from_now`], so that no duration a
+//! worker passes can overflow an `Instant` on the thread that grants a lock
+//! (which may be the master's, when a holder exits).
+//!
+//! What a collection's values hold (keys with a value, and their keys' and
+//! values' bytes) is counted in two collection-wide atomics, changed under
+//! the shard lock by each operation that changes a value: `max_keys` and
+//! `max_bytes` are checked against them in O(1). A key's queue is bounded
+//! ([`MAX_WAITERS`]) and pruned of the operations whose callers left as it
+//! grows, so that abandoned waiters do not pile up behind a lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -27,6 +37,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::StoreEngine;
 use crate::clock::{Clock, TimerKey};
+use crate::deadline;
 
 type Hasher = foldhash::fast::RandomState;
 type Answer = oneshot::Sender<Result<Outcome, Error>>;
@@ -37,6 +48,15 @@ const SHARDS: usize = 32;
 
 /// The longest pause between two sweeps of a collection with expiry.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most operations that wait behind one key's lock; one more fails with
+/// [`Error::is_full`].
+pub(crate) const MAX_WAITERS: usize = 65_536;
+
+/// A key's queue is swept of operations whose callers left at least every
+/// this many new arrivals (and every quarter of its length at the last
+/// sweep, whichever is more: amortised O(1) per arrival).
+const MIN_QUEUE_SWEEP: usize = 16;
 
 /// The store of one cluster.
 pub(crate) struct Engine {
@@ -67,6 +87,17 @@ struct Coll {
     sweeping: AtomicBool,
     hasher: Hasher,
     shards: Box<[Shard]>,
+    usage: Usage,
+}
+
+/// What a collection's values hold: the keys with a value, and the bytes of
+/// those keys and values. Changed only under the lock of the shard whose
+/// value changes, so the sums are exact; on a cache line of their own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Usage {
+    keys: AtomicUsize,
+    bytes: AtomicUsize,
 }
 
 /// A shard on a cache line of its own, so that two workers busy on two
@@ -93,6 +124,8 @@ struct Limits {
     max_key: usize,
     max_value: usize,
     max_hold: Option<Duration>,
+    max_keys: Option<usize>,
+    max_bytes: Option<usize>,
 }
 
 impl From<&CollectionOptions> for Limits {
@@ -102,6 +135,8 @@ impl From<&CollectionOptions> for Limits {
             max_key: o.max_key_size,
             max_value: o.max_value_size,
             max_hold: o.max_hold,
+            max_keys: o.max_keys,
+            max_bytes: o.max_bytes,
         }
     }
 }
@@ -118,6 +153,9 @@ struct Locked {
     owner: Option<Owner>,
     lease: Option<TimerKey>,
     queue: VecDeque<Queued>,
+    /// The queue's length at its last sweep, and the arrivals since.
+    swept: usize,
+    arrivals: usize,
 }
 
 /// An operation waiting for a lock to be released.
@@ -199,6 +237,8 @@ impl Engine {
                 // Dropping the queues closes their answer channels.
                 lock(&shard.0).map.clear();
             }
+            coll.usage.keys.store(0, Ordering::Relaxed);
+            coll.usage.bytes.store(0, Ordering::Relaxed);
         }
         self.collections
             .write()
@@ -275,6 +315,7 @@ impl Coll {
                 })
                 .collect(),
             options: Mutex::new(defaults),
+            usage: Usage::default(),
         })
     }
 
@@ -370,8 +411,13 @@ impl Coll {
             };
             expire = Some(ttl);
             let now = Instant::now();
-            data.map
-                .retain(|_, e| e.lock.is_some() || now.saturating_duration_since(e.touched) < ttl);
+            data.map.retain(|key, e| {
+                let keep = e.lock.is_some() || now.saturating_duration_since(e.touched) < ttl;
+                if !keep {
+                    self.forget_value(key, e.value.as_ref());
+                }
+                keep
+            });
         }
         match expire {
             Some(ttl) if !self.core.is_closed() => self.schedule_sweep(ttl),
@@ -382,7 +428,114 @@ impl Coll {
     fn schedule_sweep(&self, ttl: Duration) {
         let interval = (ttl / 2).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
         self.core
-            .schedule(Instant::now() + interval, self.arc(), TimerKind::Sweep);
+            .schedule(deadline::from_now(interval), self.arc(), TimerKind::Sweep);
+    }
+
+    /// Counts `key`'s value going from `old` to `new`, or refuses it with
+    /// [`Error::is_full`] (counting nothing) if that makes one key more than
+    /// `max_keys` or grows the collection past `max_bytes`. Call it under
+    /// the key's shard lock, and change the value only when it says yes.
+    fn account(
+        &self,
+        key: &str,
+        limits: &Limits,
+        old: Option<&Bytes>,
+        new: Option<&Bytes>,
+    ) -> Result<(), Error> {
+        let size = |v: Option<&Bytes>| v.map_or(0, |v| key.len() + v.len());
+        let (was, will) = (size(old), size(new));
+        let usage = &self.usage;
+        let added = old.is_none() && new.is_some();
+        if added && !reserve(&usage.keys, 1, limits.max_keys) {
+            let max = limits.max_keys.unwrap_or(usize::MAX);
+            return Err(Error::full(format!(
+                "collection {:?} is full: it holds its max_keys of {max} keys, so key {:?} \
+                 cannot be added (delete keys, or raise max_keys)",
+                self.name,
+                shorten(key)
+            )));
+        }
+        if will > was && !reserve(&usage.bytes, will - was, limits.max_bytes) {
+            if added {
+                usage.keys.fetch_sub(1, Ordering::Relaxed);
+            }
+            let max = limits.max_bytes.unwrap_or(usize::MAX);
+            return Err(Error::full(format!(
+                "collection {:?} is full: {} bytes more for key {:?} would take it past its \
+                 max_bytes of {max} bytes (it holds {}; delete keys, or raise max_bytes)",
+                self.name,
+                will - was,
+                shorten(key),
+                usage.bytes.load(Ordering::Relaxed)
+            )));
+        }
+        if will < was {
+            usage.bytes.fetch_sub(was - will, Ordering::Relaxed);
+        }
+        if old.is_some() && new.is_none() {
+            usage.keys.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Counts `key`'s value as gone.
+    fn forget_value(&self, key: &str, value: Option<&Bytes>) {
+        if let Some(v) = value {
+            self.usage.keys.fetch_sub(1, Ordering::Relaxed);
+            self.usage
+                .bytes
+                .fetch_sub(key.len() + v.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+impl Coll {
+    /// The counted usage: keys with a value, and their bytes.
+    fn usage(&self) -> (usize, usize) {
+        (
+            self.usage.keys.load(Ordering::Relaxed),
+            self.usage.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The usage counted key by key.
+    fn recount(&self) -> (usize, usize) {
+        let mut totals = (0, 0);
+        for shard in self.shards.iter() {
+            for (k, e) in &lock(&shard.0).map {
+                if let Some(v) = &e.value {
+                    totals.0 += 1;
+                    totals.1 += k.len() + v.len();
+                }
+            }
+        }
+        totals
+    }
+
+    /// How many operations wait behind `key`'s lock, callers gone or not.
+    fn queued(&self, key: &str) -> usize {
+        self.shard(key)
+            .map
+            .get(key)
+            .and_then(|e| e.lock.as_ref())
+            .map_or(0, |l| l.queue.len())
+    }
+}
+
+/// Adds `by` to `counter` unless the sum would be over `max`; returns
+/// whether it did.
+fn reserve(counter: &AtomicUsize, by: usize, max: Option<usize>) -> bool {
+    match max {
+        None => {
+            counter.fetch_add(by, Ordering::Relaxed);
+            true
+        }
+        Some(max) => counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                n.checked_add(by).filter(|&sum| sum <= max)
+            })
+            .is_ok(),
     }
 }
 
@@ -430,6 +583,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// Gives `e` the value `new`, counted in the collection's usage, unless
+    /// that would take the collection past its limits.
+    fn put(&self, e: &mut Entry, new: Option<Bytes>) -> Result<(), Error> {
+        self.coll
+            .account(self.key, &self.limits, e.value.as_ref(), new.as_ref())?;
+        e.value = new;
+        Ok(())
+    }
+
     fn expired(&self, e: &Entry) -> bool {
         match (self.limits.expire, self.now) {
             (Some(ttl), Some(now)) => {
@@ -449,11 +611,15 @@ impl Ctx<'_> {
                 Ok(Outcome::Value(e.value.clone()))
             }
             Op::Set(v) => {
-                e.value = Some(v);
+                self.put(e, Some(v))?;
                 self.touch(e);
                 Ok(Outcome::Done)
             }
-            Op::Del => Ok(Outcome::Removed(e.value.take().is_some())),
+            Op::Del => {
+                let existed = e.value.is_some();
+                self.put(e, None)?;
+                Ok(Outcome::Removed(existed))
+            }
             Op::Incr(by) => {
                 let current = match &e.value {
                     None => 0,
@@ -475,14 +641,14 @@ impl Ctx<'_> {
                         self.coll.name
                     ))
                 })?;
-                e.value = Some(Bytes::from(n.to_string()));
+                self.put(e, Some(Bytes::from(n.to_string())))?;
                 self.touch(e);
                 Ok(Outcome::Int(n))
             }
             Op::CompareAndSwap { expected, new } => {
                 let swap = e.value == expected;
                 if swap {
-                    e.value = new;
+                    self.put(e, new)?;
                 }
                 if e.value.is_some() {
                     self.touch(e);
@@ -514,7 +680,7 @@ impl Ctx<'_> {
         let token = self.coll.core.next_id();
         let lease = lease.or(self.limits.max_hold).map(|lease| {
             self.coll.core.schedule(
-                Instant::now() + lease,
+                deadline::from_now(lease),
                 self.coll.arc(),
                 TimerKind::Lease {
                     key: self.key.into(),
@@ -527,6 +693,8 @@ impl Ctx<'_> {
             owner,
             lease,
             queue,
+            swept: 0,
+            arrivals: 0,
         }));
         *self.locks += 1;
         Grant {
@@ -612,7 +780,7 @@ impl CollectionBackend for Coll {
                     return self.enqueue(locked, owner, key, op);
                 }
                 if ctx.expired(entry) {
-                    entry.value = None;
+                    self.forget_value(key, entry.value.take().as_ref());
                 }
                 let result = ctx.apply(entry, owner, op);
                 if entry.is_empty() {
@@ -651,13 +819,20 @@ impl CollectionBackend for Coll {
         }
         let mut result = Ok(Outcome::Done);
         if let Some(entry) = data.map.get_mut(key) {
-            match change {
-                Change::Keep => {}
+            let new = match change {
+                Change::Keep => None,
                 Change::Set(v) if v.len() > data.limits.max_value => {
                     result = Err(self.too_large("a value", v.len(), data.limits.max_value, key));
+                    None
                 }
-                Change::Set(v) => entry.value = Some(v),
-                Change::Del => entry.value = None,
+                Change::Set(v) => Some(Some(v)),
+                Change::Del => Some(None),
+            };
+            if let Some(new) = new {
+                match self.account(key, &data.limits, entry.value.as_ref(), new.as_ref()) {
+                    Ok(()) => entry.value = new,
+                    Err(e) => result = Err(e),
+                }
             }
         }
         take_lock(self, data, key, Some(token));
@@ -726,11 +901,20 @@ impl Coll {
             } => Some(d),
             _ => None,
         };
+        self.prune(locked);
+        if locked.queue.len() >= MAX_WAITERS {
+            return Reply::Ready(Err(Error::full(format!(
+                "{MAX_WAITERS} operations already wait behind the lock on key {:?} in \
+                 collection {:?}",
+                shorten(key),
+                self.name
+            ))));
+        }
         let (answer, rx) = oneshot::channel();
         let id = self.core.next_id();
         let timeout = timeout.map(|d| {
             self.core.schedule(
-                Instant::now() + d,
+                deadline::from_now(d),
                 self.arc(),
                 TimerKind::WaitTimeout {
                     key: key.into(),
@@ -746,6 +930,41 @@ impl Coll {
             answer,
         });
         Reply::Later(rx)
+    }
+
+    /// Drops the operations whose callers left (their answer's receiver is
+    /// gone) from `locked`'s queue, with their timers, before one more
+    /// arrives: at both ends every time, and all along the queue every
+    /// [`MIN_QUEUE_SWEEP`] arrivals or a quarter of its length, whichever is
+    /// more.
+    fn prune(&self, locked: &mut Locked) {
+        let queue = &mut locked.queue;
+        while let Some(q) = queue.pop_back() {
+            if !q.answer.is_closed() {
+                queue.push_back(q);
+                break;
+            }
+            self.core.cancel(q.timeout);
+        }
+        while let Some(q) = queue.pop_front() {
+            if !q.answer.is_closed() {
+                queue.push_front(q);
+                break;
+            }
+            self.core.cancel(q.timeout);
+        }
+        locked.arrivals += 1;
+        if locked.arrivals >= (locked.swept / 4).max(MIN_QUEUE_SWEEP) {
+            queue.retain(|q| {
+                let live = !q.answer.is_closed();
+                if !live {
+                    self.core.cancel(q.timeout);
+                }
+                live
+            });
+            locked.swept = queue.len();
+            locked.arrivals = 0;
+        }
     }
 }
 
@@ -806,7 +1025,8 @@ pub(crate) fn check_sizes(
     }
 }
 
-/// Refuses options out of range.
+/// Refuses options out of range: zero durations and sizes, and durations
+/// over [`deadline::MAX_OPTION`].
 pub(crate) fn check_options(collection: &str, options: &CollectionOptions) -> Result<(), Error> {
     let bad = |what: &str| {
         Err(Error::config(format!(
@@ -821,6 +1041,16 @@ pub(crate) fn check_options(collection: &str, options: &CollectionOptions) -> Re
     }
     if options.max_key_size == 0 || options.max_value_size == 0 {
         return bad("max_key_size and max_value_size must be at least 1");
+    }
+    if options.max_keys == Some(0) || options.max_bytes == Some(0) {
+        return bad("max_keys and max_bytes must be at least 1; use None for no limit");
+    }
+    let named = |what: &str| format!("collection {collection:?}: {what}");
+    if let Some(d) = options.expire_keys {
+        deadline::check_option(&named("expire_keys"), d)?;
+    }
+    if let Some(d) = options.max_hold {
+        deadline::check_option(&named("max_hold"), d)?;
     }
     Ok(())
 }
@@ -905,6 +1135,314 @@ mod tests {
         assert!(matches!(ready(c.count()), Outcome::Count(0)));
         engine.close();
         assert!(matches!(c.count(), Reply::Ready(Err(e)) if e.is_stopped()));
+        clock.stop();
+    }
+
+    fn coll(engine: &Engine, name: &str) -> Arc<Coll> {
+        named(&engine.collections, name, || {
+            Coll::new(name, engine.core.clone())
+        })
+    }
+
+    fn acquire(wait: Wait, lease: Option<Duration>) -> Op {
+        Op::Acquire { wait, lease }
+    }
+
+    fn later(reply: Reply) -> oneshot::Receiver<Result<Outcome, Error>> {
+        match reply {
+            Reply::Later(rx) => rx,
+            _ => panic!("expected to wait"),
+        }
+    }
+
+    fn granted(rx: &mut oneshot::Receiver<Result<Outcome, Error>>) -> u64 {
+        match rx.try_recv() {
+            Ok(Ok(outcome)) => token(outcome),
+            other => panic!("expected the grant: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn huge_leases_and_timeouts_saturate_instead_of_panicking() {
+        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let engine = Engine::new(clock.clone());
+        let c = coll(&engine, "huge");
+        let max = Some(Duration::MAX);
+        let owner = Some(Owner {
+            slot: 0,
+            generation: 0,
+        });
+        let first = token(ready(c.op(owner, "k", acquire(Wait::Forever, max))));
+        let mut second = later(c.op(None, "k", acquire(Wait::For(Duration::MAX), max)));
+        let mut third = later(c.op(None, "k", acquire(Wait::For(Duration::MAX), max)));
+        // The holder's worker exits: the grant to the next in line runs
+        // here, as it does on the master thread.
+        engine.owner_exited(0, 0);
+        let second = granted(&mut second);
+        assert!(matches!(
+            c.release("k", first, Change::Keep),
+            Reply::Ready(Err(e)) if e.is_lock_lost()
+        ));
+        ready(c.release("k", second, Change::Set(Bytes::from("v"))));
+        let third = granted(&mut third);
+        ready(c.release("k", third, Change::Keep));
+        assert_eq!(pending_timers(&engine), 0, "every far timer was cancelled");
+
+        // A collection whose max_hold and expiry are at the maximum.
+        let options = CollectionOptions {
+            expire_keys: Some(deadline::MAX_OPTION),
+            max_hold: Some(deadline::MAX_OPTION),
+            ..CollectionOptions::default()
+        };
+        ready(c.configure(&options));
+        let t = token(ready(c.op(None, "k", acquire(Wait::Forever, None))));
+        ready(c.release("k", t, Change::Keep));
+        assert!(matches!(
+            ready(c.op(None, "k", Op::Get)),
+            Outcome::Value(Some(_))
+        ));
+        for over in [
+            CollectionOptions {
+                expire_keys: Some(Duration::MAX),
+                ..CollectionOptions::default()
+            },
+            CollectionOptions {
+                max_hold: Some(deadline::MAX_OPTION + Duration::from_secs(1)),
+                ..CollectionOptions::default()
+            },
+        ] {
+            let Reply::Ready(Err(e)) = c.configure(&over) else {
+                panic!("accepted {over:?}");
+            };
+            let name = if over.expire_keys.is_some() {
+                "expire_keys"
+            } else {
+                "max_hold"
+            };
+            assert!(e.is_config() && e.to_string().contains(name), "{e}");
+        }
+        assert_eq!(c.options(), options, "a refused configure changes nothing");
+        engine.close();
+        clock.stop();
+    }
+
+    /// A tiny deterministic generator for the table of random operations.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+
+        /// A value of 0 to 19 bytes.
+        fn value(&mut self) -> Bytes {
+            Bytes::from("x".repeat(self.below(20) as usize))
+        }
+    }
+
+    #[test]
+    fn usage_stays_exact_through_every_kind_of_change() {
+        // A stopped clock fires nothing: the test fires leases and sweeps
+        // itself, so that nothing changes between two counts.
+        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        clock.stop();
+        let engine = Engine::new(clock);
+        for (seed, limited) in [(1u64, false), (7, true), (42, true), (1234, false)] {
+            let c = coll(&engine, &format!("usage {seed}"));
+            let (max_keys, max_bytes) = (5, 80);
+            if limited {
+                ready(c.configure(&CollectionOptions {
+                    max_keys: Some(max_keys),
+                    max_bytes: Some(max_bytes),
+                    ..CollectionOptions::default()
+                }));
+            }
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let mut held: Vec<(String, u64)> = Vec::new();
+            let mut waiting = Vec::new();
+            let mut full = 0;
+            for step in 0..4000 {
+                let key = format!("key{}", rng.below(9));
+                let op = match rng.below(12) {
+                    0 => Op::Get,
+                    1 | 2 => Op::Set(rng.value()),
+                    3 => Op::Del,
+                    4 => Op::Incr(rng.below(2000) as i64 - 1000),
+                    5 => {
+                        let expected = match c.op(None, &key, Op::Get) {
+                            Reply::Ready(Ok(Outcome::Value(v))) if rng.below(3) > 0 => v,
+                            _ => None,
+                        };
+                        let new = if rng.below(4) == 0 {
+                            None
+                        } else {
+                            Some(rng.value())
+                        };
+                        Op::CompareAndSwap { expected, new }
+                    }
+                    6 | 7 => acquire(Wait::No, None),
+                    _ => {
+                        if !held.is_empty() {
+                            let (key, t) = held.swap_remove(rng.below(held.len() as u64) as usize);
+                            let change = match rng.below(4) {
+                                0 => Change::Keep,
+                                1 => Change::Del,
+                                _ => Change::Set(rng.value()),
+                            };
+                            let reply = if rng.below(5) == 0 {
+                                // The lease runs out instead.
+                                c.fire(TimerKind::Lease {
+                                    key: key.as_str().into(),
+                                    token: t,
+                                });
+                                Reply::Ready(Ok(Outcome::Done))
+                            } else {
+                                c.release(&key, t, change)
+                            };
+                            if let Reply::Ready(Err(e)) = reply {
+                                assert!(e.is_full(), "{e}");
+                                full += 1;
+                            }
+                        }
+                        if step % 500 == 250 {
+                            // Expiry on for a while: keys idle 1 ms expire,
+                            // on a read or in a sweep.
+                            let mut o = c.options();
+                            o.expire_keys = o.expire_keys.xor(Some(Duration::from_millis(1)));
+                            ready(c.configure(&o));
+                            std::thread::sleep(Duration::from_millis(2));
+                            // Some expired keys are read (and dropped)
+                            // first, the sweep drops the rest.
+                            for k in 0..5 {
+                                drop(c.op(None, &format!("key{k}"), Op::Get));
+                                assert_eq!(c.usage(), c.recount(), "seed {seed}, read {k}");
+                            }
+                            c.sweep();
+                        }
+                        assert_eq!(c.usage(), c.recount(), "seed {seed}, step {step}");
+                        continue;
+                    }
+                };
+                let is_acquire = matches!(op, Op::Acquire { .. });
+                match c.op(None, &key, op) {
+                    Reply::Ready(Ok(Outcome::Granted(g))) => held.push((key, g.token)),
+                    Reply::Ready(Err(e)) if e.is_full() => full += 1,
+                    Reply::Ready(_) => {}
+                    Reply::Later(rx) => {
+                        assert!(!is_acquire, "try-acquire never waits");
+                        // Some callers stay, some leave.
+                        if rng.below(2) == 0 {
+                            waiting.push(rx);
+                        }
+                    }
+                    Reply::Future(_) => panic!("the engine answers now or later"),
+                }
+                assert_eq!(c.usage(), c.recount(), "seed {seed}, step {step}");
+                if limited {
+                    let (keys, bytes) = c.usage();
+                    assert!(
+                        keys <= max_keys && bytes <= max_bytes,
+                        "{keys} keys, {bytes} B"
+                    );
+                }
+            }
+            for (key, t) in held.drain(..) {
+                drop(c.release(&key, t, Change::Set(Bytes::from("last"))));
+            }
+            assert_eq!(c.usage(), c.recount(), "seed {seed}, at the end");
+            assert_eq!(
+                limited,
+                full > 0,
+                "seed {seed}: {full} operations were refused"
+            );
+            drop(waiting);
+        }
+        engine.close();
+    }
+
+    #[test]
+    fn waiters_whose_callers_left_are_pruned_with_their_timers() {
+        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let engine = Engine::new(clock.clone());
+        let c = coll(&engine, "abandoned");
+        let hour = Duration::from_secs(3600);
+        let held = token(ready(c.op(None, "k", acquire(Wait::Forever, None))));
+        let mut live = later(c.op(None, "k", acquire(Wait::For(hour), None)));
+        // Started and dropped one by one: gets, and acquires with timers.
+        for i in 0..10_000 {
+            let op = if i % 2 == 0 {
+                Op::Get
+            } else {
+                acquire(Wait::For(hour), None)
+            };
+            drop(later(c.op(None, "k", op)));
+            assert!(c.queued("k") <= 2, "{} queued at {i}", c.queued("k"));
+        }
+        assert!(pending_timers(&engine) <= 2, "{}", pending_timers(&engine));
+        // Started together, every other one dropped: the ones left behind
+        // in the middle of the queue go in the sweeps.
+        let mut kept = Vec::new();
+        for _ in 0..5_000 {
+            let gone = later(c.op(None, "k", acquire(Wait::For(hour), None)));
+            kept.push(later(c.op(None, "k", Op::Get)));
+            drop(gone);
+        }
+        let queued = c.queued("k");
+        assert!(
+            queued <= 5_001 + 5_001 / 4 + 16,
+            "{queued} queued for 5,001 live"
+        );
+        assert!(pending_timers(&engine) <= 1 + queued - 5_001);
+        drop(kept);
+        // The next arrival finds them all gone from the back.
+        let mut last = later(c.op(None, "k", Op::Get));
+        assert_eq!(c.queued("k"), 2, "the first live waiter and the last");
+        assert_eq!(pending_timers(&engine), 1, "the live waiter's timeout");
+        ready(c.release("k", held, Change::Set(Bytes::from("v"))));
+        let next = granted(&mut live);
+        assert!(last.try_recv().is_err(), "waits behind the grant");
+        ready(c.release("k", next, Change::Keep));
+        assert!(matches!(last.try_recv(), Ok(Ok(Outcome::Value(Some(_))))));
+        assert_eq!(pending_timers(&engine), 0);
+        engine.close();
+        clock.stop();
+    }
+
+    #[test]
+    fn a_key_has_room_for_max_waiters_and_says_full_past_it() {
+        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let engine = Engine::new(clock.clone());
+        let c = coll(&engine, "crowded");
+        let held = token(ready(c.op(None, "k", acquire(Wait::Forever, None))));
+        let mut waiting: Vec<_> = (0..MAX_WAITERS)
+            .map(|_| later(c.op(None, "k", Op::Get)))
+            .collect();
+        let Reply::Ready(Err(e)) = c.op(None, "k", Op::Get) else {
+            panic!("one waiter too many was queued");
+        };
+        assert!(e.is_full() && e.to_string().contains("\"crowded\""), "{e}");
+        // Room again once callers leave, wherever they were in the line.
+        waiting.swap_remove(MAX_WAITERS / 2);
+        let mut tries = 0;
+        let last = loop {
+            tries += 1;
+            if let Reply::Later(rx) = c.op(None, "k", Op::Get) {
+                break rx;
+            }
+            assert!(
+                tries <= MAX_WAITERS / 4 + 1,
+                "still full after {tries} tries"
+            );
+        };
+        waiting.push(last);
+        ready(c.release("k", held, Change::Keep));
+        for mut rx in waiting {
+            assert!(matches!(rx.try_recv(), Ok(Ok(Outcome::Value(None)))));
+        }
+        engine.close();
         clock.stop();
     }
 

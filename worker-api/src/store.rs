@@ -81,12 +81,45 @@ impl fmt::Debug for Store {
 /// };
 /// # drop(options);
 /// ```
+///
+/// # Limits
+///
+/// | option | default | maximum | over it |
+/// |---|---|---|---|
+/// | [`expire_keys`](Self::expire_keys) | none | 365 days | refused by `configure` |
+/// | [`max_hold`](Self::max_hold) | none | 365 days | refused by `configure` |
+/// | [`max_key_size`](Self::max_key_size) | 4 KiB | | the operation fails, [`Error::is_too_large`] |
+/// | [`max_value_size`](Self::max_value_size) | 1 MiB | | the operation fails, [`Error::is_too_large`] |
+/// | [`max_keys`](Self::max_keys) | none | | a new key fails, [`Error::is_full`] |
+/// | [`max_bytes`](Self::max_bytes) | none | | growing fails, [`Error::is_full`] |
+///
+/// Zero durations and zero sizes are refused by
+/// [`configure`](Collection::configure) with [`Error::is_config`]. A store
+/// that anonymous clients can fill (sessions, caches, rate limits keyed by
+/// address) should have `expire_keys` and `max_keys` or `max_bytes`:
+///
+/// ```
+/// use std::time::Duration;
+/// use forkless_worker::CollectionOptions;
+///
+/// let bounded = CollectionOptions {
+///     expire_keys: Some(Duration::from_secs(3600)),
+///     max_keys: Some(100_000),
+///     max_bytes: Some(256 * 1024 * 1024),
+///     ..CollectionOptions::default()
+/// };
+/// # drop(bounded);
+/// ```
+///
+/// The Redis backend refuses `max_keys` and `max_bytes` (its keys expire
+/// inside Redis, where the store cannot count them): bound a Redis store
+/// with Redis's own `maxmemory`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectionOptions {
     /// Remove a key this long after its last access (a get, set, incr,
     /// compare-and-swap, or the release of its lock). A locked key, or one
     /// with operations waiting on it, does not expire. `None` (the default):
-    /// keys stay until deleted.
+    /// keys stay until deleted. At most 365 days.
     pub expire_keys: Option<Duration>,
     /// The longest key, in bytes (default 4 KiB). A longer one is an error.
     pub max_key_size: usize,
@@ -96,8 +129,45 @@ pub struct CollectionOptions {
     /// [`LockOptions::lease`] says otherwise. When it runs out, the store
     /// takes the lock back and the next waiter gets it; the late holder's
     /// [`release`](KeyLock::release) fails and commits nothing. `None` (the
-    /// default): no limit.
+    /// default): no limit. At most 365 days.
     pub max_hold: Option<Duration>,
+    /// The most keys with a value the collection holds. An operation that
+    /// would give a value to one key more (a set, incr or compare-and-swap
+    /// on a new key, or the release of a lock that sets one) fails with
+    /// [`Error::is_full`], and changes nothing; a failed release still
+    /// frees its lock. Writes to keys that hold a value, and deletes,
+    /// always work. `None` (the default): no limit. Not on the Redis
+    /// backend.
+    ///
+    /// ```
+    /// use forkless_worker::CollectionOptions;
+    ///
+    /// // At most a million sessions, whoever asks for them.
+    /// let sessions = CollectionOptions {
+    ///     max_keys: Some(1_000_000),
+    ///     ..CollectionOptions::default()
+    /// };
+    /// # drop(sessions);
+    /// ```
+    pub max_keys: Option<usize>,
+    /// The most bytes the collection's keys and values hold together (the
+    /// key's length plus the value's, for each key with a value; the store's
+    /// own bookkeeping is not counted). An operation that would grow the
+    /// collection past it fails with [`Error::is_full`] and changes nothing.
+    /// Deletes, and writes that do not grow the collection, always work.
+    /// `None` (the default): no limit. Not on the Redis backend.
+    ///
+    /// ```
+    /// use forkless_worker::CollectionOptions;
+    ///
+    /// // A cache of at most 64 MiB of keys and values.
+    /// let cache = CollectionOptions {
+    ///     max_bytes: Some(64 * 1024 * 1024),
+    ///     ..CollectionOptions::default()
+    /// };
+    /// # drop(cache);
+    /// ```
+    pub max_bytes: Option<usize>,
 }
 
 impl CollectionOptions {
@@ -114,6 +184,8 @@ impl Default for CollectionOptions {
             max_key_size: CollectionOptions::DEFAULT_MAX_KEY_SIZE,
             max_value_size: CollectionOptions::DEFAULT_MAX_VALUE_SIZE,
             max_hold: None,
+            max_keys: None,
+            max_bytes: None,
         }
     }
 }
@@ -133,14 +205,36 @@ impl LockOptions {
     }
 
     /// Gives up waiting after `timeout` with an error for which
-    /// [`Error::is_timeout`] is true.
+    /// [`Error::is_timeout`] is true. A zero timeout does not wait (as
+    /// [`Collection::try_acquire`]); a huge one, up to `Duration::MAX`, waits
+    /// as long as it takes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use forkless_worker::LockOptions;
+    ///
+    /// let options = LockOptions::new().timeout(Duration::from_millis(250));
+    /// # let _ = options;
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> LockOptions {
         self.timeout = Some(timeout);
         self
     }
 
     /// Lets the store take the lock back `lease` after it was granted (see
-    /// [`CollectionOptions::max_hold`]).
+    /// [`CollectionOptions::max_hold`]). A huge lease, up to
+    /// `Duration::MAX`, is never taken back in practice (the store counts
+    /// it as thirty years). A zero lease is refused: the acquire fails with
+    /// [`Error::is_config`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use forkless_worker::LockOptions;
+    ///
+    /// // Held for at most 5 s, whatever happens to the holder.
+    /// let options = LockOptions::new().lease(Duration::from_secs(5));
+    /// # let _ = options;
+    /// ```
     pub fn lease(mut self, lease: Duration) -> LockOptions {
         self.lease = Some(lease);
         self
@@ -188,8 +282,23 @@ impl Collection {
     ///
     /// # Errors
     ///
-    /// A zero duration or a zero size limit is refused
-    /// ([`Error::is_config`]); so is any call once the cluster stopped.
+    /// A zero duration or a zero size limit, a duration over 365 days, and
+    /// on the Redis backend `max_keys` or `max_bytes`, are refused
+    /// ([`Error::is_config`], naming the option); once the cluster stopped,
+    /// every call fails ([`Error::is_stopped`]).
+    ///
+    /// ```no_run
+    /// # async fn f(c: forkless_worker::Collection) -> Result<(), forkless_worker::Error> {
+    /// use forkless_worker::CollectionOptions;
+    ///
+    /// c.configure(CollectionOptions {
+    ///     max_keys: Some(10_000),
+    ///     ..c.options()
+    /// })
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn configure(&self, options: CollectionOptions) -> Result<(), Error> {
         done(resolve(self.inner.configure(&options)).await?)
     }
@@ -223,7 +332,9 @@ impl Collection {
     /// # Errors
     ///
     /// [`Error::is_too_large`] if the key or value is over the collection's
-    /// limits.
+    /// limits; [`Error::is_full`] if the key is new and the collection holds
+    /// [`max_keys`](CollectionOptions::max_keys), or the value would grow it
+    /// past [`max_bytes`](CollectionOptions::max_bytes).
     pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<(), Error> {
         done(self.run(key, Op::Set(value.into())).await?)
     }
@@ -249,7 +360,7 @@ impl Collection {
     /// # Errors
     ///
     /// [`Error::is_invalid_value`] if the value is not a decimal `i64`, or
-    /// the sum overflows.
+    /// the sum overflows; [`Error::is_full`] as for [`set`](Collection::set).
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64, Error> {
         match self.run(key, Op::Incr(by)).await? {
             Outcome::Int(n) => Ok(n),
@@ -259,6 +370,11 @@ impl Collection {
 
     /// Sets `key` to `new` if its value is `current` (`None` on both sides
     /// meaning no value), atomically; returns whether it did.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_full`] as for [`set`](Collection::set), when the swap
+    /// would be made.
     ///
     /// ```no_run
     /// # async fn f(c: forkless_worker::Collection) -> Result<(), forkless_worker::Error> {
@@ -314,6 +430,11 @@ impl Collection {
     }
 
     /// Locks `key` with a timeout for the wait and a lease for the holding.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_timeout`] if the lock did not come in time;
+    /// [`Error::is_config`] for a zero lease.
     pub async fn acquire_with(&self, key: &str, options: LockOptions) -> Result<KeyLock, Error> {
         let wait = options.timeout.map_or(Wait::Forever, Wait::For);
         match self.lock(key, wait, options.lease).await? {
@@ -364,6 +485,13 @@ impl Collection {
         lease: Option<Duration>,
     ) -> Result<Option<KeyLock>, Error> {
         tokio::task::consume_budget().await;
+        if lease == Some(Duration::ZERO) {
+            return Err(Error::config(format!(
+                "a lock on key {key:?} in collection {:?}: a zero lease would take the lock \
+                 back as it is granted; give a longer one, or none",
+                self.name()
+            )));
+        }
         let outcome = match self.inner.op(self.owner, key, Op::Acquire { wait, lease }) {
             Reply::Ready(result) => result?,
             Reply::Later(rx) => {
@@ -486,8 +614,10 @@ impl KeyLock {
     ///
     /// [`Error::is_lock_lost`] if the store took the lock back first (its
     /// lease ran out): nothing is committed. [`Error::is_too_large`] if the
-    /// new value is over the collection's limit: the lock is released and
-    /// nothing is committed.
+    /// new value is over the collection's limit, and [`Error::is_full`] if
+    /// it would create a key past [`CollectionOptions::max_keys`] or grow
+    /// the collection past [`CollectionOptions::max_bytes`]: either way the
+    /// lock is released and nothing is committed.
     pub async fn release(mut self) -> Result<(), Error> {
         tokio::task::consume_budget().await;
         done(resolve(self.take_release()).await?)

@@ -4,6 +4,13 @@
 //! A collection's keys are `{prefix}:s:{len}:{name}:v:{key}` (the value) and
 //! `...:l:{key}` (the lock, holding its token, with a lease). The name's
 //! length keeps two collections apart whatever their names hold.
+//!
+//! Durations a worker passes (leases, timeouts, times to live) become
+//! deadlines with [`deadline::from_now`] and Redis milliseconds with
+//! [`millis`], both saturating at [`deadline::FAR`]: Redis is never sent a
+//! `PX` it refuses. `max_keys` and `max_bytes` are refused: Redis expires
+//! keys by itself, so the store cannot count them exactly; bound a Redis
+//! store with Redis's `maxmemory`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +28,7 @@ use tokio::task::AbortHandle;
 
 use super::{follow, glob_escape, Follow, Link, RedisConfig, Via};
 use crate::backend::StoreEngine;
+use crate::deadline;
 use crate::store::{check_options, check_sizes, lock_lost, named, shorten, too_large, Exits};
 
 /// The longest pause between two looks at a locked key. A release wakes
@@ -425,7 +433,7 @@ impl RColl {
         let deadline = match &op {
             Op::Acquire {
                 wait: Wait::For(d), ..
-            } => Some(Instant::now() + *d),
+            } => Some(deadline::from_now(*d)),
             _ => None,
         };
         let mut waiter = None;
@@ -728,6 +736,13 @@ impl CollectionBackend for RColl {
         if let Err(e) = check_options(&self.name, options) {
             return Reply::Ready(Err(e));
         }
+        if options.max_keys.is_some() || options.max_bytes.is_some() {
+            return Reply::Ready(Err(Error::config(format!(
+                "collection {:?}: max_keys and max_bytes are not supported on the Redis \
+                 backend: use Redis's maxmemory (got {options:?})",
+                self.name
+            ))));
+        }
         *lock(&self.options) = options.clone();
         Reply::Ready(Ok(Outcome::Done))
     }
@@ -800,9 +815,13 @@ impl CollectionBackend for RColl {
     }
 }
 
-/// A duration in whole milliseconds, at least 1.
+/// A duration in whole milliseconds as Redis takes them in `PX` and
+/// `PEXPIRE`: at least 1, at most [`deadline::FAR`] (Redis refuses a time
+/// to live whose end overflows its clock).
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(d.min(deadline::FAR).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// A random identity for this process's lock tokens.
@@ -848,5 +867,23 @@ fn bytes_of(v: Value) -> Result<Bytes, Error> {
         Value::BulkString(b) => Ok(Bytes::from(b)),
         Value::SimpleString(s) => Ok(Bytes::from(s)),
         other => Err(malformed(&other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_are_what_redis_accepts_in_px() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_micros(1500)), 1);
+        assert_eq!(millis(Duration::from_secs(2)), 2000);
+        let far = u64::try_from(deadline::FAR.as_millis()).expect("fits");
+        assert_eq!(millis(deadline::FAR), far);
+        assert_eq!(millis(Duration::MAX), far, "saturates, never u64::MAX");
+        // Redis refuses a PX whose end, from its clock in ms, overflows an
+        // i64: thirty years from now is far from that.
+        assert!(far < (i64::MAX as u64) / 2);
     }
 }
