@@ -42,6 +42,10 @@ use crate::deadline;
 type Hasher = foldhash::fast::RandomState;
 type Answer = oneshot::Sender<Result<Outcome, Error>>;
 
+/// A panic caught while a waiter was answered, raised again once the shard
+/// is consistent.
+type Panic = Box<dyn std::any::Any + Send>;
+
 /// Shards per collection: enough that workers on different keys rarely meet
 /// on a mutex.
 const SHARDS: usize = 32;
@@ -174,6 +178,8 @@ struct Ctx<'a> {
     limits: Limits,
     now: Option<Instant>,
     locks: &'a mut usize,
+    /// The first panic of a waker woken by an answer (see [`deliver`]).
+    panicked: Option<Panic>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -223,9 +229,14 @@ impl Engine {
     pub(crate) fn owner_exited(&self, slot: usize, generation: u64) {
         self.core.exits.record(slot, generation);
         let owner = Owner { slot, generation };
+        let mut panicked = None;
         for coll in self.collections() {
-            coll.release_owner(owner);
+            let p = coll.release_owner(owner);
+            panicked = panicked.or(p);
         }
+        // A waiter's waker panicked: raised now that every lock is back,
+        // for the master's guard to count.
+        raise(panicked);
     }
 
     /// Closes the store: every waiting operation and every later one fails
@@ -347,8 +358,10 @@ impl Coll {
         check_sizes(&self.name, key, op, limits.max_key, limits.max_value)
     }
 
-    /// Takes back the locks held by `owner`.
-    fn release_owner(&self, owner: Owner) {
+    /// Takes back the locks held by `owner`; returns the first panic of a
+    /// waker woken on the way, after every lock is back.
+    fn release_owner(&self, owner: Owner) -> Option<Panic> {
+        let mut panicked = None;
         for shard in self.shards.iter() {
             let mut data = lock(&shard.0);
             if data.locks == 0 {
@@ -368,22 +381,26 @@ impl Coll {
                     generation = owner.generation,
                     "released a lock held by a worker that exited"
                 );
-                take_lock(self, &mut data, &key, None);
+                take_lock(self, &mut data, &key, None, &mut panicked);
             }
         }
+        panicked
     }
 
     fn fire(&self, kind: TimerKind) {
         match kind {
             TimerKind::Lease { key, token } => {
                 let mut data = self.shard(&key);
-                if take_lock(self, &mut data, &key, Some(token)) {
+                let mut panicked = None;
+                if take_lock(self, &mut data, &key, Some(token), &mut panicked) {
                     tracing::warn!(
                         collection = %self.name,
                         key = %shorten(&key),
                         "a lock's lease ran out; the store took it back"
                     );
                 }
+                drop(data);
+                raise(panicked);
             }
             TimerKind::WaitTimeout { key, waiter } => {
                 let mut data = self.shard(&key);
@@ -541,8 +558,16 @@ fn reserve(counter: &AtomicUsize, by: usize, max: Option<usize>) -> bool {
 
 /// Releases the lock on `key` (if `token` is given, only if it is held with
 /// that token) without committing anything, and lets the queue behind it run.
-/// Returns whether a lock was released.
-fn take_lock(coll: &Coll, data: &mut ShardData, key: &str, token: Option<u64>) -> bool {
+/// Returns whether a lock was released. A waiter's waker that panics as it
+/// is answered leaves its panic in `panicked` (the first one only), for the
+/// caller to raise once it let go of the shard.
+fn take_lock(
+    coll: &Coll,
+    data: &mut ShardData,
+    key: &str,
+    token: Option<u64>,
+    panicked: &mut Option<Panic>,
+) -> bool {
     let ShardData {
         map, limits, locks, ..
     } = data;
@@ -561,13 +586,40 @@ fn take_lock(coll: &Coll, data: &mut ShardData, key: &str, token: Option<u64>) -
         limits: *limits,
         now,
         locks,
+        panicked: None,
     };
     ctx.touch(entry);
     ctx.advance(entry, locked.queue);
+    if panicked.is_none() {
+        *panicked = ctx.panicked.take();
+    }
     if entry.is_empty() {
         map.remove(key);
     }
     true
+}
+
+/// Answers a waiter. The send wakes the waiter's task, with a waker that
+/// is the caller's code: if it panics, the answer was already delivered
+/// (the send stores it before it wakes), so the store goes on as if the
+/// wake had worked, and keeps the panic for [`raise`]. Returns whether the
+/// answer was delivered (false: the waiter had left).
+fn deliver(answer: Answer, result: Result<Outcome, Error>, panicked: &mut Option<Panic>) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer.send(result))) {
+        Ok(sent) => sent.is_ok(),
+        Err(payload) => {
+            panicked.get_or_insert(payload);
+            true
+        }
+    }
+}
+
+/// Raises a panic kept by [`deliver`], once the store is consistent: the
+/// thread's own guard (the master's, the timer's) counts it.
+fn raise(panicked: Option<Panic>) {
+    if let Some(payload) = panicked {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 impl Entry {
@@ -713,15 +765,15 @@ impl Ctx<'_> {
             }
             let Op::Acquire { lease, .. } = q.op else {
                 let result = self.apply(e, q.owner, q.op);
-                let _ = q.answer.send(result);
+                deliver(q.answer, result, &mut self.panicked);
                 continue;
             };
             if !self.coll.core.alive(q.owner) {
-                let _ = q.answer.send(Err(self.coll.stopped()));
+                deliver(q.answer, Err(self.coll.stopped()), &mut self.panicked);
                 continue;
             }
             let grant = self.grant(e, q.owner, lease, VecDeque::new());
-            if q.answer.send(Ok(Outcome::Granted(grant))).is_ok() {
+            if deliver(q.answer, Ok(Outcome::Granted(grant)), &mut self.panicked) {
                 if let Some(locked) = e.lock.as_mut() {
                     locked.queue = queue;
                 }
@@ -772,6 +824,7 @@ impl CollectionBackend for Coll {
             limits: *limits,
             now: limits.expire.map(|_| Instant::now()),
             locks,
+            panicked: None,
         };
         match map.get_mut(key) {
             Some(entry) => {
@@ -835,7 +888,10 @@ impl CollectionBackend for Coll {
                 }
             }
         }
-        take_lock(self, data, key, Some(token));
+        let mut panicked = None;
+        take_lock(self, data, key, Some(token), &mut panicked);
+        drop(guard);
+        raise(panicked);
         Reply::Ready(result)
     }
 
@@ -1442,6 +1498,41 @@ mod tests {
         for mut rx in waiting {
             assert!(matches!(rx.try_recv(), Ok(Ok(Outcome::Value(None)))));
         }
+        engine.close();
+        clock.stop();
+    }
+
+    struct PanicsOnWake;
+
+    impl std::task::Wake for PanicsOnWake {
+        fn wake(self: Arc<Self>) {
+            panic!("a waker panics as it is woken")
+        }
+    }
+
+    #[test]
+    fn a_waker_that_panics_as_its_grant_is_sent_loses_no_lock_and_no_waiter() {
+        use std::future::Future;
+        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let engine = Engine::new(clock.clone());
+        let c = coll(&engine, "wakers");
+        let first = token(ready(c.op(None, "k", acquire(Wait::Forever, None))));
+        let mut hostile = later(c.op(None, "k", acquire(Wait::Forever, None)));
+        let waker = std::task::Waker::from(Arc::new(PanicsOnWake));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut hostile).poll(&mut cx).is_pending());
+        let mut behind = later(c.op(None, "k", Op::Get));
+        let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.release("k", first, Change::Set(Bytes::from("v")))
+        }));
+        assert!(released.is_err(), "the waker's panic reaches the caller");
+        // The grant was made and delivered; the one behind still waits.
+        let second = granted(&mut hostile);
+        assert_eq!(c.queued("k"), 1);
+        assert!(behind.try_recv().is_err());
+        ready(c.release("k", second, Change::Keep));
+        assert!(matches!(behind.try_recv(), Ok(Ok(Outcome::Value(Some(_))))));
+        assert_eq!(c.usage(), c.recount());
         engine.close();
         clock.stop();
     }
