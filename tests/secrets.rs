@@ -79,18 +79,20 @@ fn no_secret_in_errors_logs_debug_status_or_metrics() {
 
     // A bad URL's start-up error.
     let bad = Cluster::builder()
-        .store_backend(RedisConfig::new(format!("redis://:{PASSWORD}@db:notaport/")))
+        .store_backend(RedisConfig::new(format!(
+            "redis://:{PASSWORD}@db:notaport/"
+        )))
         .start(|_worker| async {})
         .expect_err("a bad URL is refused");
     assert_clean("a config error", &format!("{bad} {bad:?}"));
 
     let cluster = common::idle(builder);
-    let store_error = common::done(cluster.store().collection("c").get("k"))
-        .expect_err("Redis is not there");
+    let store_error =
+        common::done(cluster.store().collection("c").get("k")).expect_err("Redis is not there");
     assert!(store_error.is_unavailable(), "{store_error}");
     assert_clean("a store error", &format!("{store_error} {store_error:?}"));
-    let bus_error = common::done(cluster.bus().publish("topic", "hello"))
-        .expect_err("Redis is not there");
+    let bus_error =
+        common::done(cluster.bus().publish("topic", "hello")).expect_err("Redis is not there");
     assert_clean("a bus error", &format!("{bus_error} {bus_error:?}"));
 
     assert_clean("the status", &format!("{:?}", cluster.status()));
@@ -100,11 +102,18 @@ fn no_secret_in_errors_logs_debug_status_or_metrics() {
     // The start-up probes log that Redis cannot be reached: wait for both.
     let deadline = Instant::now() + Duration::from_secs(60);
     while logs.text().matches("cannot reach Redis").count() < 2 {
-        assert!(Instant::now() < deadline, "no warnings logged: {}", logs.text());
+        assert!(
+            Instant::now() < deadline,
+            "no warnings logged: {}",
+            logs.text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     common::stop(cluster);
     let text = logs.text();
-    assert!(text.contains("127.0.0.1"), "the logs name the store's Redis: {text}");
+    assert!(
+        text.contains("127.0.0.1"),
+        "the logs name the store's Redis: {text}"
+    );
     assert_clean("the logs", &text);
 }

@@ -50,7 +50,10 @@ fn duration(name: &str, value: &str) -> Result<Duration, Error> {
         return Err(bad(
             name,
             value,
-            &format!("longer than the most a duration may be ({} days)", max.as_secs() / 86_400),
+            &format!(
+                "longer than the most a duration may be ({} days)",
+                max.as_secs() / 86_400
+            ),
         ));
     }
     Ok(d)

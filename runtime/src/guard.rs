@@ -32,9 +32,7 @@ pub(crate) fn scope<R>(faults: &Arc<Faults>, f: impl FnOnce() -> R) -> R {
 /// one outside [`scope`]).
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn current() -> Arc<Faults> {
-    CURRENT
-        .with(|c| c.borrow().clone())
-        .unwrap_or_default()
+    CURRENT.with(|c| c.borrow().clone()).unwrap_or_default()
 }
 
 /// A future whose panic is caught, logged and counted: it then ends
