@@ -75,8 +75,12 @@ fn a_failed_roll_leaves_the_inbox_to_the_generation_that_serves() {
 
 /// Polls `inbox` once, without waiting.
 fn futures_poll_once(inbox: &mut forkless::Inbox) -> Option<forkless::Envelope> {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Noop));
+    let mut cx = std::task::Context::from_waker(&waker);
     match inbox.poll_recv(&mut cx) {
         std::task::Poll::Ready(message) => message,
         std::task::Poll::Pending => None,
