@@ -208,26 +208,21 @@ impl RedisConfig {
         })
     }
 
-    /// The URL without its secrets, for messages: the user and password
-    /// before `@`, and the value of every query parameter but `db` and
-    /// `protocol` (`redis+unix:///run/redis.sock?pass=...`), are `***`.
+    /// The URL without its secrets, for messages: everything between the
+    /// scheme and the last `@` (user and password, whatever characters the
+    /// password holds), and the value of every query parameter but `db`
+    /// and `protocol` (`redis+unix:///run/redis.sock?pass=...`), are `***`.
     pub(crate) fn shown_url(&self) -> String {
-        let url = self.url.as_str();
-        let (head, query) = match url.split_once('?') {
+        let (scheme, userinfo, rest) = self.parts();
+        let mut shown = String::from(scheme);
+        if userinfo.is_some() {
+            shown.push_str("***@");
+        }
+        let (head, query) = match rest.split_once('?') {
             Some((head, query)) => (head, Some(query)),
-            None => (url, None),
+            None => (rest, None),
         };
-        let mut shown = match head.find("://") {
-            Some(scheme) => {
-                let rest = &head[scheme + 3..];
-                let end = rest.find('/').unwrap_or(rest.len());
-                match rest[..end].rfind('@') {
-                    Some(at) => format!("{}://***{}", &head[..scheme], &rest[at..]),
-                    None => head.to_owned(),
-                }
-            }
-            None => head.to_owned(),
-        };
+        shown.push_str(head);
         if let Some(query) = query {
             let pairs: Vec<String> = query
                 .split('&')
@@ -243,21 +238,30 @@ impl RedisConfig {
         shown
     }
 
+    /// The URL as `scheme://`, the user part before the last `@` (if any),
+    /// and the rest.
+    fn parts(&self) -> (&str, Option<&str>, &str) {
+        let url = self.url.as_str();
+        let Some(i) = url.find("://") else {
+            return ("", None, url);
+        };
+        let (scheme, after) = url.split_at(i + 3);
+        match after.rfind('@') {
+            Some(at) => (scheme, Some(&after[..at]), &after[at + 1..]),
+            None => (scheme, None, after),
+        }
+    }
+
     /// The parts of the URL that [`shown_url`](RedisConfig::shown_url)
     /// hides, longest first.
     fn secrets(&self) -> Vec<&str> {
-        let url = self.url.as_str();
-        let (head, query) = url.split_once('?').unwrap_or((url, ""));
+        let (_, userinfo, rest) = self.parts();
         let mut secrets = Vec::new();
-        if let Some(scheme) = head.find("://") {
-            let rest = &head[scheme + 3..];
-            let end = rest.find('/').unwrap_or(rest.len());
-            if let Some(at) = rest[..end].rfind('@') {
-                let userinfo = &rest[..at];
-                secrets.push(userinfo);
-                secrets.extend(userinfo.split(':'));
-            }
+        if let Some(userinfo) = userinfo {
+            secrets.push(userinfo);
+            secrets.extend(userinfo.split(':'));
         }
+        let query = rest.split_once('?').map_or("", |(_, q)| q);
         for pair in query.split('&') {
             if let Some((k, v)) = pair.split_once('=') {
                 if !matches!(k, "db" | "protocol") {
@@ -298,6 +302,12 @@ thread_local! {
     /// A worker thread's own connections, by link.
     static LOCAL: std::cell::RefCell<std::collections::HashMap<usize, Arc<OnceCell<ConnectionManager>>>> =
         std::cell::RefCell::default();
+}
+
+/// Drops the connections of this worker thread: its next generation runs
+/// a new runtime, and a connection's driver died with the old one.
+pub(crate) fn forget_this_threads_connections() {
+    LOCAL.with(|local| local.borrow_mut().clear());
 }
 
 /// Which connection an operation uses.
@@ -718,6 +728,25 @@ mod tests {
         let c = RedisConfig::new("redis+unix:///run/redis.sock?db=2&pass=s3cret");
         assert_eq!(c.shown_url(), "redis+unix:///run/redis.sock?db=2&pass=***");
         assert_eq!(c.scrub("AUTH s3cret refused"), "AUTH *** refused");
+        // A password with `/`, `?`, `#` or `@` in it, which the URL parser
+        // may refuse: hidden whole all the same.
+        for url in [
+            "redis://:ab/cd+ef=@db:6379/0",
+            "redis://user:a?b#c@db/",
+            "redis://:p@ss@db/",
+        ] {
+            let c = RedisConfig::new(url);
+            let shown = format!("{} {c:?}", c.shown_url());
+            for part in ["ab/cd", "a?b#c", "p@ss"] {
+                assert!(!shown.contains(part), "{shown}");
+            }
+            if let Err(e) = c.check() {
+                let text = e.to_string();
+                for part in ["ab/cd", "a?b#c", "p@ss"] {
+                    assert!(!text.contains(part), "{text}");
+                }
+            }
+        }
         let debug = format!(
             "{:?}",
             RedisConfig::new("redis://u:s3cret@db/?password=t0ken")
