@@ -77,7 +77,27 @@ impl Thread {
             .spawn(move || {
                 let mut job = Some(generation);
                 while let Some(generation) = job {
-                    run(*generation);
+                    let (slot, number, tx) = (
+                        generation.slot,
+                        generation.generation,
+                        generation.tx.clone(),
+                    );
+                    // `run_body` catches the body's panics; one around it (a
+                    // tracing layer, a `Drop` of what the generation held)
+                    // is reported as its exit too, and the thread goes on:
+                    // the master always hears how a generation ended.
+                    let exit = panic::catch_unwind(AssertUnwindSafe(|| run(*generation)))
+                        .unwrap_or_else(|payload| {
+                            Exit::Failed(format!(
+                                "the worker's thread panicked outside its body: {}",
+                                crate::exit::message(&*payload)
+                            ))
+                        });
+                    let _ = tx.send(Msg::Exited {
+                        slot,
+                        generation: number,
+                        exit,
+                    });
                     job = next.recv().ok();
                 }
             })?;
@@ -91,7 +111,9 @@ impl Thread {
     }
 }
 
-fn run(mut g: Generation) {
+/// Runs one generation, and returns how it ended once everything it held is
+/// dropped.
+fn run(mut g: Generation) -> Exit {
     let span = tracing::info_span!(
         "worker",
         slot = g.slot,
@@ -104,17 +126,16 @@ fn run(mut g: Generation) {
             tracing::warn!(core, "cannot pin the worker to its core");
         }
     }
-    // What an earlier generation on this thread left is not this one's.
+    // What an earlier generation on this thread left is not this one's:
+    // its recorded panics, and its Redis connections (driven by its runtime,
+    // which is gone).
     capture_panics_on_this_thread();
+    #[cfg(feature = "redis")]
+    crate::redis::forget_this_threads_connections();
     forkless_worker::mark_tokio_timer_thread();
     CLUSTER.with(|c| c.set(Some(g.cluster)));
     let terminate = std::mem::replace(&mut g.terminate, oneshot::channel().1);
-    let exit = run_body(&g, terminate);
-    let _ = g.tx.send(Msg::Exited {
-        slot: g.slot,
-        generation: g.generation,
-        exit,
-    });
+    run_body(&g, terminate)
 }
 
 /// How the body's run ended, short of a panic of its own.
