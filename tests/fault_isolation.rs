@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -168,4 +169,105 @@ fn the_report_keeps_where_the_body_panicked() {
         }
         other => panic!("unexpected exits {other:?}"),
     }
+}
+
+/// A generation's Redis connections die with its runtime: the next
+/// generation on the same thread makes its own, so its first store call
+/// works.
+#[cfg(feature = "redis")]
+#[test]
+fn each_generation_on_a_reused_thread_reaches_redis() {
+    let (tx, rx) = mpsc::channel::<(u64, Result<i64, String>)>();
+    let tx = Arc::new(Mutex::new(tx));
+    let cluster = Cluster::builder()
+        .workers(1)
+        .pin_cores(false)
+        .throttle_delay(Duration::ZERO)
+        .store_backend(common::redis::config())
+        .start(move |worker| {
+            let tx = tx.clone();
+            async move {
+                let counted = worker.store().collection("generations").incr("n", 1).await;
+                let generation = worker.generation();
+                let _ = tx
+                    .lock()
+                    .expect("lock")
+                    .send((generation, counted.map_err(|e| e.to_string())));
+                if generation < 3 {
+                    panic!("generation {generation} panics on purpose");
+                }
+                worker.shutdown_signal().await;
+            }
+        })
+        .expect("start");
+    for expected in 0..4u64 {
+        let (generation, counted) = common::recv(&rx, "a generation's first store call");
+        assert_eq!(generation, expected);
+        assert_eq!(counted, Ok(expected as i64 + 1), "generation {generation}");
+    }
+    common::stop(cluster);
+}
+
+/// Panics when woken: a task of the caller's that the runtime wakes.
+struct PanickingWaker;
+
+impl std::task::Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("a waker of the caller's panics as the runtime wakes it");
+    }
+}
+
+#[test]
+fn a_reader_of_events_whose_waker_panics_stops_no_supervision() {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Arc::new(Mutex::new(go_rx));
+    let cluster = Cluster::builder()
+        .workers(1)
+        .pin_cores(false)
+        .throttle_delay(Duration::ZERO)
+        .start(move |worker| {
+            let go_rx = go_rx.clone();
+            async move {
+                worker.ready();
+                if worker.generation() == 0 {
+                    let got =
+                        tokio::task::spawn_blocking(move || go_rx.lock().expect("lock").recv())
+                            .await
+                            .expect("join");
+                    if got.is_ok() {
+                        panic!("generation 0 panics on purpose");
+                    }
+                }
+                worker.shutdown_signal().await;
+            }
+        })
+        .expect("start");
+    let mut events = cluster.events();
+    wait_for(&mut events, "generation 0 ready", |e| {
+        matches!(e, Event::WorkerReady { generation: 0, .. }).then_some(())
+    });
+    // A reader that waits for the next event with a waker that panics.
+    let mut bad = cluster.events();
+    let waker = std::task::Waker::from(Arc::new(PanickingWaker));
+    let mut cx = std::task::Context::from_waker(&waker);
+    // Past events come at once; the first call that waits holds the waker.
+    let next = loop {
+        let mut next = Box::pin(bad.recv());
+        if next.as_mut().poll(&mut cx).is_pending() {
+            break next;
+        }
+    };
+    go_tx.send(()).expect("worker alive");
+    // The master woke the bad reader as generation 0 exited, and still
+    // respawned the slot.
+    wait_for(&mut events, "generation 1 ready", |e| {
+        matches!(e, Event::WorkerReady { generation: 1, .. }).then_some(())
+    });
+    let metrics = cluster.metrics();
+    assert!(
+        metrics.contains("forkless_runtime_panics_total{thread=\"forkless-master\"}"),
+        "{metrics}"
+    );
+    drop(next);
+    common::stop(cluster);
 }

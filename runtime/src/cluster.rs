@@ -61,7 +61,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<Clock>,
     /// Panics caught on the runtime's own threads.
     pub(crate) faults: Arc<Faults>,
-    pub(crate) events: Hub,
+    pub(crate) events: Arc<Hub>,
     pub(crate) metrics: Metrics,
     /// Where the control server listens, once started.
     pub(crate) control: Mutex<Option<(std::path::PathBuf, Option<SocketAddr>)>>,
@@ -169,7 +169,12 @@ impl Shared {
     /// nothing queued there is lost), and its inbox closes.
     pub(crate) fn slot_ended(&self, slot: usize, survivors: &[usize]) {
         self.registry().retire_slot(slot, survivors);
-        self.bus.close_slot(slot);
+        // Closing the inbox fails the requests queued there, waking their
+        // senders' wakers.
+        self.faults
+            .caught("forkless-master", "closing a slot's inbox", || {
+                self.bus.close_slot(slot)
+            });
     }
 
     pub(crate) fn finish(&self, report: Report) {
@@ -184,12 +189,20 @@ impl Shared {
             let _ = std::fs::remove_file(path);
         }
         // Every worker is gone: what still waits on the store fails now.
-        self.store.close();
-        self.bus.close();
+        // Each step wakes waiters of the callers' own: a waker that panics
+        // stops none of the steps after it.
+        let thread = "forkless-master";
+        self.faults
+            .caught(thread, "closing the store", || self.store.close());
+        self.faults
+            .caught(thread, "closing the bus", || self.bus.close());
         self.clock.stop();
         *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(report.clone());
-        self.done_tx.send_replace(Some(report));
         self.done_cv.notify_all();
+        self.faults
+            .caught(thread, "waking who awaits the stop", || {
+                self.done_tx.send_replace(Some(report));
+            });
     }
 }
 

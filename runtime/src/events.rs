@@ -3,13 +3,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
-
-use tokio::sync::broadcast;
 
 use crate::Exit;
 
@@ -133,65 +131,97 @@ pub enum Event {
     },
 }
 
-/// How many past events a new [`Events`] stream starts with.
+/// How many past events a new [`Events`] stream starts with, and how far a
+/// reader may fall behind before it misses some.
 const HISTORY: usize = 1024;
 
-/// The cluster's event log: a bounded history plus a broadcast of what
-/// comes next, so that a stream taken late still sees the start.
+/// The cluster's event log: the last [`HISTORY`] events, numbered, which
+/// every reader walks at its own pace, so that a stream taken late still
+/// sees the start.
+///
+/// Readers' wakers are their own code, and the master emits: each waker is
+/// woken outside the log's lock and inside `catch_unwind`, so one that
+/// panics neither keeps the other readers asleep nor leaves the log half
+/// changed (the first such panic goes on to the master's guard, which
+/// counts it).
 pub(crate) struct Hub {
-    history: Mutex<VecDeque<Event>>,
-    tx: broadcast::Sender<Event>,
+    log: Mutex<Log>,
+    /// Wakes readers that block a thread ([`Events::blocking_recv`]).
+    grown: Condvar,
+}
+
+#[derive(Default)]
+struct Log {
+    events: VecDeque<Event>,
+    /// The number of `events[0]`.
+    first: u64,
+    next_reader: u64,
+    /// The waker of each reader waiting for the next event, by reader.
+    waiting: Vec<(u64, Waker)>,
+}
+
+fn lock(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
+    // No user code runs under this lock.
+    log.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Hub {
-    pub(crate) fn new() -> Hub {
-        Hub {
-            history: Mutex::new(VecDeque::new()),
-            tx: broadcast::channel(HISTORY).0,
-        }
+    pub(crate) fn new() -> Arc<Hub> {
+        Arc::new(Hub {
+            log: Mutex::new(Log::default()),
+            grown: Condvar::new(),
+        })
     }
 
     pub(crate) fn emit(&self, event: Event) {
         tracing::debug!(?event, "cluster event");
-        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-        if history.len() == HISTORY {
-            history.pop_front();
+        let waiting = {
+            let mut log = lock(&self.log);
+            if log.events.len() == HISTORY {
+                log.events.pop_front();
+                log.first += 1;
+            }
+            log.events.push_back(event);
+            std::mem::take(&mut log.waiting)
+        };
+        self.grown.notify_all();
+        let mut panicked = None;
+        for (_, waker) in waiting {
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+                panicked.get_or_insert(payload);
+            }
         }
-        history.push_back(event.clone());
-        let _ = self.tx.send(event);
+        if let Some(payload) = panicked {
+            panic::resume_unwind(payload);
+        }
     }
 
-    pub(crate) fn subscribe(&self) -> Events {
-        let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+    pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
+        let mut log = lock(&self.log);
+        log.next_reader += 1;
         Events {
-            past: history.iter().cloned().collect(),
-            rx: Some(self.tx.subscribe()),
-            next: None,
+            hub: self.clone(),
+            reader: log.next_reader,
+            next: log.first,
+            ended: false,
         }
     }
 }
 
 /// The cluster's events, from [`Cluster::events`](crate::Cluster::events):
 /// first the recent past (up to 1024 events, from the cluster's start), then
-/// each new one. Ends after [`Event::Stopped`].
+/// each new one. Ends after [`Event::Stopped`]. A stream that falls more
+/// than 1024 events behind gets [`Event::Lagged`] with the number it
+/// missed, then goes on from the oldest event kept.
 ///
 /// A `futures_core::Stream`; or call [`recv`](Events::recv) (async) or
 /// [`blocking_recv`](Events::blocking_recv) (from a plain thread).
 pub struct Events {
-    past: VecDeque<Event>,
-    rx: Option<broadcast::Receiver<Event>>,
-    next: Option<NextEvent>,
-}
-
-/// A pending `recv` on the broadcast, which hands the receiver back.
-type NextEvent = Pin<Box<dyn Future<Output = (Option<Event>, broadcast::Receiver<Event>)> + Send>>;
-
-fn classify(result: Result<Event, broadcast::error::RecvError>) -> Option<Event> {
-    match result {
-        Ok(event) => Some(event),
-        Err(broadcast::error::RecvError::Lagged(missed)) => Some(Event::Lagged { missed }),
-        Err(broadcast::error::RecvError::Closed) => None,
-    }
+    hub: Arc<Hub>,
+    reader: u64,
+    /// The number of the next event to read.
+    next: u64,
+    ended: bool,
 }
 
 impl Events {
@@ -204,59 +234,65 @@ impl Events {
     ///
     /// # Panics
     ///
-    /// When called inside a tokio runtime.
+    /// When called inside a tokio runtime, whose thread it would block.
+    #[track_caller]
     pub fn blocking_recv(&mut self) -> Option<Event> {
-        if let Some(event) = self.past.pop_front() {
-            return Some(self.end_after(event));
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "Events::blocking_recv called inside a tokio runtime would block its thread; \
+             use `recv().await`"
+        );
+        if self.ended {
+            return None;
         }
-        let event = classify(self.rx.as_mut()?.blocking_recv());
-        match event {
-            Some(event) => Some(self.end_after(event)),
-            None => {
-                self.rx = None;
-                None
+        let hub = self.hub.clone();
+        let mut log = lock(&hub.log);
+        loop {
+            if let Some(event) = self.take(&log) {
+                return Some(event);
             }
+            log = hub.grown.wait(log).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    fn end_after(&mut self, event: Event) -> Event {
-        if event == Event::Stopped {
-            self.rx = None;
-            self.next = None;
-            self.past.clear();
+    /// The next event in `log` for this reader, if there is one.
+    fn take(&mut self, log: &Log) -> Option<Event> {
+        if self.next < log.first {
+            let missed = log.first - self.next;
+            self.next = log.first;
+            return Some(Event::Lagged { missed });
         }
-        event
+        let i = usize::try_from(self.next - log.first).ok()?;
+        let event = log.events.get(i)?.clone();
+        self.next += 1;
+        if event == Event::Stopped {
+            self.ended = true;
+        }
+        Some(event)
     }
 
     fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        if let Some(event) = self.past.pop_front() {
-            return Poll::Ready(Some(self.end_after(event)));
-        }
-        if self.next.is_none() {
-            let Some(mut rx) = self.rx.take() else {
-                return Poll::Ready(None);
-            };
-            self.next = Some(Box::pin(async move {
-                let event = classify(rx.recv().await);
-                (event, rx)
-            }));
-        }
-        let Some(next) = self.next.as_mut() else {
+        if self.ended {
             return Poll::Ready(None);
-        };
-        match next.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready((event, rx)) => {
-                self.next = None;
-                match event {
-                    Some(event) => {
-                        self.rx = Some(rx);
-                        Poll::Ready(Some(self.end_after(event)))
-                    }
-                    None => Poll::Ready(None),
-                }
-            }
         }
+        let hub = self.hub.clone();
+        let mut log = lock(&hub.log);
+        if let Some(event) = self.take(&log) {
+            return Poll::Ready(Some(event));
+        }
+        let reader = self.reader;
+        match log.waiting.iter_mut().find(|(r, _)| *r == reader) {
+            Some((_, waker)) => waker.clone_from(cx.waker()),
+            None => log.waiting.push((reader, cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let reader = self.reader;
+        lock(&self.hub.log).waiting.retain(|(r, _)| *r != reader);
     }
 }
 
@@ -271,7 +307,8 @@ impl futures_core::Stream for Events {
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Events")
-            .field("past", &self.past.len())
+            .field("next", &self.next)
+            .field("ended", &self.ended)
             .finish_non_exhaustive()
     }
 }
@@ -440,5 +477,40 @@ impl View {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod hub_tests {
+    use super::*;
+
+    #[test]
+    fn a_late_or_slow_reader_sees_what_is_kept_and_how_much_it_missed() {
+        let hub = Hub::new();
+        let mut early = hub.subscribe();
+        for slot in 0..HISTORY + 10 {
+            hub.emit(Event::GaveUp { slot, failures: 1 });
+        }
+        assert_eq!(early.blocking_recv(), Some(Event::Lagged { missed: 10 }));
+        assert_eq!(
+            early.blocking_recv(),
+            Some(Event::GaveUp {
+                slot: 10,
+                failures: 1
+            })
+        );
+        let mut late = hub.subscribe();
+        assert_eq!(
+            late.blocking_recv(),
+            Some(Event::GaveUp {
+                slot: 10,
+                failures: 1
+            })
+        );
+        hub.emit(Event::Stopped);
+        let rest: Vec<Event> = std::iter::from_fn(|| late.blocking_recv()).collect();
+        assert_eq!(rest.len(), HISTORY);
+        assert_eq!(rest.last(), Some(&Event::Stopped));
+        assert_eq!(late.blocking_recv(), None, "ends after Stopped");
     }
 }

@@ -99,6 +99,10 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
                     name: shared.name.clone(),
                     slots: Vec::new(),
                 });
+                // Readers of the events end, as after any stop.
+                shared.faults.caught("forkless-master", "the last event", || {
+                    shared.events.emit(Event::Stopped)
+                });
             }
         })
         .map_err(|e| {
@@ -345,9 +349,17 @@ impl Master {
 
     /// Publishes the status first, so that whoever sees the event sees a
     /// status at least as new.
+    ///
+    /// Sending wakes every reader of `Cluster::events`, whose wakers are
+    /// code of theirs: a panic there is caught, and the master goes on with
+    /// what it was doing.
     fn emit(&self, event: Event) {
         self.publish();
-        self.shared.events.emit(event);
+        self.shared
+            .faults
+            .caught("forkless-master", "waking the readers of events", || {
+                self.shared.events.emit(event)
+            });
     }
 
     fn run(mut self) {
@@ -880,7 +892,7 @@ impl Master {
                 }
             }
             self.size = size;
-            self.shared.bus.resize(size);
+            self.resize_bus(size);
             for index in from..size {
                 let slot = &self.slots[index];
                 if slot.current.is_none() && slot.in_service() {
@@ -889,7 +901,7 @@ impl Master {
             }
         } else {
             self.size = size;
-            self.shared.bus.resize(size);
+            self.resize_bus(size);
             for index in (size..from).rev() {
                 let slot = &mut self.slots[index];
                 slot.retired = true;
@@ -913,6 +925,17 @@ impl Master {
         }
         tracing::info!(from, to = size, "resized");
         self.emit(Event::Resized { from, to: size });
+    }
+
+    /// Gives the bus `size` slots. Closing an inbox fails the requests queued
+    /// in it, which wakes their senders: a waker of theirs that panics is
+    /// caught.
+    fn resize_bus(&self, size: usize) {
+        self.shared
+            .faults
+            .caught("forkless-master", "resizing the bus", || {
+                self.shared.bus.resize(size)
+            });
     }
 
     /// Starts a slot that has no worker (a new one, or one back from
