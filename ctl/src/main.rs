@@ -216,7 +216,8 @@ async fn call(
         return Err(Failure {
             code: 2,
             message: format!(
-                "refusing to talk to {}: the server there runs as uid {}, not as this user                  (uid {ours}) or root; another user may have taken the socket's path",
+                "refusing to talk to {}: the server there runs as uid {}, not as this user \
+                 (uid {ours}) or root; another user may have taken the socket's path",
                 socket.display(),
                 server.uid()
             ),

@@ -67,6 +67,11 @@ impl Worker {
 
     /// How many times this slot was started before this worker: 0 for the
     /// first worker of a slot, 1 after its first respawn, and so on.
+    ///
+    /// Each generation gets a fresh tokio runtime, but usually not a fresh
+    /// thread: a respawn runs on the thread of the generation that returned.
+    /// What the body kept in a `thread_local!` is still there; keep state
+    /// that must start afresh in the body itself.
     pub fn generation(&self) -> u64 {
         self.generation
     }
