@@ -95,8 +95,12 @@ struct Coll {
 }
 
 /// What a collection's values hold: the keys with a value, and the bytes of
-/// those keys and values. Changed only under the lock of the shard whose
-/// value changes, so the sums are exact; on a cache line of their own.
+/// those keys and values. Counted only while the collection has a
+/// `max_keys` or `max_bytes` (an unlimited collection's workers then share
+/// no counter: no cache line bounces between cores on its writes); turning
+/// a limit on counts the collection once under every shard's lock. Changed
+/// only under the lock of the shard whose value changes, so the sums are
+/// exact; on a cache line of their own.
 #[repr(align(128))]
 #[derive(Default)]
 struct Usage {
@@ -130,6 +134,13 @@ struct Limits {
     max_hold: Option<Duration>,
     max_keys: Option<usize>,
     max_bytes: Option<usize>,
+}
+
+impl Limits {
+    /// Whether the collection's usage is counted: it has a limit on it.
+    fn counted(&self) -> bool {
+        self.max_keys.is_some() || self.max_bytes.is_some()
+    }
 }
 
 impl From<&CollectionOptions> for Limits {
@@ -428,10 +439,11 @@ impl Coll {
             };
             expire = Some(ttl);
             let now = Instant::now();
+            let limits = data.limits;
             data.map.retain(|key, e| {
                 let keep = e.lock.is_some() || now.saturating_duration_since(e.touched) < ttl;
                 if !keep {
-                    self.forget_value(key, e.value.as_ref());
+                    self.forget_value(&limits, key, e.value.as_ref());
                 }
                 keep
             });
@@ -459,6 +471,9 @@ impl Coll {
         old: Option<&Bytes>,
         new: Option<&Bytes>,
     ) -> Result<(), Error> {
+        if !limits.counted() {
+            return Ok(());
+        }
         let size = |v: Option<&Bytes>| v.map_or(0, |v| key.len() + v.len());
         let (was, will) = (size(old), size(new));
         let usage = &self.usage;
@@ -496,7 +511,10 @@ impl Coll {
     }
 
     /// Counts `key`'s value as gone.
-    fn forget_value(&self, key: &str, value: Option<&Bytes>) {
+    fn forget_value(&self, limits: &Limits, key: &str, value: Option<&Bytes>) {
+        if !limits.counted() {
+            return;
+        }
         if let Some(v) = value {
             self.usage.keys.fetch_sub(1, Ordering::Relaxed);
             self.usage
@@ -514,6 +532,17 @@ impl Coll {
             self.usage.keys.load(Ordering::Relaxed),
             self.usage.bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// The usage as counted, or the recount while nothing is counted (no
+    /// limit is on).
+    fn counted(&self) -> (usize, usize) {
+        let options = self.options();
+        if options.max_keys.is_some() || options.max_bytes.is_some() {
+            self.usage()
+        } else {
+            self.recount()
+        }
     }
 
     /// The usage counted key by key.
@@ -833,7 +862,7 @@ impl CollectionBackend for Coll {
                     return self.enqueue(locked, owner, key, op);
                 }
                 if ctx.expired(entry) {
-                    self.forget_value(key, entry.value.take().as_ref());
+                    self.forget_value(limits, key, entry.value.take().as_ref());
                 }
                 let result = ctx.apply(entry, owner, op);
                 if entry.is_empty() {
@@ -928,8 +957,24 @@ impl Coll {
         let limits = Limits::from(options);
         *lock(&self.options) = options.clone();
         let now = Instant::now();
-        for shard in self.shards.iter() {
-            let mut data = lock(&shard.0);
+        // Every shard at once: a limit turned on counts what is there,
+        // exactly, before any operation sees it.
+        let mut shards: Vec<_> = self.shards.iter().map(|s| lock(&s.0)).collect();
+        let counted = shards.first().is_some_and(|d| d.limits.counted());
+        if limits.counted() && !counted {
+            let (mut keys, mut bytes) = (0, 0);
+            for data in &shards {
+                for (k, e) in &data.map {
+                    if let Some(v) = &e.value {
+                        keys += 1;
+                        bytes += k.len() + v.len();
+                    }
+                }
+            }
+            self.usage.keys.store(keys, Ordering::Relaxed);
+            self.usage.bytes.store(bytes, Ordering::Relaxed);
+        }
+        for data in &mut shards {
             if data.limits.expire.is_none() && limits.expire.is_some() {
                 // Keys start their time to live now, not when they were set.
                 for e in data.map.values_mut() {
@@ -938,6 +983,7 @@ impl Coll {
             }
             data.limits = limits;
         }
+        drop(shards);
         if let Some(ttl) = limits.expire {
             if !self.sweeping.swap(true, Ordering::SeqCst) {
                 self.schedule_sweep(ttl);
@@ -1321,6 +1367,13 @@ mod tests {
             let mut waiting = Vec::new();
             let mut full = 0;
             for step in 0..4000 {
+                if !limited && step == 2000 {
+                    // Limits turned on halfway count what is there.
+                    let mut o = c.options();
+                    o.max_keys = Some(1000);
+                    o.max_bytes = Some(1 << 20);
+                    ready(c.configure(&o));
+                }
                 let key = format!("key{}", rng.below(9));
                 let op = match rng.below(12) {
                     0 => Op::Get,
@@ -1374,11 +1427,11 @@ mod tests {
                             // first, the sweep drops the rest.
                             for k in 0..5 {
                                 drop(c.op(None, &format!("key{k}"), Op::Get));
-                                assert_eq!(c.usage(), c.recount(), "seed {seed}, read {k}");
+                                assert_eq!(c.counted(), c.recount(), "seed {seed}, read {k}");
                             }
                             c.sweep();
                         }
-                        assert_eq!(c.usage(), c.recount(), "seed {seed}, step {step}");
+                        assert_eq!(c.counted(), c.recount(), "seed {seed}, step {step}");
                         continue;
                     }
                 };
@@ -1396,7 +1449,7 @@ mod tests {
                     }
                     Reply::Future(_) => panic!("the engine answers now or later"),
                 }
-                assert_eq!(c.usage(), c.recount(), "seed {seed}, step {step}");
+                assert_eq!(c.counted(), c.recount(), "seed {seed}, step {step}");
                 if limited {
                     let (keys, bytes) = c.usage();
                     assert!(
@@ -1408,7 +1461,7 @@ mod tests {
             for (key, t) in held.drain(..) {
                 drop(c.release(&key, t, Change::Set(Bytes::from("last"))));
             }
-            assert_eq!(c.usage(), c.recount(), "seed {seed}, at the end");
+            assert_eq!(c.counted(), c.recount(), "seed {seed}, at the end");
             assert_eq!(
                 limited,
                 full > 0,
@@ -1532,7 +1585,7 @@ mod tests {
         assert!(behind.try_recv().is_err());
         ready(c.release("k", second, Change::Keep));
         assert!(matches!(behind.try_recv(), Ok(Ok(Outcome::Value(Some(_))))));
-        assert_eq!(c.usage(), c.recount());
+        assert_eq!(c.counted(), c.recount());
         engine.close();
         clock.stop();
     }

@@ -114,6 +114,11 @@ impl fmt::Debug for Store {
 /// The Redis backend refuses `max_keys` and `max_bytes` (its keys expire
 /// inside Redis, where the store cannot count them): bound a Redis store
 /// with Redis's own `maxmemory`.
+///
+/// In-process, a collection with neither limit counts nothing, so its
+/// writes from many cores share no counter; setting a limit counts what the
+/// collection holds once (one pass over its keys), and keeps the count
+/// from then on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectionOptions {
     /// Remove a key this long after its last access (a get, set, incr,
