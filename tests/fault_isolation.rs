@@ -271,3 +271,76 @@ fn a_reader_of_events_whose_waker_panics_stops_no_supervision() {
     drop(next);
     common::stop(cluster);
 }
+
+/// A worker's waker that panics as the Redis link delivers a message from
+/// another host is caught on the link's thread, and the link delivers the
+/// next message.
+#[cfg(feature = "redis")]
+#[test]
+fn a_waker_that_panics_as_redis_delivers_stops_no_delivery() {
+    let redis = common::redis::config();
+    let (armed_tx, armed_rx) = mpsc::channel::<()>();
+    let armed_tx = Arc::new(Mutex::new(armed_tx));
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Arc::new(Mutex::new(go_rx));
+    let b = Cluster::builder()
+        .workers(1)
+        .pin_cores(false)
+        .bus_backend(redis.clone().host("b"))
+        .start(move |worker| {
+            let (armed_tx, go_rx) = (armed_tx.clone(), go_rx.clone());
+            async move {
+                let mut inbox = worker.inbox();
+                // Wait for the next message with a waker that panics.
+                let waker = std::task::Waker::from(Arc::new(PanickingWaker));
+                let mut cx = std::task::Context::from_waker(&waker);
+                assert!(inbox.poll_recv(&mut cx).is_pending());
+                let _ = armed_tx.lock().expect("lock").send(());
+                let go = go_rx.clone();
+                tokio::task::spawn_blocking(move || go.lock().expect("lock").recv())
+                    .await
+                    .expect("join")
+                    .expect("the test goes on");
+                while let Some(envelope) = inbox.recv().await {
+                    let answer = format!("got {}", String::from_utf8_lossy(envelope.message()));
+                    envelope.reply(answer);
+                }
+            }
+        })
+        .expect("start b");
+    let a = Cluster::builder()
+        .workers(1)
+        .pin_cores(false)
+        .bus_backend(redis.host("a"))
+        .start(|worker| async move { worker.shutdown_signal().await })
+        .expect("start a");
+    common::recv(&armed_rx, "b's worker waits with its panicking waker");
+    // Delivered into b's inbox, waking the panicking waker on b's link.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match common::done(a.bus().send_to("b", 0, "first")) {
+            Ok(()) => break,
+            Err(e) if e.is_no_such_slot() && std::time::Instant::now() < deadline => {
+                // b announces itself just after it starts.
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("send_to b: {e}"),
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !b
+        .metrics()
+        .contains("forkless_runtime_panics_total{thread=\"forkless-redis\"}")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the panic was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    go_tx.send(()).expect("b's worker waits");
+    let reply = common::done(a.bus().request_to("b", 0, "second")).expect("b's link delivers on");
+    assert_eq!(reply, "got second");
+    common::stop(a);
+    common::stop(b);
+}

@@ -231,7 +231,9 @@ impl RedisBus {
                     Err(_) => break,
                 };
                 if let Some((_, raw)) = popped {
-                    self.deliver(&raw).await;
+                    self.link
+                        .caught("delivering a message from another host", self.deliver(&raw))
+                        .await;
                 }
             }
         }
@@ -337,7 +339,10 @@ impl RedisBus {
             let topic = channel.strip_prefix(&prefix).map(str::to_owned);
             async move {
                 if let Some(topic) = topic {
-                    this.publish_here(&topic, &payload).await;
+                    let delivery = this.publish_here(&topic, &payload);
+                    this.link
+                        .caught("delivering a topic's message", delivery)
+                        .await;
                 }
             }
         })

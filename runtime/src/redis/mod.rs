@@ -419,6 +419,13 @@ impl Link {
         })
     }
 
+    /// Runs `work` so that a panic in it (a waker of a worker's, woken as a
+    /// message is delivered) is caught and counted, and the link's loop that
+    /// awaits this goes on with its next message.
+    pub(crate) async fn caught<F: Future>(&self, what: &'static str, work: F) -> Option<F::Output> {
+        crate::guard::Caught::new(self.faults.clone(), "forkless-redis", what, work).await
+    }
+
     /// Refuses new work, runs `last` (bounded by the timeout), then stops the
     /// thread: what still runs there ends, and its answer channels close.
     pub(crate) fn close<F>(&self, last: F)
