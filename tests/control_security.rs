@@ -204,20 +204,6 @@ fn foreign_client_child() {
 // The tests.
 
 #[test]
-fn the_token_is_not_in_the_builders_debug() {
-    let builder = Cluster::builder().control_tcp(
-        SocketAddr::from(([127, 0, 0, 1], 9000)),
-        "a-very-secret-token-123",
-    );
-    let shown = format!("{builder:?}");
-    assert!(!shown.contains("a-very-secret-token-123"), "{shown}");
-    assert!(
-        shown.contains(r#"tcp: Some((127.0.0.1:9000, "***"))"#),
-        "{shown}"
-    );
-}
-
-#[test]
 fn the_socket_is_0600_and_its_directory_0700_under_umask_0() {
     let place = scratch("umask");
     child(

@@ -1,6 +1,10 @@
 //! `ForklessStore`'s bounds: a default idle expiry and a cap on sessions,
 //! so that clients without cookies cannot fill the process's memory.
 
+mod common;
+
+use common::{block_on, cluster};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,27 +15,12 @@ use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::session_store;
 use tower_sessions_core::{Session, SessionStore};
 
-fn cluster() -> Cluster {
-    Cluster::builder()
-        .workers(1)
-        .start(|w: forkless::Worker| async move { w.shutdown_signal().await })
-        .expect("start")
-}
-
 fn record() -> Record {
     Record {
         id: Id::default(),
         data: std::collections::HashMap::new(),
         expiry_date: OffsetDateTime::now_utc() + time::Duration::hours(1),
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 fn stop(cluster: Cluster) {

@@ -1,20 +1,16 @@
 //! `ForklessStore` against tower-sessions' `SessionStore` contract.
 
+mod common;
+
+use common::{block_on, cluster};
+
 use std::collections::HashSet;
 use std::time::Duration;
 
-use forkless::Cluster;
 use forkless_sessions::ForklessStore;
 use time::OffsetDateTime;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::SessionStore;
-
-fn cluster() -> Cluster {
-    Cluster::builder()
-        .workers(1)
-        .start(|w: forkless::Worker| async move { w.shutdown_signal().await })
-        .expect("start")
-}
 
 fn record(id: Id, expires_in: time::Duration) -> Record {
     let mut data = std::collections::HashMap::new();
@@ -24,14 +20,6 @@ fn record(id: Id, expires_in: time::Duration) -> Record {
         data,
         expiry_date: OffsetDateTime::now_utc() + expires_in,
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 #[test]
