@@ -634,34 +634,29 @@ impl Master {
 
     /// Decides whether and when the slot runs again.
     fn after_exit(&mut self, index: usize, exit: &Exit, quick: bool) {
-        let config = &self.config;
+        let policy = Policy::of(&self.config);
         let slot = &mut self.slots[index];
-        let restart = match config.restart {
-            Restart::Always => true,
-            Restart::OnFailure => exit.is_failure(),
-            Restart::Never => false,
-        };
-        if !restart {
-            tracing::info!(
-                slot = index,
-                "slot ends: restart policy {:?}",
-                config.restart
-            );
-            slot.ended = true;
-            slot.idle = None;
-            let survivors = self.survivors(index);
-            self.shared.slot_ended(index, &survivors);
-            return;
-        }
-        let delay = if quick {
-            slot.quick_failures += 1;
-            if slot.quick_failures >= config.max_restarts {
-                let failures = slot.quick_failures;
+        let decision = decide(&policy, exit, quick, slot.quick_failures);
+        let delay = match decision {
+            Decision::End => {
+                tracing::info!(
+                    slot = index,
+                    "slot ends: restart policy {:?}",
+                    policy.restart
+                );
+                slot.ended = true;
+                slot.idle = None;
+                let survivors = self.survivors(index);
+                self.shared.slot_ended(index, &survivors);
+                return;
+            }
+            Decision::GiveUp { failures } => {
                 tracing::error!(
                     slot = index,
                     failures,
                     "slot gave up after {failures} quick failures in a row; the other slots serve on",
                 );
+                slot.quick_failures = failures;
                 slot.gave_up = true;
                 slot.idle = None;
                 let survivors = self.survivors(index);
@@ -672,14 +667,13 @@ impl Master {
                 });
                 return;
             }
-            backoff(
-                config.throttle_delay,
-                slot.quick_failures,
-                config.max_backoff,
-            )
-        } else {
-            slot.quick_failures = 0;
-            Duration::ZERO
+            Decision::Respawn {
+                delay,
+                quick_failures,
+            } => {
+                slot.quick_failures = quick_failures;
+                delay
+            }
         };
         if let Some(last) = slot.history.back_mut() {
             last.restart_delay = Some(delay);
@@ -1232,6 +1226,81 @@ fn micros(d: Duration) -> u64 {
     d.as_micros().try_into().unwrap_or(u64::MAX)
 }
 
+/// The restart rules, from the builder.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    restart: Restart,
+    throttle_delay: Duration,
+    max_backoff: Duration,
+    max_restarts: u32,
+}
+
+impl Policy {
+    fn of(config: &Builder) -> Policy {
+        Policy {
+            restart: config.restart,
+            throttle_delay: config.throttle_delay,
+            max_backoff: config.max_backoff,
+            max_restarts: config.max_restarts,
+        }
+    }
+}
+
+/// What the supervisor does with a slot whose serving generation exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Start the next generation after `delay` (zero: at once); the slot
+    /// now has `quick_failures` in a row.
+    Respawn {
+        delay: Duration,
+        quick_failures: u32,
+    },
+    /// Too many quick failures in a row: the slot stops for good.
+    GiveUp { failures: u32 },
+    /// The restart policy does not start this slot again.
+    End,
+}
+
+/// The restart policy as a pure function (DESIGN.md, "Supervision").
+///
+/// `quick` says whether the generation ran less than `throttle_delay`
+/// (or could not be started at all); `quick_failures` is how many quick
+/// exits in a row the slot had before this one. Any quick exit counts,
+/// a normal return included, so that a body that returns at once is
+/// throttled like one that fails at once.
+///
+/// | policy | exit | quick | decision |
+/// |---|---|---|---|
+/// | `Never` | any | any | end |
+/// | `OnFailure` | normal or terminated | any | end |
+/// | `Always`, or `OnFailure` and a failure | any | no | respawn at once; the count goes back to 0 |
+/// | the same | any | yes, k-th in a row, k < `max_restarts` | respawn after `throttle_delay * 2^(k-1)`, at most `max_backoff` |
+/// | the same | any | yes, k-th in a row, k >= `max_restarts` | give up |
+fn decide(policy: &Policy, exit: &Exit, quick: bool, quick_failures: u32) -> Decision {
+    let restart = match policy.restart {
+        Restart::Always => true,
+        Restart::OnFailure => exit.is_failure(),
+        Restart::Never => false,
+    };
+    if !restart {
+        return Decision::End;
+    }
+    if !quick {
+        return Decision::Respawn {
+            delay: Duration::ZERO,
+            quick_failures: 0,
+        };
+    }
+    let k = quick_failures.saturating_add(1);
+    if k >= policy.max_restarts {
+        return Decision::GiveUp { failures: k };
+    }
+    Decision::Respawn {
+        delay: backoff(policy.throttle_delay, k, policy.max_backoff),
+        quick_failures: k,
+    }
+}
+
 /// `base * 2^(k-1)`, at most `max`.
 fn backoff(base: Duration, k: u32, max: Duration) -> Duration {
     let factor = 1u32.checked_shl(k.saturating_sub(1)).unwrap_or(u32::MAX);
@@ -1256,6 +1325,84 @@ mod tests {
         }
         assert_eq!(slot.history.len(), SlotReport::HISTORY);
         assert_eq!(slot.history.front().map(|g| g.generation), Some(5));
+    }
+
+    fn policy(restart: Restart) -> Policy {
+        Policy {
+            restart,
+            throttle_delay: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(30),
+            max_restarts: 4,
+        }
+    }
+
+    fn failed() -> Exit {
+        Exit::Failed("no".into())
+    }
+
+    #[test]
+    fn the_restart_policy_row_by_row() {
+        let s = Duration::from_secs;
+        let respawn = |delay, quick_failures| Decision::Respawn {
+            delay,
+            quick_failures,
+        };
+        let panicked = Exit::Panicked {
+            message: "boom".into(),
+            location: None,
+        };
+        // Never: every exit ends the slot.
+        for exit in [Exit::Normal, failed(), Exit::Terminated, panicked.clone()] {
+            for quick in [false, true] {
+                assert_eq!(
+                    decide(&policy(Restart::Never), &exit, quick, 0),
+                    Decision::End
+                );
+            }
+        }
+        // OnFailure: a return or a termination ends it, a failure restarts.
+        let on_failure = policy(Restart::OnFailure);
+        assert_eq!(decide(&on_failure, &Exit::Normal, false, 0), Decision::End);
+        assert_eq!(
+            decide(&on_failure, &Exit::Terminated, true, 0),
+            Decision::End
+        );
+        assert_eq!(decide(&on_failure, &failed(), false, 3), respawn(s(0), 0));
+        assert_eq!(decide(&on_failure, &panicked, true, 0), respawn(s(2), 1));
+        // Always: a healthy run respawns at once and forgets the failures.
+        let always = policy(Restart::Always);
+        assert_eq!(decide(&always, &Exit::Normal, false, 3), respawn(s(0), 0));
+        assert_eq!(decide(&always, &failed(), false, 3), respawn(s(0), 0));
+        // Quick exits back off, doubling, a quick return included...
+        assert_eq!(decide(&always, &Exit::Normal, true, 0), respawn(s(2), 1));
+        assert_eq!(decide(&always, &failed(), true, 1), respawn(s(4), 2));
+        assert_eq!(decide(&always, &failed(), true, 2), respawn(s(8), 3));
+        // ... until the max_restarts-th in a row gives up.
+        assert_eq!(
+            decide(&always, &failed(), true, 3),
+            Decision::GiveUp { failures: 4 }
+        );
+        // The back-off is capped, and a count at its maximum cannot wrap.
+        let patient = Policy {
+            max_restarts: u32::MAX,
+            ..always
+        };
+        assert_eq!(decide(&patient, &failed(), true, 10), respawn(s(30), 11));
+        assert_eq!(
+            decide(&patient, &failed(), true, u32::MAX),
+            Decision::GiveUp { failures: u32::MAX }
+        );
+        // max_restarts 0 and 1 both give up at the first quick failure.
+        for max_restarts in [0, 1] {
+            let strict = Policy {
+                max_restarts,
+                ..always
+            };
+            assert_eq!(
+                decide(&strict, &failed(), true, 0),
+                Decision::GiveUp { failures: 1 }
+            );
+        }
     }
 
     #[test]
