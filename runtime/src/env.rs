@@ -102,18 +102,13 @@ pub(crate) fn apply(
                 builder.max_restarts = number(name, v, "not a number of restarts (an integer)")?
             }
             "FORKLESS_RESTART" => {
-                builder.restart = match v.trim().to_ascii_lowercase().as_str() {
-                    "always" => Restart::Always,
-                    "on-failure" | "on_failure" => Restart::OnFailure,
-                    "never" => Restart::Never,
-                    _ => {
-                        return Err(bad(
-                            name,
-                            v,
-                            "not a restart policy (always, on-failure, never)",
-                        ))
-                    }
-                }
+                builder.restart = v.parse().map_err(|_| {
+                    bad(
+                        name,
+                        v,
+                        &format!("not a restart policy ({})", Restart::ACCEPTED),
+                    )
+                })?
             }
             "FORKLESS_NAME" => builder.name = value.clone(),
             "FORKLESS_INBOX_CAPACITY" => {
@@ -128,17 +123,13 @@ pub(crate) fn apply(
             "FORKLESS_READY_TIMEOUT" => builder.ready_timeout = duration(name, v)?,
             "FORKLESS_STALL_TIMEOUT" => builder.stall_timeout = duration(name, v)?,
             "FORKLESS_TASK_PANIC" => {
-                builder.task_panic = match v.trim().to_ascii_lowercase().as_str() {
-                    "isolate" => TaskPanic::Isolate,
-                    "crash-worker" | "crash_worker" => TaskPanic::CrashWorker,
-                    _ => {
-                        return Err(bad(
-                            name,
-                            v,
-                            "not a task panic policy (isolate, crash-worker)",
-                        ))
-                    }
-                }
+                builder.task_panic = v.parse().map_err(|_| {
+                    bad(
+                        name,
+                        v,
+                        &format!("not a task panic policy ({})", TaskPanic::ACCEPTED),
+                    )
+                })?
             }
             "FORKLESS_NOTIFY_SYSTEMD" => builder.notify_systemd = boolean(name, v)?,
             _ => {}
@@ -239,5 +230,97 @@ mod tests {
         })
         .expect_err("not UTF-8");
         assert!(e.to_string().contains("FORKLESS_NAME") && e.to_string().contains("UTF-8"));
+    }
+
+    #[test]
+    fn restart_policies_parse_as_the_variable_takes_them() {
+        for (text, policy) in [
+            ("always", Restart::Always),
+            ("ALWAYS", Restart::Always),
+            (" always\n", Restart::Always),
+            ("on-failure", Restart::OnFailure),
+            ("on_failure", Restart::OnFailure),
+            ("On-Failure", Restart::OnFailure),
+            ("\ton_FAILURE ", Restart::OnFailure),
+            ("never", Restart::Never),
+            ("Never", Restart::Never),
+        ] {
+            assert_eq!(text.parse::<Restart>().expect(text), policy, "{text:?}");
+            let b = with(&[("FORKLESS_RESTART", text)]).expect(text);
+            assert_eq!(b.restart, policy, "{text:?}");
+        }
+        for text in [
+            "",
+            " ",
+            "sometimes",
+            "on failure",
+            "onfailure",
+            "on--failure",
+            "always!",
+            "a lways",
+            "nevermore",
+            "crash-worker",
+        ] {
+            let e = text.parse::<Restart>().expect_err(text);
+            assert!(e.is_config(), "{e:?}");
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("{text:?}"))
+                    && message.contains("always, on-failure, never"),
+                "{message}"
+            );
+            let e = with(&[("FORKLESS_RESTART", text)]).expect_err(text);
+            assert!(e.is_config(), "{e:?}");
+            let message = e.to_string();
+            assert!(
+                message.contains("FORKLESS_RESTART")
+                    && message.contains("not a restart policy (always, on-failure, never)"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn task_panic_policies_parse_as_the_variable_takes_them() {
+        for (text, policy) in [
+            ("isolate", TaskPanic::Isolate),
+            ("ISOLATE", TaskPanic::Isolate),
+            (" Isolate\t", TaskPanic::Isolate),
+            ("crash-worker", TaskPanic::CrashWorker),
+            ("crash_worker", TaskPanic::CrashWorker),
+            ("Crash-Worker", TaskPanic::CrashWorker),
+            ("\nCRASH_WORKER ", TaskPanic::CrashWorker),
+        ] {
+            assert_eq!(text.parse::<TaskPanic>().expect(text), policy, "{text:?}");
+            let b = with(&[("FORKLESS_TASK_PANIC", text)]).expect(text);
+            assert_eq!(b.task_panic, policy, "{text:?}");
+        }
+        for text in [
+            "",
+            " ",
+            "explode",
+            "crash worker",
+            "crashworker",
+            "crash-worker!",
+            "isolated",
+            "crash",
+            "always",
+        ] {
+            let e = text.parse::<TaskPanic>().expect_err(text);
+            assert!(e.is_config(), "{e:?}");
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("{text:?}")) && message.contains("isolate, crash-worker"),
+                "{message}"
+            );
+            let e = with(&[("FORKLESS_TASK_PANIC", text)]).expect_err(text);
+            assert!(e.is_config(), "{e:?}");
+            let message = e.to_string();
+            assert!(
+                message.contains("FORKLESS_TASK_PANIC")
+                    && message.contains("not a task panic policy (isolate, crash-worker)"),
+                "{message}"
+            );
+        }
     }
 }
