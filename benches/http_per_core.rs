@@ -7,8 +7,8 @@
 //! cargo bench --bench http_per_core
 //! ```
 //!
-//! `FORKLESS_BENCH_SECS` (default 10) sets each measurement's length,
-//! `FORKLESS_BENCH_ROUNDS` (default 3) how many times each server is
+//! `BENCH_SECS` (default 10) sets each measurement's length,
+//! `BENCH_ROUNDS` (default 3) how many times each server is
 //! measured, in turns (A B C A B C ...), so that drift in the machine hits
 //! every server alike; the median round is reported. wrk keeps 64
 //! connections open with one thread. Needs 2 cores or more.
@@ -27,10 +27,10 @@
 //! - `node`: Node's `cluster` module with 1 worker (`benches/node/hello.js`;
 //!   the primary shares the core), when `node` is on the PATH.
 //!
-//! `FORKLESS_BENCH_SERVERS=forkless,per-core` measures only those (the
+//! `BENCH_SERVERS=forkless,per-core` measures only those (the
 //! first one listed is the one compared; the default is all of them).
 //!
-//! `FORKLESS_BENCH_WORKERS=n` (default 1) gives every server `n` cores
+//! `BENCH_WORKERS=n` (default 1) gives every server `n` cores
 //! (cores `0..n`) and wrk the next one: the N-workers mode, for machines
 //! with more cores (`benches/scaling.sh` runs it for 1, 2, 4 and 8).
 //!
@@ -48,7 +48,7 @@ mod servers;
 use std::process::{Child, Command};
 
 const ALL_SERVERS: [&str; 5] = ["forkless", "per-core", "tokio-mt", "actix-web", "node"];
-/// For diagnosis, by `FORKLESS_BENCH_SERVERS` only: a forkless cluster
+/// For diagnosis, by `BENCH_SERVERS` only: a forkless cluster
 /// serving the per-core server's handler as it is (`fl-min`), and with a
 /// graceful-shutdown `select!` beside each connection (`fl-sel`). What
 /// `forkless` costs beyond `fl-min` is `hello`'s own code.
@@ -71,7 +71,7 @@ fn main() {
         println!("http_per_core: skipped, needs 2 cores (one for the server, one for wrk)");
         return;
     }
-    let workers: usize = env_or("FORKLESS_BENCH_WORKERS", 1).clamp(1, cores.len() - 1);
+    let workers: usize = env_or("BENCH_WORKERS", 1).clamp(1, cores.len() - 1);
     let server_cores: Vec<String> = cores[..workers].iter().map(|c| c.id.to_string()).collect();
     let server_cores = server_cores.join(",");
     // wrk on the remaining cores (at most 8 threads), 64 connections per
@@ -84,10 +84,10 @@ fn main() {
     let wrk_threads = wrk_cores.len();
     let wrk_core = wrk_cores.join(",");
     let connections = 64 * workers;
-    let secs: u64 = env_or("FORKLESS_BENCH_SECS", 10);
-    let rounds: usize = env_or("FORKLESS_BENCH_ROUNDS", 3);
+    let secs: u64 = env_or("BENCH_SECS", 10);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let node = Command::new("node").arg("--version").output().is_ok();
-    let chosen = std::env::var("FORKLESS_BENCH_SERVERS").unwrap_or_default();
+    let chosen = std::env::var("BENCH_SERVERS").unwrap_or_default();
     let servers: Vec<&str> = if chosen.is_empty() {
         ALL_SERVERS.to_vec()
     } else {
@@ -96,7 +96,7 @@ fn main() {
     for s in &servers {
         assert!(
             ALL_SERVERS.contains(s) || DIAGNOSTIC_SERVERS.contains(s),
-            "FORKLESS_BENCH_SERVERS: unknown server {s:?} (known: {ALL_SERVERS:?}, \
+            "BENCH_SERVERS: unknown server {s:?} (known: {ALL_SERVERS:?}, \
              {DIAGNOSTIC_SERVERS:?})"
         );
     }

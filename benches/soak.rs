@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo bench --bench soak            # 10,000 panics
-//! FORKLESS_BENCH_PANICS=2000 cargo bench --bench soak
+//! BENCH_PANICS=2000 cargo bench --bench soak
 //! ```
 //!
 //! Two workers, `throttle_delay` 1 ms (and no giving up). Each round a
@@ -25,7 +25,7 @@ use forkless::{Cluster, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() {
-    let panics: usize = std::env::var("FORKLESS_BENCH_PANICS")
+    let panics: usize = std::env::var("BENCH_PANICS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);

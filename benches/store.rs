@@ -7,7 +7,7 @@
 //!   in-process ceiling for a store built like forkless's;
 //! - `redis`: Redis on loopback through the `redis` crate (one multiplexed
 //!   connection per worker), when `redis-server` is on the PATH (or
-//!   `FORKLESS_BENCH_REDIS` names a running one, as `redis://127.0.0.1:6379`);
+//!   `BENCH_REDIS` names a running one, as `redis://127.0.0.1:6379`);
 //! - `forkless-redis`: `worker.store()` again, on the Redis backend
 //!   (`Builder::store_backend`) and the same Redis: what a store shared by
 //!   several hosts costs against the in-process one and raw Redis. Needs
@@ -24,7 +24,7 @@
 //!
 //! ```text
 //! cargo bench --bench store
-//! FORKLESS_BENCH_SECS=3 FORKLESS_BENCH_ROUNDS=3 cargo bench --bench store
+//! BENCH_SECS=3 BENCH_ROUNDS=3 cargo bench --bench store
 //! ```
 #![allow(missing_docs)]
 
@@ -311,10 +311,10 @@ fn percentile(sorted: &[u32], p: f64) -> String {
     format!("{:.2}", sorted[i] as f64 / 1000.0)
 }
 
-/// A Redis to measure: `FORKLESS_BENCH_REDIS`, or a `redis-server` started
+/// A Redis to measure: `BENCH_REDIS`, or a `redis-server` started
 /// on a free loopback port for this run.
 fn redis() -> Option<(String, Option<RedisServer>)> {
-    if let Ok(url) = std::env::var("FORKLESS_BENCH_REDIS") {
+    if let Ok(url) = std::env::var("BENCH_REDIS") {
         return Some((url, None));
     }
     if !redis_server::installed() {
@@ -336,12 +336,12 @@ fn main() {
     // run one short round of each, as a smoke test.
     let benching = std::env::args().any(|a| a == "--bench");
     let secs: f64 = if benching {
-        env_or("FORKLESS_BENCH_SECS", 3.0)
+        env_or("BENCH_SECS", 3.0)
     } else {
         0.05
     };
     let rounds: usize = if benching {
-        env_or("FORKLESS_BENCH_ROUNDS", 3)
+        env_or("BENCH_ROUNDS", 3)
     } else {
         1
     };
@@ -360,7 +360,7 @@ fn main() {
             #[cfg(not(feature = "redis"))]
             println!("forkless-redis: skipped (build with `--features redis` to measure it)");
         }
-        None => println!("redis: skipped (no redis-server on the PATH, no FORKLESS_BENCH_REDIS)"),
+        None => println!("redis: skipped (no redis-server on the PATH, no BENCH_REDIS)"),
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(

@@ -144,15 +144,11 @@ pub(crate) fn apply(
 }
 
 /// Reads the process's environment. Warns about `FORKLESS_*` names that are
-/// not ours (a typo would otherwise go unnoticed); the benchmarks' own
-/// `FORKLESS_BENCH_*` are left alone.
+/// not ours (a typo would otherwise go unnoticed).
 pub(crate) fn from_process(builder: Builder) -> Result<Builder, Error> {
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with("FORKLESS_")
-            && !name.starts_with("FORKLESS_BENCH_")
-            && !VARIABLES.contains(&name)
-        {
+        if name.starts_with("FORKLESS_") && !VARIABLES.contains(&name) {
             tracing::warn!(
                 variable = name,
                 "unknown FORKLESS_ variable ignored (known: {})",
