@@ -55,12 +55,26 @@ impl Systemd {
 }
 
 /// `WATCHDOG_USEC`, as `sd_watchdog_enabled(3)` reads it: ignored when
-/// `WATCHDOG_PID` is set to another process.
+/// `WATCHDOG_PID` names another process; 0 means no watchdog.
+///
+/// `sd_notify::watchdog_enabled` reads both variables and checks the pid. In
+/// sd-notify 0.4 it also wants `WATCHDOG_PID` to be set, where
+/// `sd_watchdog_enabled(3)` (and sd-notify 0.5) take a lone `WATCHDOG_USEC`
+/// as meant for this process: only that case is read here.
 fn watchdog_usec() -> Option<u64> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
-    let pid = std::env::var("WATCHDOG_PID").ok();
-    let ours = pid.map_or(true, |p| {
-        p.trim().parse::<u32>().ok() == Some(std::process::id())
-    });
-    (usec > 0 && ours).then_some(usec)
+    let mut usec = 0;
+    let enabled = if std::env::var_os("WATCHDOG_PID").is_some() {
+        // The environment is left as it is: unsetting it is not safe once
+        // other threads run.
+        sd_notify::watchdog_enabled(false, &mut usec)
+    } else {
+        match std::env::var("WATCHDOG_USEC").map(|v| v.trim().parse()) {
+            Ok(Ok(value)) => {
+                usec = value;
+                true
+            }
+            _ => false,
+        }
+    };
+    (enabled && usec > 0).then_some(usec)
 }
