@@ -198,6 +198,65 @@ fn bad_requests_get_4xx_json_errors_and_the_cluster_runs_on() {
     cluster.join();
 }
 
+/// Route matching is one table: an unknown path is 404, a known path with
+/// another method 405 with `Allow`, and none of them (lookalikes of
+/// `/shutdown` included) stops the cluster.
+#[test]
+fn unknown_routes_are_404_and_never_stop_the_cluster() {
+    let path = socket_path("routes");
+    let cluster = cluster(&path, Cluster::builder().name("control-routes"));
+    for (method, target) in [
+        ("GET", "/"),
+        ("POST", "/"),
+        ("POST", "/nowhere"),
+        ("POST", "/shutdown/"),
+        ("POST", "//shutdown"),
+        ("POST", "/Shutdown"),
+        ("POST", "/shutdown/now"),
+        ("POST", "/shutdownx"),
+        ("DELETE", "/cluster"),
+        ("PUT", "/restart/"),
+    ] {
+        let answer = raw(unix(&path), &request(method, target, "", ""));
+        assert!(
+            status_line(&answer).starts_with("HTTP/1.1 404"),
+            "{method} {target}: {answer}"
+        );
+        let error: serde_json::Value = serde_json::from_str(body(&answer)).expect("a JSON error");
+        assert!(
+            error["error"].as_str().is_some_and(|e| e.contains(target)),
+            "{answer}"
+        );
+    }
+    for (method, target, allow) in [
+        ("GET", "/shutdown", "POST"),
+        ("PUT", "/shutdown", "POST"),
+        ("DELETE", "/shutdown", "POST"),
+        ("GET", "/restart", "POST"),
+        ("POST", "/status", "GET"),
+        ("POST", "/events", "GET"),
+    ] {
+        let answer = raw(unix(&path), &request(method, target, "", ""));
+        assert!(
+            status_line(&answer).starts_with("HTTP/1.1 405"),
+            "{method} {target}: {answer}"
+        );
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains(&format!("\r\nallow: {}\r\n", allow.to_ascii_lowercase())),
+            "{answer}"
+        );
+    }
+    assert!(!cluster.is_stopped());
+    let answer = raw(unix(&path), &request("GET", "/status", "", ""));
+    assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
+    let status: serde_json::Value = serde_json::from_str(body(&answer)).expect("JSON");
+    assert_eq!(status["stopping"], false);
+    cluster.shutdown();
+    cluster.join();
+}
+
 #[test]
 fn the_tcp_listener_wants_the_token() {
     let path = socket_path("tcp");

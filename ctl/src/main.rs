@@ -18,15 +18,10 @@
 //! took first at the expected path gets no request, and `forkless-ctl`
 //! says whose it is.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use forkless_control::{Client, Event, Status, Workers};
 use serde_json::Value;
 
 /// Watch and steer a running forkless cluster through its control socket.
@@ -35,7 +30,7 @@ use serde_json::Value;
 struct Args {
     /// The control socket [default: the one of the cluster named by --name].
     #[arg(long, global = true)]
-    socket: Option<PathBuf>,
+    socket: Option<std::path::PathBuf>,
     /// The cluster's name, which gives its default socket path.
     #[arg(long, global = true, default_value = "forkless")]
     name: String,
@@ -49,7 +44,7 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// The workers: slot, generation, core, state, uptime, restarts,
-    /// connections, tasks, busy, lag.
+    /// connections accepted, tasks, busy, lag.
     Status,
     /// Set the number of workers: N, +N or -N.
     Resize {
@@ -67,10 +62,20 @@ enum Command {
     Metrics,
 }
 
-/// A failure, and the exit code that says which kind.
+/// A failure, and the exit code that says which kind: 2 when no trusted
+/// cluster answers (or the command line is wrong), 1 otherwise.
 struct Failure {
     code: u8,
     message: String,
+}
+
+impl From<forkless_control::Error> for Failure {
+    fn from(e: forkless_control::Error) -> Failure {
+        Failure {
+            code: if e.is_unreachable() { 2 } else { 1 },
+            message: e.to_string(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -78,7 +83,7 @@ fn main() -> ExitCode {
     let socket = args
         .socket
         .clone()
-        .unwrap_or_else(|| forkless_runtime::default_control_socket(&args.name));
+        .unwrap_or_else(|| forkless_control::default_socket(&args.name));
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -89,7 +94,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(&args, &socket)) {
+    match rt.block_on(run(&args, &Client::new(socket))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("forkless-ctl: {}", f.message);
@@ -98,89 +103,72 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &Args, socket: &PathBuf) -> Result<(), Failure> {
+/// Parses `body` as a `T` (so that an answer the protocol does not know is
+/// an error), and returns it with the text as it came.
+fn typed<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<(T, String), Failure> {
+    let value = serde_json::from_slice(body).map_err(|e| Failure {
+        code: 1,
+        message: format!("the answer to {what} is not the protocol's JSON: {e}"),
+    })?;
+    Ok((value, String::from_utf8_lossy(body).into_owned()))
+}
+
+async fn run(args: &Args, client: &Client) -> Result<(), Failure> {
     match &args.command {
         Command::Status => {
-            let status = json(call(socket, Method::GET, "/status", None).await?).await?;
+            let (status, raw): (Status, _) = typed("/status", &client.get("/status").await?)?;
             if args.json {
-                println!("{status}");
+                println!("{raw}");
             } else {
                 print!("{}", table(&status));
             }
         }
         Command::Resize { workers } => {
-            let value = if workers.starts_with('+') || workers.starts_with('-') {
-                Value::String(workers.clone())
-            } else {
-                match workers.parse::<u64>() {
-                    Ok(n) => Value::from(n),
-                    Err(_) => {
-                        return Err(Failure {
-                            code: 2,
-                            message: format!("resize {workers:?}: expected N, +N or -N"),
-                        })
-                    }
-                }
-            };
-            let body = serde_json::json!({ "workers": value }).to_string();
-            let answer = json(call(socket, Method::POST, "/resize", Some(body)).await?).await?;
+            let workers: Workers = workers.parse().map_err(|e| Failure {
+                code: 2,
+                message: format!("resize {workers:?}: {e}"),
+            })?;
             if args.json {
-                println!("{answer}");
+                let body = serde_json::to_vec(&forkless_control::ResizeRequest { workers })
+                    .map_err(|e| Failure {
+                        code: 1,
+                        message: e.to_string(),
+                    })?;
+                let (_, raw): (forkless_control::ResizeAnswer, _) =
+                    typed("/resize", &client.post("/resize", &body).await?)?;
+                println!("{raw}");
             } else {
-                println!("resizing: {} -> {} workers", answer["from"], answer["to"]);
+                let answer = client.resize(workers).await?;
+                println!("resizing: {} -> {} workers", answer.from, answer.to);
             }
         }
         Command::Restart => {
-            let answer = json(call(socket, Method::POST, "/restart", None).await?).await?;
-            print_or(args.json, &answer, "rolling restart started");
+            let (_, raw): (forkless_control::RestartAnswer, _) =
+                typed("/restart", &client.post("/restart", b"").await?)?;
+            print_or(args.json, &raw, "rolling restart started");
         }
         Command::Stop => {
-            let answer = json(call(socket, Method::POST, "/shutdown", None).await?).await?;
-            print_or(args.json, &answer, "stopping");
+            let (_, raw): (forkless_control::ShutdownAnswer, _) =
+                typed("/shutdown", &client.post("/shutdown", b"").await?)?;
+            print_or(args.json, &raw, "stopping");
         }
         Command::Events => {
-            let mut body = call(socket, Method::GET, "/events", None)
-                .await?
-                .into_body();
-            let mut pending = Vec::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| Failure {
-                    code: 1,
-                    message: format!("the event stream broke: {e}"),
-                })?;
-                if let Ok(data) = frame.into_data() {
-                    pending.extend_from_slice(&data);
-                    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=end).collect();
-                        let line = String::from_utf8_lossy(&line);
-                        let line = line.trim_end();
-                        if args.json {
-                            println!("{line}");
-                        } else {
-                            println!("{}", event_line(line));
-                        }
-                    }
+            let mut events = client.events().await?;
+            while let Some(line) = events.next_line().await {
+                let line = line?;
+                if args.json {
+                    println!("{line}");
+                } else {
+                    println!("{}", event_line(&line));
                 }
             }
         }
-        Command::Metrics => {
-            let response = call(socket, Method::GET, "/metrics", None).await?;
-            let text = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| Failure {
-                    code: 1,
-                    message: format!("reading the metrics: {e}"),
-                })?
-                .to_bytes();
-            print!("{}", String::from_utf8_lossy(&text));
-        }
+        Command::Metrics => print!("{}", client.metrics().await?),
     }
     Ok(())
 }
 
-fn print_or(raw: bool, answer: &Value, text: &str) {
+fn print_or(raw: bool, answer: &str, text: &str) {
     if raw {
         println!("{answer}");
     } else {
@@ -188,150 +176,51 @@ fn print_or(raw: bool, answer: &Value, text: &str) {
     }
 }
 
-/// One request on a fresh connection to the control socket.
-async fn call(
-    socket: &PathBuf,
-    method: Method,
-    path: &str,
-    body: Option<String>,
-) -> Result<Response<Incoming>, Failure> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| Failure {
-            code: 2,
-            message: format!(
-                "no cluster answers on {}: {e} (is it running? are --name or --socket right?)",
-                socket.display()
-            ),
-        })?;
-    let server = stream.peer_cred().map_err(|e| Failure {
-        code: 2,
-        message: format!(
-            "cannot tell who runs the server on {}: {e}",
-            socket.display()
-        ),
-    })?;
-    let ours = rustix::process::geteuid().as_raw();
-    if !server_trusted(server.uid(), ours) {
-        return Err(Failure {
-            code: 2,
-            message: format!(
-                "refusing to talk to {}: the server there runs as uid {}, not as this user \
-                 (uid {ours}) or root; another user may have taken the socket's path",
-                socket.display(),
-                server.uid()
-            ),
-        });
-    }
-    let broken = |e: hyper::Error| Failure {
-        code: 1,
-        message: format!("the control server at {} broke off: {e}", socket.display()),
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(broken)?;
-    tokio::spawn(conn);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "forkless")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| Failure {
-            code: 1,
-            message: e.to_string(),
-        })?;
-    let response = sender.send_request(request).await.map_err(broken)?;
-    if response.status().is_success() {
-        return Ok(response);
-    }
-    let status = response.status();
-    let text = response
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&text)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&text).into_owned());
-    Err(Failure {
-        code: 1,
-        message: format!("{status}: {message}"),
-    })
-}
-
-/// Whether to talk to a control server that runs as `server`, this client
-/// running as `ours`: only to the same user, or to root.
-fn server_trusted(server: u32, ours: u32) -> bool {
-    server == ours || server == 0
-}
-
-async fn json(response: Response<Incoming>) -> Result<Value, Failure> {
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("reading the answer: {e}"),
-        })?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| Failure {
-        code: 1,
-        message: format!("the answer is not JSON: {e}"),
-    })
-}
-
-/// A `pm2 list`-like table.
-fn table(status: &Value) -> String {
+/// A `pm2 list`-like table. "accepted" is the connections each generation
+/// has accepted since it started (cumulative), as the status reports it.
+fn table(status: &Status) -> String {
     let mut out = format!(
         "cluster {} ({} workers{}{})\n",
-        status["name"].as_str().unwrap_or("?"),
-        status["size"],
-        if status["rolling"] == Value::Bool(true) {
+        status.name,
+        status.size,
+        if status.rolling {
             ", rolling restart"
         } else {
             ""
         },
-        if status["stopping"] == Value::Bool(true) {
-            ", stopping"
-        } else {
-            ""
-        },
+        if status.stopping { ", stopping" } else { "" },
     );
     out.push_str(&format!(
         "{:>4} {:>4} {:>4} {:<10} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9}\n",
-        "slot", "gen", "core", "state", "uptime", "restarts", "conns", "tasks", "busy", "lag"
+        "slot", "gen", "core", "state", "uptime", "restarts", "accepted", "tasks", "busy", "lag"
     ));
-    for w in status["workers"].as_array().into_iter().flatten() {
+    for w in &status.workers {
         let dash = || "-".to_owned();
         out.push_str(&format!(
             "{:>4} {:>4} {:>4} {:<10} {:>9} {:>8} {:>8} {:>6} {:>5.0}% {:>7.2}ms\n",
-            w["slot"].to_string(),
-            w["generation"].to_string(),
-            w["core"].as_u64().map_or_else(dash, |c| c.to_string()),
-            w["state"].as_str().unwrap_or("?"),
-            w["uptime_secs"].as_f64().map_or_else(dash, uptime),
-            w["restarts"].to_string(),
-            w["accepted"].to_string(),
-            w["alive_tasks"].to_string(),
-            w["busy_ratio"].as_f64().unwrap_or(0.0) * 100.0,
-            w["loop_lag_ms"].as_f64().unwrap_or(0.0),
+            w.slot,
+            w.generation,
+            w.core.map_or_else(dash, |c| c.to_string()),
+            w.state.to_string(),
+            w.uptime_secs.map_or_else(dash, uptime),
+            w.restarts,
+            w.accepted,
+            w.alive_tasks,
+            w.busy_ratio * 100.0,
+            w.loop_lag_ms,
         ));
     }
-    for b in status["backends"].as_array().into_iter().flatten() {
+    for b in &status.backends {
         out.push_str(&format!(
             "{} on {}: {} ({} failed commands)\n",
-            b["name"].as_str().unwrap_or("?"),
-            b["kind"].as_str().unwrap_or("?"),
-            if b["reachable"] == Value::Bool(true) {
+            b.name,
+            b.kind,
+            if b.reachable {
                 "answers"
             } else {
                 "NOT REACHABLE"
             },
-            b["failures"],
+            b.failures,
         ));
     }
     out
@@ -346,9 +235,16 @@ fn uptime(secs: f64) -> String {
     }
 }
 
-/// `worker_exited slot=0 generation=1 exit="panicked at ..."`.
+/// `worker_exited exit="panicked at ..." generation=1 ran_for_ms=2.5 slot=0`:
+/// the event's name, then its fields by name. A line that is not an event
+/// this version knows is shown the same way if it is a JSON object, as it
+/// came otherwise.
 fn event_line(line: &str) -> String {
-    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(line) else {
+    let value = match serde_json::from_str::<Event>(line) {
+        Ok(event) => serde_json::to_value(event).ok(),
+        Err(_) => serde_json::from_str::<Value>(line).ok(),
+    };
+    let Some(Value::Object(map)) = value else {
         return line.to_owned();
     };
     let name = map
@@ -356,12 +252,13 @@ fn event_line(line: &str) -> String {
         .and_then(Value::as_str)
         .unwrap_or("event")
         .to_owned();
-    let fields: Vec<String> = map
-        .iter()
-        .filter(|(k, _)| *k != "event")
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    format!("{name} {}", fields.join(" "))
+    let mut fields: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| *k != "event").collect();
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = name;
+    for (k, v) in fields {
+        out.push_str(&format!(" {k}={v}"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -379,7 +276,7 @@ mod tests {
                  "restarts": 0, "accepted": 0, "alive_tasks": 0, "busy_ratio": 0.0, "loop_lag_ms": 0.0},
             ]
         });
-        let text = table(&status);
+        let text = table(&serde_json::from_value(status).expect("a Status"));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].contains("api (2 workers)"), "{text}");
@@ -399,7 +296,7 @@ mod tests {
                 {"name": "bus", "kind": "redis", "reachable": false, "failures": 7},
             ]
         });
-        let text = table(&status);
+        let text = table(&serde_json::from_value(status).expect("a Status"));
         assert!(
             text.contains("store on redis: answers (0 failed commands)"),
             "{text}"
@@ -412,6 +309,7 @@ mod tests {
 
     #[test]
     fn only_a_server_of_our_uid_or_root_is_trusted() {
+        let server_trusted = forkless_control::peer_trusted;
         assert!(server_trusted(1000, 1000));
         assert!(server_trusted(0, 1000));
         assert!(server_trusted(0, 0));
@@ -426,5 +324,40 @@ mod tests {
             "resized from=2 to=3"
         );
         assert_eq!(event_line("not json"), "not json");
+    }
+
+    #[test]
+    fn events_are_read_as_typed_events_fields_by_name() {
+        assert_eq!(
+            event_line(r#"{"event":"roll_finished","restarted":3,"completed":true}"#),
+            "roll_finished completed=true restarted=3"
+        );
+        assert_eq!(event_line(r#"{"event":"stopped"}"#), "stopped");
+        // An event of a newer server is still shown.
+        assert_eq!(
+            event_line(r#"{"event":"from_the_future","b":2,"a":1}"#),
+            "from_the_future a=1 b=2"
+        );
+    }
+
+    /// The column shows the status's `accepted`: connections accepted since
+    /// the generation started, not the connections open now.
+    #[test]
+    fn the_accepted_column_is_named_for_what_it_counts() {
+        let status = serde_json::json!({
+            "name": "api", "size": 1, "rolling": false, "stopping": false,
+            "workers": [
+                {"slot": 0, "generation": 0, "core": 0, "state": "ready", "uptime_secs": 1.0,
+                 "restarts": 0, "last_exit": null, "accepted": 12345, "alive_tasks": 1,
+                 "busy_ratio": 0.0, "loop_lag_ms": 0.0},
+            ]
+        });
+        let text = table(&serde_json::from_value(status).expect("a Status"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].contains("accepted") && !lines[1].contains("conns"),
+            "{text}"
+        );
+        assert!(lines[2].contains("12345"), "{text}");
     }
 }

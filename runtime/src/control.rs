@@ -12,7 +12,10 @@
 //! | `POST /shutdown` | a graceful stop |
 //! | `GET /metrics` | Prometheus metrics, in the text format |
 //!
-//! Errors are 4xx with `{"error": "..."}`.
+//! Errors are 4xx with `{"error": "..."}`: an unknown path is 404, a known
+//! path asked with another method 405 with `Allow` (one `match (method,
+//! path)` in `route` decides). The JSON documents are the types of
+//! [`forkless_control`], which `forkless-ctl` reads with.
 //!
 //! # Who can reach the control plane
 //!
@@ -66,6 +69,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use forkless_control as wire;
 use futures_core::Stream;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
@@ -76,10 +80,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::{json, Value};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::events::{Event, Events, Status};
+use crate::events::{Event, Events, Status, WorkerState};
 use crate::Cluster;
 use forkless_worker::Error;
 
@@ -128,14 +131,15 @@ impl fmt::Debug for ControlConfig {
 /// The uid this process acts as (its effective uid): the owner of the files
 /// it creates, and the uid its peers see.
 pub(crate) fn our_uid() -> u32 {
-    rustix::process::geteuid().as_raw()
+    forkless_control::effective_uid()
 }
 
 /// The default socket path for a cluster named `name`:
 /// `$XDG_RUNTIME_DIR/forkless-{name}.sock`, or, without it,
 /// `{temp dir}/forkless-{uid}/forkless-{name}.sock`, `{uid}` being this
 /// process's effective uid. Characters of `name` other than ASCII letters,
-/// digits, `-` and `_` become `_`.
+/// digits, `-` and `_` become `_`. The same as
+/// [`forkless_control::default_socket`], which `forkless-ctl` uses.
 ///
 /// The control server creates `{temp dir}/forkless-{uid}/` with mode 0700
 /// and uses it only while it is a real directory (not a symbolic link),
@@ -152,31 +156,15 @@ pub(crate) fn our_uid() -> u32 {
 /// assert!(path.ends_with("forkless-api.sock"));
 /// ```
 pub fn default_control_socket(name: &str) -> PathBuf {
-    default_place(name, our_uid()).0
+    forkless_control::default_socket(name)
 }
 
 /// The default socket path of the cluster `name`, and the private
 /// directory it is in when that is ours to create and check (not under
 /// `XDG_RUNTIME_DIR`).
 fn default_place(name: &str, uid: u32) -> (PathBuf, Option<PathBuf>) {
-    let file: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let file = format!("forkless-{file}.sock");
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => (PathBuf::from(dir).join(file), None),
-        None => {
-            let dir = std::env::temp_dir().join(format!("forkless-{uid}"));
-            (dir.join(file), Some(dir))
-        }
-    }
+    let place = forkless_control::default_socket_place(name, uid);
+    (place.path, place.private_dir)
 }
 
 /// What `lstat` says about a path, as far as the control socket cares.
@@ -427,7 +415,7 @@ pub(crate) fn start(
 /// Whether the control server serves a Unix peer running as `peer`, itself
 /// running as `ours`: the same user, or root.
 fn peer_allowed(peer: u32, ours: u32) -> bool {
-    peer == ours || peer == 0
+    forkless_control::peer_trusted(peer, ours)
 }
 
 /// How long the accept loop pauses after `accept` failed with `kind`, the
@@ -705,8 +693,9 @@ impl Body for Answer {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Ready(Some(event)) => {
-                    let mut line = event_json(&event).to_string();
-                    line.push('\n');
+                    // The wire types are plain data: writing them cannot fail.
+                    let mut line = serde_json::to_vec(&wire_event(&event)).unwrap_or_default();
+                    line.push(b'\n');
                     Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))))
                 }
             },
@@ -728,8 +717,10 @@ impl Body for Answer {
     }
 }
 
-fn json_answer(status: StatusCode, value: &Value) -> Response<Answer> {
-    let mut response = Response::new(Answer::Whole(Full::new(Bytes::from(value.to_string()))));
+fn json_answer<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Answer> {
+    // The wire types are plain data: writing them cannot fail.
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Answer::Whole(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -738,7 +729,12 @@ fn json_answer(status: StatusCode, value: &Value) -> Response<Answer> {
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Answer> {
-    json_answer(status, &json!({ "error": message.to_string() }))
+    json_answer(
+        status,
+        &wire::ErrorBody {
+            error: message.to_string(),
+        },
+    )
 }
 
 /// Compares in time that depends on the lengths only, not on where the
@@ -750,6 +746,43 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
             .zip(expected)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
+}
+
+/// An endpoint of the control server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Status,
+    Events,
+    Metrics,
+    Resize,
+    Restart,
+    Shutdown,
+}
+
+/// Why a request has no [`Route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRoute {
+    /// 404: no such path.
+    NotFound,
+    /// 405: the path takes only this method.
+    Allow(&'static str),
+}
+
+/// The one table of endpoints: each (method, path) that is served, then each
+/// known path asked with another method. Anything else is not found: no
+/// unknown request reaches an action.
+fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
+    match (method, path) {
+        (&Method::GET, "/status") => Ok(Route::Status),
+        (&Method::GET, "/events") => Ok(Route::Events),
+        (&Method::GET, "/metrics") => Ok(Route::Metrics),
+        (&Method::POST, "/resize") => Ok(Route::Resize),
+        (&Method::POST, "/restart") => Ok(Route::Restart),
+        (&Method::POST, "/shutdown") => Ok(Route::Shutdown),
+        (_, "/status" | "/events" | "/metrics") => Err(NoRoute::Allow("GET")),
+        (_, "/resize" | "/restart" | "/shutdown") => Err(NoRoute::Allow("POST")),
+        _ => Err(NoRoute::NotFound),
+    }
 }
 
 pub(crate) async fn handle(
@@ -783,27 +816,25 @@ pub(crate) async fn handle(
     if req.uri().path() == "/test-panic" {
         panic!("a control request panicked (test)");
     }
-    let allowed = match req.uri().path() {
-        "/status" | "/events" | "/metrics" => Method::GET,
-        "/resize" | "/restart" | "/shutdown" => Method::POST,
-        other => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {other}")),
+    let route = match route(req.method(), req.uri().path()) {
+        Ok(route) => route,
+        Err(NoRoute::NotFound) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+            )
+        }
+        Err(NoRoute::Allow(allowed)) => {
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} takes {allowed}", req.uri().path()),
+            );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed));
+            return response;
+        }
     };
-    if req.method() != allowed {
-        let mut response = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} takes {allowed}", req.uri().path()),
-        );
-        response.headers_mut().insert(
-            ALLOW,
-            HeaderValue::from_static(if allowed == Method::GET {
-                "GET"
-            } else {
-                "POST"
-            }),
-        );
-        return response;
-    }
-    let path = req.uri().path().to_owned();
     let body = match tokio::time::timeout(
         READ_TIMEOUT,
         Limited::new(req.into_body(), MAX_BODY).collect(),
@@ -833,9 +864,9 @@ pub(crate) async fn handle(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    match path.as_str() {
-        "/status" => json_answer(StatusCode::OK, &status_json(&cluster.status())),
-        "/events" => {
+    match route {
+        Route::Status => json_answer(StatusCode::OK, &wire_status(&cluster.status())),
+        Route::Events => {
             let mut response = Response::new(Answer::Events(cluster.events()));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -843,7 +874,7 @@ pub(crate) async fn handle(
             );
             response
         }
-        "/metrics" => {
+        Route::Metrics => {
             let mut response =
                 Response::new(Answer::Whole(Full::new(Bytes::from(cluster.metrics()))));
             response.headers_mut().insert(
@@ -854,153 +885,173 @@ pub(crate) async fn handle(
             );
             response
         }
-        "/resize" => resize(cluster, &body),
-        "/restart" => match cluster.restart() {
-            Ok(()) => json_answer(StatusCode::ACCEPTED, &json!({ "restart": "started" })),
+        Route::Resize => resize(cluster, &body),
+        Route::Restart => match cluster.restart() {
+            Ok(()) => json_answer(StatusCode::ACCEPTED, &wire::RestartAnswer::started()),
             Err(e) => error(StatusCode::CONFLICT, e),
         },
-        _ => {
+        Route::Shutdown => {
             cluster.shutdown();
-            json_answer(StatusCode::ACCEPTED, &json!({ "shutdown": "started" }))
+            json_answer(StatusCode::ACCEPTED, &wire::ShutdownAnswer::started())
         }
     }
 }
 
 /// `{"workers": 4}`, `{"workers": "+1"}` or `{"workers": "-2"}`.
 fn resize(cluster: &Cluster, body: &[u8]) -> Response<Answer> {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
+    let request: wire::ResizeRequest = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(e) if e.is_data() => return error(StatusCode::BAD_REQUEST, e),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
     };
     let from = cluster.status().size;
-    let to = match value.get("workers") {
-        Some(Value::Number(n)) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
-        Some(Value::String(s)) if s.starts_with('+') || s.starts_with('-') => {
-            s[1..].parse::<usize>().ok().and_then(|d| {
-                if s.starts_with('+') {
-                    from.checked_add(d)
-                } else {
-                    from.checked_sub(d)
-                }
-            })
-        }
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                r#"expected {"workers": N} or {"workers": "+N"} / "-N""#,
-            )
-        }
-    };
-    let Some(to) = to else {
+    let Some(to) = request.workers.apply(from) else {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("cannot resize {from} workers by {value}"),
+            format!("cannot resize {from} workers by {}", request.workers),
         );
     };
     match cluster.resize(to) {
-        Ok(()) => json_answer(StatusCode::OK, &json!({ "from": from, "to": to })),
+        Ok(()) => json_answer(StatusCode::OK, &wire::ResizeAnswer { from, to }),
         Err(e) if e.is_stopped() => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
     }
 }
 
-fn exit_json(exit: &crate::Exit) -> Value {
-    Value::String(exit.to_string())
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
-pub(crate) fn status_json(status: &Status) -> Value {
-    json!({
-        "name": status.name,
-        "size": status.size,
-        "rolling": status.rolling,
-        "stopping": status.stopping,
-        "workers": status.workers.iter().map(|w| json!({
-            "slot": w.slot,
-            "generation": w.generation,
-            "core": w.core,
-            "state": w.state.to_string(),
-            "uptime_secs": w.started_at.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64()),
-            "restarts": w.restarts,
-            "last_exit": w.last_exit.as_ref().map(exit_json),
-            "accepted": w.accepted,
-            "alive_tasks": w.alive_tasks,
-            "busy_ratio": w.busy_ratio,
-            "loop_lag_ms": w.loop_lag.as_secs_f64() * 1000.0,
-        })).collect::<Vec<_>>(),
-        "backends": status.backends.iter().map(|b| json!({
-            "name": b.name,
-            "kind": b.kind,
-            "reachable": b.reachable,
-            "failures": b.failures,
-        })).collect::<Vec<_>>(),
-    })
+fn wire_state(state: WorkerState) -> wire::WorkerState {
+    match state {
+        WorkerState::Starting => wire::WorkerState::Starting,
+        WorkerState::Ready => wire::WorkerState::Ready,
+        WorkerState::Stalled => wire::WorkerState::Stalled,
+        WorkerState::Restarting => wire::WorkerState::Restarting,
+        WorkerState::GaveUp => wire::WorkerState::GaveUp,
+        WorkerState::Stopped => wire::WorkerState::Stopped,
+    }
 }
 
-pub(crate) fn event_json(event: &Event) -> Value {
-    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
-    match event {
+/// The cluster's status as the protocol writes it.
+pub(crate) fn wire_status(status: &Status) -> wire::Status {
+    wire::Status {
+        name: status.name.clone(),
+        size: status.size,
+        rolling: status.rolling,
+        stopping: status.stopping,
+        workers: status
+            .workers
+            .iter()
+            .map(|w| wire::WorkerStatus {
+                slot: w.slot,
+                generation: w.generation,
+                core: w.core,
+                state: wire_state(w.state),
+                uptime_secs: w
+                    .started_at
+                    .and_then(|t| t.elapsed().ok())
+                    .map(|d| d.as_secs_f64()),
+                restarts: w.restarts,
+                last_exit: w.last_exit.as_ref().map(ToString::to_string),
+                accepted: w.accepted,
+                alive_tasks: w.alive_tasks,
+                busy_ratio: w.busy_ratio,
+                loop_lag_ms: millis(w.loop_lag),
+            })
+            .collect(),
+        backends: status
+            .backends
+            .iter()
+            .map(|b| wire::BackendStatus {
+                name: b.name.to_owned(),
+                kind: b.kind.to_owned(),
+                reachable: b.reachable,
+                failures: b.failures,
+            })
+            .collect(),
+    }
+}
+
+/// An event as the protocol writes it.
+pub(crate) fn wire_event(event: &Event) -> wire::Event {
+    match event.clone() {
         Event::WorkerStarted {
             slot,
             generation,
             core,
-        } => {
-            json!({"event": "worker_started", "slot": slot, "generation": generation, "core": core})
-        }
+        } => wire::Event::WorkerStarted {
+            slot,
+            generation,
+            core,
+        },
         Event::WorkerReady {
             slot,
             generation,
             after,
-        } => {
-            json!({"event": "worker_ready", "slot": slot, "generation": generation, "after_ms": ms(after)})
-        }
+        } => wire::Event::WorkerReady {
+            slot,
+            generation,
+            after_ms: millis(after),
+        },
         Event::WorkerExited {
             slot,
             generation,
             exit,
             ran_for,
-        } => {
-            json!({"event": "worker_exited", "slot": slot, "generation": generation, "exit": exit_json(exit), "ran_for_ms": ms(ran_for)})
-        }
-        Event::Restarting { slot, delay } => {
-            json!({"event": "restarting", "slot": slot, "delay_ms": ms(delay)})
-        }
-        Event::GaveUp { slot, failures } => {
-            json!({"event": "gave_up", "slot": slot, "failures": failures})
-        }
+        } => wire::Event::WorkerExited {
+            slot,
+            generation,
+            exit: exit.to_string(),
+            ran_for_ms: millis(ran_for),
+        },
+        Event::Restarting { slot, delay } => wire::Event::Restarting {
+            slot,
+            delay_ms: millis(delay),
+        },
+        Event::GaveUp { slot, failures } => wire::Event::GaveUp { slot, failures },
         Event::Stalled {
             slot,
             generation,
             silent_for,
-        } => {
-            json!({"event": "stalled", "slot": slot, "generation": generation, "silent_for_ms": ms(silent_for)})
-        }
-        Event::Recovered { slot, generation } => {
-            json!({"event": "recovered", "slot": slot, "generation": generation})
-        }
+        } => wire::Event::Stalled {
+            slot,
+            generation,
+            silent_for_ms: millis(silent_for),
+        },
+        Event::Recovered { slot, generation } => wire::Event::Recovered { slot, generation },
         Event::TaskPanicked {
             slot,
             generation,
             message,
             location,
-        } => {
-            json!({"event": "task_panicked", "slot": slot, "generation": generation, "message": message, "location": location})
-        }
-        Event::Resized { from, to } => json!({"event": "resized", "from": from, "to": to}),
-        Event::RollStarted { slots } => json!({"event": "roll_started", "slots": slots}),
+        } => wire::Event::TaskPanicked {
+            slot,
+            generation,
+            message,
+            location,
+        },
+        Event::Resized { from, to } => wire::Event::Resized { from, to },
+        Event::RollStarted { slots } => wire::Event::RollStarted { slots },
         Event::RollFailed {
             slot,
             generation,
             reason,
-        } => {
-            json!({"event": "roll_failed", "slot": slot, "generation": generation, "reason": reason})
-        }
+        } => wire::Event::RollFailed {
+            slot,
+            generation,
+            reason,
+        },
         Event::RollFinished {
             restarted,
             completed,
-        } => json!({"event": "roll_finished", "restarted": restarted, "completed": completed}),
-        Event::Stopping { terminate } => json!({"event": "stopping", "terminate": terminate}),
-        Event::Stopped => json!({"event": "stopped"}),
-        Event::Lagged { missed } => json!({"event": "lagged", "missed": missed}),
+        } => wire::Event::RollFinished {
+            restarted,
+            completed,
+        },
+        Event::Stopping { terminate } => wire::Event::Stopping { terminate },
+        Event::Stopped => wire::Event::Stopped,
+        Event::Lagged { missed } => wire::Event::Lagged { missed },
     }
 }
 
@@ -1027,6 +1078,432 @@ mod tests {
             .permissions()
             .mode()
             & 0o7777
+    }
+
+    /// The JSON the server wrote by hand (`json!` per event) before the
+    /// typed protocol: the reference the typed answers must equal.
+    mod legacy {
+        use crate::events::{Event, Status};
+        use serde_json::{json, Value};
+        use std::time::Duration;
+
+        fn exit_json(exit: &crate::Exit) -> Value {
+            Value::String(exit.to_string())
+        }
+
+        pub(super) fn status_json(status: &Status) -> Value {
+            json!({
+                "name": status.name,
+                "size": status.size,
+                "rolling": status.rolling,
+                "stopping": status.stopping,
+                "workers": status.workers.iter().map(|w| json!({
+                    "slot": w.slot,
+                    "generation": w.generation,
+                    "core": w.core,
+                    "state": w.state.to_string(),
+                    "uptime_secs": w.started_at.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64()),
+                    "restarts": w.restarts,
+                    "last_exit": w.last_exit.as_ref().map(exit_json),
+                    "accepted": w.accepted,
+                    "alive_tasks": w.alive_tasks,
+                    "busy_ratio": w.busy_ratio,
+                    "loop_lag_ms": w.loop_lag.as_secs_f64() * 1000.0,
+                })).collect::<Vec<_>>(),
+                "backends": status.backends.iter().map(|b| json!({
+                    "name": b.name,
+                    "kind": b.kind,
+                    "reachable": b.reachable,
+                    "failures": b.failures,
+                })).collect::<Vec<_>>(),
+            })
+        }
+
+        pub(super) fn event_json(event: &Event) -> Value {
+            let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+            match event {
+                Event::WorkerStarted {
+                    slot,
+                    generation,
+                    core,
+                } => {
+                    json!({"event": "worker_started", "slot": slot, "generation": generation, "core": core})
+                }
+                Event::WorkerReady {
+                    slot,
+                    generation,
+                    after,
+                } => {
+                    json!({"event": "worker_ready", "slot": slot, "generation": generation, "after_ms": ms(after)})
+                }
+                Event::WorkerExited {
+                    slot,
+                    generation,
+                    exit,
+                    ran_for,
+                } => {
+                    json!({"event": "worker_exited", "slot": slot, "generation": generation, "exit": exit_json(exit), "ran_for_ms": ms(ran_for)})
+                }
+                Event::Restarting { slot, delay } => {
+                    json!({"event": "restarting", "slot": slot, "delay_ms": ms(delay)})
+                }
+                Event::GaveUp { slot, failures } => {
+                    json!({"event": "gave_up", "slot": slot, "failures": failures})
+                }
+                Event::Stalled {
+                    slot,
+                    generation,
+                    silent_for,
+                } => {
+                    json!({"event": "stalled", "slot": slot, "generation": generation, "silent_for_ms": ms(silent_for)})
+                }
+                Event::Recovered { slot, generation } => {
+                    json!({"event": "recovered", "slot": slot, "generation": generation})
+                }
+                Event::TaskPanicked {
+                    slot,
+                    generation,
+                    message,
+                    location,
+                } => {
+                    json!({"event": "task_panicked", "slot": slot, "generation": generation, "message": message, "location": location})
+                }
+                Event::Resized { from, to } => json!({"event": "resized", "from": from, "to": to}),
+                Event::RollStarted { slots } => json!({"event": "roll_started", "slots": slots}),
+                Event::RollFailed {
+                    slot,
+                    generation,
+                    reason,
+                } => {
+                    json!({"event": "roll_failed", "slot": slot, "generation": generation, "reason": reason})
+                }
+                Event::RollFinished {
+                    restarted,
+                    completed,
+                } => {
+                    json!({"event": "roll_finished", "restarted": restarted, "completed": completed})
+                }
+                Event::Stopping { terminate } => {
+                    json!({"event": "stopping", "terminate": terminate})
+                }
+                Event::Stopped => json!({"event": "stopped"}),
+                Event::Lagged { missed } => json!({"event": "lagged", "missed": missed}),
+            }
+        }
+    }
+
+    /// One of each runtime event: the `match` has no wildcard, so a new
+    /// variant does not compile until it is listed here.
+    fn every_event() -> Vec<Event> {
+        let all = vec![
+            Event::WorkerStarted {
+                slot: 0,
+                generation: 1,
+                core: Some(3),
+            },
+            Event::WorkerStarted {
+                slot: 1,
+                generation: 0,
+                core: None,
+            },
+            Event::WorkerReady {
+                slot: 0,
+                generation: 1,
+                after: Duration::from_micros(1500),
+            },
+            Event::WorkerExited {
+                slot: 0,
+                generation: 1,
+                exit: crate::Exit::Panicked {
+                    message: "boom".to_owned(),
+                    location: Some("src/main.rs:1:2".to_owned()),
+                },
+                ran_for: Duration::from_millis(250),
+            },
+            Event::WorkerExited {
+                slot: 0,
+                generation: 2,
+                exit: crate::Exit::Normal,
+                ran_for: Duration::ZERO,
+            },
+            Event::Restarting {
+                slot: 1,
+                delay: Duration::from_millis(100),
+            },
+            Event::GaveUp {
+                slot: 1,
+                failures: 5,
+            },
+            Event::Stalled {
+                slot: 0,
+                generation: 1,
+                silent_for: Duration::from_secs(3),
+            },
+            Event::Recovered {
+                slot: 0,
+                generation: 1,
+            },
+            Event::TaskPanicked {
+                slot: 0,
+                generation: 1,
+                message: "oops".to_owned(),
+                location: None,
+            },
+            Event::Resized { from: 2, to: 3 },
+            Event::RollStarted { slots: 3 },
+            Event::RollFailed {
+                slot: 2,
+                generation: 4,
+                reason: "not ready in time".to_owned(),
+            },
+            Event::RollFinished {
+                restarted: 3,
+                completed: true,
+            },
+            Event::Stopping { terminate: true },
+            Event::Stopped,
+            Event::Lagged { missed: 7 },
+        ];
+        for event in &all {
+            match event {
+                Event::WorkerStarted { .. }
+                | Event::WorkerReady { .. }
+                | Event::WorkerExited { .. }
+                | Event::Restarting { .. }
+                | Event::GaveUp { .. }
+                | Event::Stalled { .. }
+                | Event::Recovered { .. }
+                | Event::TaskPanicked { .. }
+                | Event::Resized { .. }
+                | Event::RollStarted { .. }
+                | Event::RollFailed { .. }
+                | Event::RollFinished { .. }
+                | Event::Stopping { .. }
+                | Event::Stopped
+                | Event::Lagged { .. } => {}
+            }
+        }
+        all
+    }
+
+    /// The typed events are written exactly as the hand-built JSON was, and
+    /// read back into the same typed event.
+    #[test]
+    fn every_event_is_written_as_before_and_reads_back() {
+        for event in every_event() {
+            let typed = wire_event(&event);
+            let line = serde_json::to_string(&typed).expect("JSON");
+            let value: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+            assert_eq!(value, legacy::event_json(&event), "{event:?}");
+            let back: wire::Event = serde_json::from_str(&line).expect("typed");
+            assert_eq!(back, typed, "{line}");
+        }
+    }
+
+    #[test]
+    fn the_status_is_written_as_before() {
+        use crate::events::{BackendStatus, WorkerStatus};
+        let status = Status {
+            name: "api".to_owned(),
+            size: 2,
+            rolling: true,
+            stopping: false,
+            workers: vec![
+                WorkerStatus {
+                    slot: 0,
+                    generation: 3,
+                    core: Some(1),
+                    state: WorkerState::GaveUp,
+                    started_at: None,
+                    restarts: 3,
+                    last_exit: Some(crate::Exit::Failed("no".to_owned())),
+                    accepted: 10,
+                    alive_tasks: 2,
+                    busy_ratio: 0.25,
+                    loop_lag: Duration::from_micros(500),
+                },
+                WorkerStatus {
+                    slot: 1,
+                    generation: 0,
+                    core: None,
+                    state: WorkerState::Starting,
+                    started_at: None,
+                    restarts: 0,
+                    last_exit: None,
+                    accepted: 0,
+                    alive_tasks: 0,
+                    busy_ratio: 0.0,
+                    loop_lag: Duration::ZERO,
+                },
+            ],
+            backends: vec![BackendStatus {
+                name: "store",
+                kind: "redis",
+                reachable: false,
+                failures: 7,
+            }],
+        };
+        let typed = serde_json::to_value(wire_status(&status)).expect("JSON");
+        assert_eq!(typed, legacy::status_json(&status));
+        for state in [
+            WorkerState::Starting,
+            WorkerState::Ready,
+            WorkerState::Stalled,
+            WorkerState::Restarting,
+            WorkerState::GaveUp,
+            WorkerState::Stopped,
+        ] {
+            assert_eq!(wire_state(state).to_string(), state.to_string());
+        }
+    }
+
+    /// Only the six endpoints route anywhere; the shutdown only from
+    /// `POST /shutdown` exactly.
+    #[test]
+    fn one_table_routes_and_nothing_unknown_reaches_an_action() {
+        let served = [
+            (Method::GET, "/status", Route::Status),
+            (Method::GET, "/events", Route::Events),
+            (Method::GET, "/metrics", Route::Metrics),
+            (Method::POST, "/resize", Route::Resize),
+            (Method::POST, "/restart", Route::Restart),
+            (Method::POST, "/shutdown", Route::Shutdown),
+        ];
+        for (method, path, to) in &served {
+            assert_eq!(route(method, path), Ok(*to), "{method} {path}");
+        }
+        let methods = [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PATCH,
+            Method::from_bytes(b"SHUTDOWN").expect("method"),
+        ];
+        for method in &methods {
+            for path in [
+                "/",
+                "",
+                "*",
+                "/nowhere",
+                "/shutdown/",
+                "//shutdown",
+                "/Shutdown",
+                "/SHUTDOWN",
+                "/shutdownx",
+                "/shutdown/x",
+                "/x/shutdown",
+                "/restart/",
+                "/resize/",
+                "/status/",
+                "/test-panic",
+            ] {
+                assert_eq!(
+                    route(method, path),
+                    Err(NoRoute::NotFound),
+                    "{method} {path}"
+                );
+            }
+            for (allowed, path, _) in &served {
+                if method != allowed {
+                    let allow = if *allowed == Method::GET {
+                        "GET"
+                    } else {
+                        "POST"
+                    };
+                    assert_eq!(
+                        route(method, path),
+                        Err(NoRoute::Allow(allow)),
+                        "{method} {path}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn ask_at(socket: &Path, method: &str, path: &str) -> String {
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("EOF");
+        answer
+    }
+
+    /// The live server: `/status` parses into the typed `Status`; unknown
+    /// routes are 404, a known path with the wrong method 405 with `Allow`,
+    /// and none of them stops the cluster.
+    #[test]
+    fn the_live_status_is_typed_and_unknown_routes_are_404() {
+        let dir = scratch("typed");
+        let socket = dir.join("control.sock");
+        let cluster = crate::Cluster::builder()
+            .name("control-typed")
+            .workers(1)
+            .control_socket(&socket)
+            .start(|worker: forkless_worker::Worker| async move {
+                worker.ready();
+                worker.shutdown_signal().await;
+            })
+            .expect("start");
+        let answer = ask_at(&socket, "GET", "/status");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let status: wire::Status = serde_json::from_str(body).expect("a typed Status");
+        assert_eq!(status.name, "control-typed");
+        assert_eq!(status.size, 1);
+        assert_eq!(status.workers.len(), 1);
+        assert!(status.backends.is_empty());
+        for (method, path) in [
+            ("GET", "/nowhere"),
+            ("POST", "/"),
+            ("POST", "/shutdown/"),
+            ("POST", "//shutdown"),
+            ("POST", "/Shutdown"),
+            ("POST", "/shutdownx"),
+            ("DELETE", "/x"),
+            ("PUT", "/restart/now"),
+        ] {
+            let answer = ask_at(&socket, method, path);
+            assert!(
+                answer.starts_with("HTTP/1.1 404"),
+                "{method} {path}: {answer}"
+            );
+            let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let error: wire::ErrorBody = serde_json::from_str(body).expect("an error body");
+            assert!(error.error.contains(path), "{answer}");
+        }
+        for (method, path, allow) in [
+            ("GET", "/shutdown", "POST"),
+            ("PUT", "/shutdown", "POST"),
+            ("DELETE", "/restart", "POST"),
+            ("POST", "/status", "GET"),
+        ] {
+            let answer = ask_at(&socket, method, path);
+            assert!(
+                answer.starts_with("HTTP/1.1 405"),
+                "{method} {path}: {answer}"
+            );
+            assert!(
+                answer
+                    .to_ascii_lowercase()
+                    .contains(&format!("allow: {}", allow.to_ascii_lowercase())),
+                "{answer}"
+            );
+        }
+        assert!(!cluster.is_stopped());
+        assert!(ask_at(&socket, "GET", "/status").starts_with("HTTP/1.1 200"));
+        cluster.shutdown();
+        cluster.join();
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]
