@@ -197,12 +197,15 @@ impl Shared {
         self.faults
             .caught(thread, "closing the bus", || self.bus.close());
         self.clock.stop();
+        // Every way of asking "has it stopped?" says yes before anyone
+        // waiting for the stop wakes up.
+        self.stopping.store(true, Ordering::Release);
         *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(report.clone());
-        self.done_cv.notify_all();
         self.faults
             .caught(thread, "waking who awaits the stop", || {
                 self.done_tx.send_replace(Some(report));
             });
+        self.done_cv.notify_all();
     }
 }
 
