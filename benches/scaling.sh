@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 cargo bench --bench http_per_core --no-run
 for n in 1 2 4 8; do
   echo "== $n server core(s) =="
-  FORKLESS_BENCH_SERVERS=forkless,per-core,tokio-mt,actix-web \
-  FORKLESS_BENCH_WORKERS=$n FORKLESS_BENCH_SECS=5 FORKLESS_BENCH_ROUNDS=1 \
+  BENCH_SERVERS=forkless,per-core,tokio-mt,actix-web \
+  BENCH_WORKERS=$n BENCH_SECS=5 BENCH_ROUNDS=1 \
     cargo bench --bench http_per_core 2>/dev/null | sed -n '/^| server/,$p'
 done
