@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use common::{done, Op, PATIENCE};
 use forkless::{
-    Builder, Bus, Bytes, Cluster, CollectionOptions, Error, Event, Events, Exit, Listener,
-    LockOptions, Report, Restart, Status, Store, TaskPanic, Worker, WorkerState,
+    Builder, Bus, Bytes, Cluster, CollectionOptions, Error, Event, Exit, Listener, LockOptions,
+    Report, Restart, Status, Store, TaskPanic, Worker, WorkerState,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -173,20 +173,6 @@ fn runtime_panics(cluster: &Cluster) -> Vec<String> {
         })
         .map(str::to_owned)
         .collect()
-}
-
-/// Waits for the first event that `pick` accepts.
-fn wait_event<T>(events: &mut Events, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    loop {
-        match Op::new(events.recv()).wait(what) {
-            Some(event) => {
-                if let Some(found) = pick(&event) {
-                    return found;
-                }
-            }
-            None => panic!("the events ended before {what}"),
-        }
-    }
 }
 
 impl Served {
@@ -428,10 +414,11 @@ fn every_builder_duration_at_zero_a_year_and_max() {
             assert!(status.workers[1].generation >= 1, "{case}: {status:#?}");
             let mut events = served.cluster.events();
             served.cluster.restart().expect("restart");
-            let completed = wait_event(&mut events, &format!("{case}: the roll"), |e| match e {
-                Event::RollFinished { completed, .. } => Some(*completed),
-                _ => None,
-            });
+            let completed =
+                common::wait_event(&mut events, &format!("{case}: the roll"), |e| match e {
+                    Event::RollFinished { completed, .. } => Some(*completed),
+                    _ => None,
+                });
             assert!(completed, "{case}: the roll failed");
             served.healthy();
             served.stop();
@@ -950,7 +937,7 @@ fn a_worker_panics_while_it_awaits_a_lock() {
     let mut events = served.cluster.events();
     let behind = Op::new(c.acquire("k")).pending("behind slot 1");
     done(holder.release()).expect("release");
-    let exit = wait_event(&mut events, "slot 1's exit", |e| match e {
+    let exit = common::wait_event(&mut events, "slot 1's exit", |e| match e {
         Event::WorkerExited { slot: 1, exit, .. } => Some(exit.clone()),
         _ => None,
     });
@@ -1111,7 +1098,7 @@ fn requests_to_a_slot_retired_by_a_shrink() {
     });
     let mut events = served.cluster.events();
     served.cluster.resize(1).expect("shrink");
-    wait_event(&mut events, "the shrink", |e| {
+    common::wait_event(&mut events, "the shrink", |e| {
         matches!(e, Event::Resized { to: 1, .. }).then_some(())
     });
     served.size = 1;
@@ -1171,7 +1158,7 @@ fn resize_storms_while_requests_flow() {
             served.cluster.resize(n).expect("resize");
             if round == 0 {
                 // The first round waits for each step; the others do not.
-                wait_event(&mut events, "a resize", |e| {
+                common::wait_event(&mut events, "a resize", |e| {
                     matches!(e, Event::Resized { to, .. } if *to == n).then_some(())
                 });
                 served.size = n;
@@ -1215,14 +1202,14 @@ fn restart_during_a_resize_and_resize_during_a_roll() {
     let mut events = served.cluster.events();
     served.cluster.resize(4).expect("grow");
     served.cluster.restart().expect("restart");
-    wait_event(&mut events, "the roll", |e| {
+    common::wait_event(&mut events, "the roll", |e| {
         matches!(e, Event::RollFinished { .. }).then_some(())
     });
     served.size = 4;
     served.healthy();
     served.cluster.restart().expect("restart");
     served.cluster.resize(1).expect("shrink");
-    wait_event(&mut events, "the second roll", |e| {
+    common::wait_event(&mut events, "the second roll", |e| {
         matches!(e, Event::RollFinished { .. }).then_some(())
     });
     served.size = 1;
@@ -1239,7 +1226,7 @@ fn shutdown_during_a_roll() {
         let mut events = served.cluster.events();
         served.cluster.restart().expect("restart");
         if wait_for_start {
-            wait_event(&mut events, "the roll's first new generation", |e| {
+            common::wait_event(&mut events, "the roll's first new generation", |e| {
                 matches!(e, Event::WorkerStarted { generation: 1, .. }).then_some(())
             });
         }
@@ -1427,7 +1414,7 @@ fn a_panic_in_every_user_callback() {
         let mut events = served.cluster.events();
         match then {
             Then::Respawn(message) | Then::Ends(message) => {
-                let exit = wait_event(
+                let exit = common::wait_event(
                     &mut events,
                     &format!("{case}: slot 1's exit"),
                     |e| match e {
@@ -1446,7 +1433,7 @@ fn a_panic_in_every_user_callback() {
                 );
             }
             Then::ServesOn => {
-                wait_event(&mut events, &format!("{case}: the task's panic"), |e| {
+                common::wait_event(&mut events, &format!("{case}: the task's panic"), |e| {
                     matches!(
                         e,
                         Event::TaskPanicked {

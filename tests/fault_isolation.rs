@@ -12,20 +12,6 @@ use std::time::Duration;
 
 use forkless::{Cluster, Event, Exit, Restart};
 
-/// Waits for the first event that `pick` accepts.
-fn wait_for<T>(events: &mut forkless::Events, what: &str, pick: impl Fn(&Event) -> Option<T>) -> T {
-    loop {
-        match events.blocking_recv() {
-            Some(event) => {
-                if let Some(found) = pick(&event) {
-                    return found;
-                }
-            }
-            None => panic!("the cluster stopped while waiting for {what}"),
-        }
-    }
-}
-
 #[test]
 fn a_failed_roll_leaves_the_inbox_to_the_generation_that_serves() {
     let (took_tx, took_rx) = mpsc::channel::<u64>();
@@ -56,7 +42,7 @@ fn a_failed_roll_leaves_the_inbox_to_the_generation_that_serves() {
         })
         .expect("start");
     let mut events = cluster.events();
-    wait_for(&mut events, "generation 0 ready", |e| {
+    common::wait_event(&mut events, "generation 0 ready", |e| {
         matches!(e, Event::WorkerReady { generation: 0, .. }).then_some(())
     });
     cluster.restart().expect("roll");
@@ -65,7 +51,7 @@ fn a_failed_roll_leaves_the_inbox_to_the_generation_that_serves() {
     let bus = cluster.bus();
     let answer = common::done(bus.request(0, "during")).expect("answered during the roll");
     assert_eq!(answer, "generation 0");
-    wait_for(&mut events, "the roll to fail", |e| {
+    common::wait_event(&mut events, "the roll to fail", |e| {
         matches!(e, Event::RollFailed { generation: 1, .. }).then_some(())
     });
     // ... and after it failed, with the candidate gone.
@@ -109,7 +95,7 @@ fn a_respawn_runs_on_the_thread_of_the_generation_that_returned() {
         })
         .expect("start");
     let mut events = cluster.events();
-    wait_for(&mut events, "generation 5 ready", |e| {
+    common::wait_event(&mut events, "generation 5 ready", |e| {
         matches!(e, Event::WorkerReady { generation: 5, .. }).then_some(())
     });
     let threads = threads.lock().expect("lock").clone();
@@ -243,7 +229,7 @@ fn a_reader_of_events_whose_waker_panics_stops_no_supervision() {
         })
         .expect("start");
     let mut events = cluster.events();
-    wait_for(&mut events, "generation 0 ready", |e| {
+    common::wait_event(&mut events, "generation 0 ready", |e| {
         matches!(e, Event::WorkerReady { generation: 0, .. }).then_some(())
     });
     // A reader that waits for the next event with a waker that panics.
@@ -260,7 +246,7 @@ fn a_reader_of_events_whose_waker_panics_stops_no_supervision() {
     go_tx.send(()).expect("worker alive");
     // The master woke the bad reader as generation 0 exited, and still
     // respawned the slot.
-    wait_for(&mut events, "generation 1 ready", |e| {
+    common::wait_event(&mut events, "generation 1 ready", |e| {
         matches!(e, Event::WorkerReady { generation: 1, .. }).then_some(())
     });
     let metrics = cluster.metrics();

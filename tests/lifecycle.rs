@@ -7,36 +7,8 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{ask, recv, PATIENCE};
-use forkless::{Cluster, Event, Events, Exit, TaskPanic, Worker, WorkerState};
-
-/// Waits for the first event that `pick` accepts; returns every event seen
-/// up to and including it.
-fn wait_for(events: &mut Events, what: &str, mut pick: impl FnMut(&Event) -> bool) -> Vec<Event> {
-    let (tx, rx) = mpsc::channel();
-    let mut seen = Vec::new();
-    // `blocking_recv` has no timeout: a watchdog thread fails the test
-    // instead of letting it hang.
-    let what_owned = what.to_owned();
-    let watchdog = std::thread::spawn(move || {
-        if rx.recv_timeout(PATIENCE).is_err() {
-            eprintln!("waited {PATIENCE:?} for {what_owned}");
-            std::process::abort();
-        }
-    });
-    loop {
-        let event = events
-            .blocking_recv()
-            .unwrap_or_else(|| panic!("events ended before {what}: {seen:?}"));
-        let done = pick(&event);
-        seen.push(event);
-        if done {
-            let _ = tx.send(());
-            watchdog.join().expect("watchdog");
-            return seen;
-        }
-    }
-}
+use common::{ask, events_until, recv, PATIENCE};
+use forkless::{Cluster, Event, Exit, TaskPanic, Worker, WorkerState};
 
 /// A cluster whose workers answer `"{slot} {generation}\n"` on a shared
 /// port; returns the port once slot 0 listens.
@@ -66,14 +38,14 @@ fn a_rolling_restart_readies_each_new_generation_before_stopping_the_old() {
     let (cluster, _addr) = whoami_cluster(Cluster::builder().workers(2));
     let mut events = cluster.events();
     let mut ready = std::collections::HashSet::new();
-    wait_for(&mut events, "both ready", |e| {
+    events_until(&mut events, "both ready", |e| {
         if let Event::WorkerReady { slot, .. } = e {
             ready.insert(*slot);
         }
         ready.len() == 2
     });
     cluster.restart().expect("restart");
-    let seen = wait_for(&mut events, "the roll's end", |e| {
+    let seen = events_until(&mut events, "the roll's end", |e| {
         matches!(e, Event::RollFinished { .. })
     });
     assert!(seen.contains(&Event::RollStarted { slots: 2 }), "{seen:#?}");
@@ -160,7 +132,7 @@ fn a_new_generation_that_crashes_or_is_not_ready_stops_the_roll_and_the_old_serv
     };
     let mut events = cluster.events();
     cluster.restart().expect("restart");
-    let seen = wait_for(&mut events, "the roll's end", |e| {
+    let seen = events_until(&mut events, "the roll's end", |e| {
         matches!(e, Event::RollFinished { .. })
     });
     assert!(
@@ -199,7 +171,7 @@ fn a_new_generation_that_crashes_or_is_not_ready_stops_the_roll_and_the_old_serv
     let addr = recv(&rx, "a listener");
     let mut events = cluster.events();
     cluster.restart().expect("restart");
-    let seen = wait_for(&mut events, "the roll's end", |e| {
+    let seen = events_until(&mut events, "the roll's end", |e| {
         matches!(e, Event::RollFinished { .. })
     });
     assert!(
@@ -238,7 +210,7 @@ fn restarts_requested_during_a_roll_are_merged_into_it() {
     cluster.restart().expect("a third restart");
     assert!(cluster.status().rolling);
     go.send(()).expect("generation 1 alive");
-    let seen = wait_for(&mut events, "the roll's end", |e| {
+    let seen = events_until(&mut events, "the roll's end", |e| {
         matches!(e, Event::RollFinished { .. })
     });
     // Stop, then check that no second roll started.
@@ -261,7 +233,7 @@ fn the_cluster_grows_and_shrinks_and_retired_slots_stop_gracefully() {
     let (cluster, addr) = whoami_cluster(Cluster::builder().workers(1));
     let mut events = cluster.events();
     cluster.resize(3).expect("grow");
-    let seen = wait_for(&mut events, "slot 2 ready", |e| {
+    let seen = events_until(&mut events, "slot 2 ready", |e| {
         matches!(e, Event::WorkerReady { slot: 2, .. })
     });
     assert!(
@@ -275,7 +247,7 @@ fn the_cluster_grows_and_shrinks_and_retired_slots_stop_gracefully() {
 
     cluster.resize(1).expect("shrink");
     let mut exited = std::collections::HashSet::new();
-    let seen = wait_for(&mut events, "slots 1 and 2 to end", |e| {
+    let seen = events_until(&mut events, "slots 1 and 2 to end", |e| {
         if let Event::WorkerExited { slot, exit, .. } = e {
             assert_eq!(*exit, Exit::Normal, "a retired worker stops gracefully");
             exited.insert(*slot);
@@ -299,7 +271,7 @@ fn the_cluster_grows_and_shrinks_and_retired_slots_stop_gracefully() {
     }
     // Slot 1 comes back with its socket.
     cluster.resize(2).expect("grow again");
-    wait_for(&mut events, "slot 1 back", |e| {
+    events_until(&mut events, "slot 1 back", |e| {
         matches!(e, Event::WorkerReady { slot: 1, .. })
     });
     assert_eq!(cluster.status().workers[1].generation, 1);
@@ -359,7 +331,7 @@ fn a_blocked_worker_is_reported_stalled_then_recovered() {
         .expect("start");
     let mut events = cluster.events();
     recv(&rx, "the worker about to block");
-    let seen = wait_for(&mut events, "the stall", |e| {
+    let seen = events_until(&mut events, "the stall", |e| {
         matches!(e, Event::Stalled { .. })
     });
     match seen.last() {
@@ -374,7 +346,7 @@ fn a_blocked_worker_is_reported_stalled_then_recovered() {
         other => panic!("{other:?}"),
     }
     assert_eq!(cluster.status().workers[0].state, WorkerState::Stalled);
-    wait_for(&mut events, "the recovery", |e| {
+    events_until(&mut events, "the recovery", |e| {
         matches!(e, Event::Recovered { slot: 0, .. })
     });
     assert_eq!(cluster.status().workers[0].state, WorkerState::Ready);
@@ -403,7 +375,7 @@ fn task_panics_are_isolated_or_crash_the_worker_by_policy() {
             })
             .expect("start");
         let mut events = cluster.events();
-        let seen = wait_for(&mut events, "the task's panic", |e| {
+        let seen = events_until(&mut events, "the task's panic", |e| {
             matches!(e, Event::TaskPanicked { .. })
         });
         match seen.last() {
@@ -429,7 +401,7 @@ fn task_panics_are_isolated_or_crash_the_worker_by_policy() {
                 assert_eq!(cluster.status().workers[0].generation, 0);
             }
             _ => {
-                let seen = wait_for(&mut events, "the worker's exit", |e| {
+                let seen = events_until(&mut events, "the worker's exit", |e| {
                     matches!(e, Event::WorkerExited { .. })
                 });
                 match seen.last() {
@@ -439,7 +411,7 @@ fn task_panics_are_isolated_or_crash_the_worker_by_policy() {
                     }) => assert_eq!(message, "a task panicked: a task broke"),
                     other => panic!("{other:?}"),
                 }
-                wait_for(&mut events, "generation 1", |e| {
+                events_until(&mut events, "generation 1", |e| {
                     matches!(e, Event::WorkerReady { generation: 1, .. })
                 });
             }
@@ -504,7 +476,7 @@ fn events_arrive_in_order_from_start_to_stop_and_status_has_figures() {
     }
     let mut events = cluster.events();
     common::now(cluster.bus().send(0, "crash")).expect("send");
-    wait_for(&mut events, "slot 0 back after its crash", |e| {
+    events_until(&mut events, "slot 0 back after its crash", |e| {
         matches!(
             e,
             Event::WorkerReady {
@@ -515,11 +487,11 @@ fn events_arrive_in_order_from_start_to_stop_and_status_has_figures() {
         )
     });
     cluster.restart().expect("roll");
-    wait_for(&mut events, "the roll", |e| {
+    events_until(&mut events, "the roll", |e| {
         matches!(e, Event::RollFinished { .. })
     });
     cluster.resize(1).expect("shrink");
-    wait_for(&mut events, "the shrink", |e| {
+    events_until(&mut events, "the shrink", |e| {
         matches!(e, Event::Resized { .. })
     });
     let report = stop(cluster.clone());

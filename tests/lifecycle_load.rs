@@ -16,7 +16,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::{recv, PATIENCE};
-use forkless::{Cluster, Event, Events, Worker};
+use forkless::{Cluster, Event, Worker};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Most requests a client sends, whatever happens.
@@ -142,25 +142,6 @@ fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts
     }
 }
 
-fn wait_for(events: &mut Events, what: &str, mut pick: impl FnMut(&Event) -> bool) {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let (tx, rx) = mpsc::channel();
-    let watchdog = std::thread::spawn(move || {
-        if rx.recv_timeout(PATIENCE).is_err() {
-            std::process::abort();
-        }
-    });
-    while let Some(event) = events.blocking_recv() {
-        assert!(std::time::Instant::now() < deadline, "waiting for {what}");
-        if pick(&event) {
-            let _ = tx.send(());
-            watchdog.join().expect("watchdog");
-            return;
-        }
-    }
-    panic!("events ended before {what}");
-}
-
 /// Waits until the clients have had `more` answers since now.
 fn more_answers(counts: &Counts, more: u64) {
     let target = counts.answered.load(Relaxed) + more;
@@ -217,7 +198,7 @@ fn a_rolling_restart_and_a_shrink_then_grow_lose_no_connection_and_no_request() 
     more_answers(&keep_alive, 200);
 
     cluster.restart().expect("roll");
-    wait_for(&mut events, "the roll", |e| {
+    common::events_until(&mut events, "the roll", |e| {
         if let Event::RollFinished { completed, .. } = e {
             assert!(completed, "the roll completes");
             true
@@ -229,14 +210,14 @@ fn a_rolling_restart_and_a_shrink_then_grow_lose_no_connection_and_no_request() 
     more_answers(&keep_alive, 200);
 
     cluster.resize(1).expect("shrink");
-    wait_for(&mut events, "slot 1 to end", |e| {
+    common::events_until(&mut events, "slot 1 to end", |e| {
         matches!(e, Event::WorkerExited { slot: 1, .. })
     });
     more_answers(&one_shot, 200);
     more_answers(&keep_alive, 200);
 
     cluster.resize(2).expect("grow");
-    wait_for(&mut events, "slot 1 back", |e| {
+    common::events_until(&mut events, "slot 1 back", |e| {
         matches!(e, Event::WorkerReady { slot: 1, .. })
     });
     more_answers(&one_shot, 200);

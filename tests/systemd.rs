@@ -30,12 +30,9 @@ fn expect(socket: &UnixDatagram, wanted: &str) -> String {
 }
 
 fn next_event(events: &mut forkless::Events, pick: impl Fn(&Event) -> bool) {
-    loop {
-        let event = events.blocking_recv().expect("an event");
-        if pick(&event) {
-            return;
-        }
-    }
+    common::wait_event(events, "the next awaited event", |event| {
+        pick(event).then_some(())
+    });
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
@@ -252,6 +253,54 @@ impl Events {
                 return Some(event);
             }
             log = hub.grown.wait(log).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// [`blocking_recv`](Events::blocking_recv) with a limit, for tests and
+    /// tools that must not wait forever: the next event, or
+    /// `Err(RecvTimeoutError::Timeout)` if none came within `timeout`, or
+    /// `Err(RecvTimeoutError::Disconnected)` after [`Event::Stopped`].
+    ///
+    /// ```no_run
+    /// # fn f(cluster: forkless_runtime::Cluster) {
+    /// use std::time::Duration;
+    ///
+    /// let mut events = cluster.events();
+    /// while let Ok(event) = events.recv_timeout(Duration::from_secs(10)) {
+    ///     println!("{event:?}");
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When called inside a tokio runtime, whose thread it would block.
+    #[track_caller]
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "Events::recv_timeout called inside a tokio runtime would block its thread; \
+             use `recv().await`"
+        );
+        if self.ended {
+            return Err(RecvTimeoutError::Disconnected);
+        }
+        let deadline = crate::deadline::from_now(timeout);
+        let hub = self.hub.clone();
+        let mut log = lock(&hub.log);
+        loop {
+            if let Some(event) = self.take(&log) {
+                return Ok(event);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            log = hub
+                .grown
+                .wait_timeout(log, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -512,5 +561,21 @@ mod hub_tests {
         assert_eq!(rest.len(), HISTORY);
         assert_eq!(rest.last(), Some(&Event::Stopped));
         assert_eq!(late.blocking_recv(), None, "ends after Stopped");
+        assert_eq!(
+            late.recv_timeout(Duration::from_secs(60)),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        let mut waiting = hub.subscribe();
+        while waiting.recv_timeout(Duration::ZERO).is_ok() {}
+        assert_eq!(
+            waiting.recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Disconnected),
+            "it read up to Stopped"
+        );
+        let quiet = Hub::new();
+        assert_eq!(
+            quiet.subscribe().recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
     }
 }

@@ -70,6 +70,48 @@ macro_rules! conformance_suite {
     };
 }
 
+/// Waits for the first of the cluster's events that `pick` accepts, and
+/// returns what it picked; at most [`PATIENCE`] in all, then the test fails
+/// naming `what`.
+pub fn wait_event<T>(
+    events: &mut forkless::Events,
+    what: &str,
+    mut pick: impl FnMut(&forkless::Event) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match events.recv_timeout(left) {
+            Ok(event) => {
+                if let Some(found) = pick(&event) {
+                    return found;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("waited {PATIENCE:?} for {what}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the events ended before {what}")
+            }
+        }
+    }
+}
+
+/// [`wait_event`] for an event `pick` says yes to; returns every event seen
+/// up to and including it.
+pub fn events_until(
+    events: &mut forkless::Events,
+    what: &str,
+    mut pick: impl FnMut(&forkless::Event) -> bool,
+) -> Vec<forkless::Event> {
+    let mut seen = Vec::new();
+    wait_event(events, what, |event| {
+        seen.push(event.clone());
+        pick(event).then_some(())
+    });
+    seen
+}
+
 /// Sends `signal` (`"TERM"`, `"HUP"`, ...) to `child` with kill(1).
 pub fn signal(child: &std::process::Child, signal: &str) {
     let sent = std::process::Command::new("kill")
