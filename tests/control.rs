@@ -74,11 +74,9 @@ fn endpoints_answer_and_the_socket_is_private() {
     assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     assert_eq!(cluster.control_address().map(|a| a.0), Some(path.clone()));
     let mut events = cluster.events();
-    loop {
-        if let Some(Event::WorkerReady { slot: 0, .. }) = events.blocking_recv() {
-            break;
-        }
-    }
+    common::wait_event(&mut events, "slot 0 ready", |e| {
+        matches!(e, Event::WorkerReady { slot: 0, .. }).then_some(())
+    });
 
     let answer = raw(unix(&path), &request("GET", "/status", "", ""));
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
@@ -93,11 +91,9 @@ fn endpoints_answer_and_the_socket_is_private() {
     );
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
     assert_eq!(body(&answer), r#"{"from":1,"to":2}"#);
-    loop {
-        if let Some(Event::WorkerReady { slot: 1, .. }) = events.blocking_recv() {
-            break;
-        }
-    }
+    common::wait_event(&mut events, "slot 1 ready", |e| {
+        matches!(e, Event::WorkerReady { slot: 1, .. }).then_some(())
+    });
     let answer = raw(
         unix(&path),
         &request("POST", "/resize", r#"{"workers": 1}"#, ""),
@@ -106,12 +102,11 @@ fn endpoints_answer_and_the_socket_is_private() {
 
     let answer = raw(unix(&path), &request("POST", "/restart", "", ""));
     assert_eq!(status_line(&answer), "HTTP/1.1 202 Accepted", "{answer}");
-    loop {
-        if let Some(Event::RollFinished { completed, .. }) = events.blocking_recv() {
-            assert!(completed);
-            break;
-        }
-    }
+    let completed = common::wait_event(&mut events, "the roll's end", |e| match e {
+        Event::RollFinished { completed, .. } => Some(*completed),
+        _ => None,
+    });
+    assert!(completed);
 
     let answer = raw(unix(&path), &request("GET", "/metrics", "", ""));
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
