@@ -44,20 +44,7 @@ const READ_WAIT: Duration = Duration::from_secs(1);
 const KEEP_UNREAD: Duration = Duration::from_secs(3600);
 use super::MAX_RETRY;
 
-static SEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local n = redis.call('GET', KEYS[1])
-if not n then return {1, 0} end
-n = tonumber(n)
-if tonumber(ARGV[1]) >= n then return {2, n} end
-if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then return {3, n} end
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {0, n}
-",
-    )
-});
+static SEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/bus_send.lua")));
 
 /// What a frame is.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]

@@ -43,124 +43,25 @@ const LOCKED: i64 = 0;
 const VALUE: i64 = 2;
 const REFUSED: i64 = 3;
 
-static GET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
-local v = redis.call('GET', KEYS[1])
-if not v then return {1, 0} end
-if ARGV[1] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {2, v}
-",
-    )
-});
+static GET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/store_get.lua")));
 
-static SET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
-if ARGV[2] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-return {1, 0}
-",
-    )
-});
+static SET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/store_set.lua")));
 
-static DEL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
-return {1, redis.call('DEL', KEYS[1])}
-",
-    )
-});
+static DEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/store_del.lua")));
 
-static INCR: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
-local ok, n = pcall(redis.call, 'INCRBY', KEYS[1], ARGV[1])
-if not ok then
-  if type(n) == 'table' and n.err then return {3, n.err} end
-  return {3, tostring(n)}
-end
-if ARGV[2] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return {1, n}
-",
-    )
-});
+static INCR: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/store_incr.lua")));
 
-static CAS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
-local cur = redis.call('GET', KEYS[1])
-local match
-if ARGV[1] == '1' then match = (cur == ARGV[2]) else match = (cur == false) end
-if match then
-  if ARGV[3] == '1' then
-    if ARGV[5] ~= '0' then
-      redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
-    else
-      redis.call('SET', KEYS[1], ARGV[4])
-    end
-  else
-    redis.call('DEL', KEYS[1])
-  end
-  return {1, 1}
-end
-if cur and ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
-return {1, 0}
-",
-    )
-});
+static CAS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/store_cas.lua")));
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, 0} end
-redis.call('PERSIST', KEYS[1])
-local v = redis.call('GET', KEYS[1])
-if v then return {2, v} end
-return {1, 0}
-",
-    )
-});
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/store_acquire.lua")));
 
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0, 0} end
-redis.call('DEL', KEYS[2])
-if ARGV[2] == 's' then
-  if ARGV[4] ~= '0' then
-    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-  else
-    redis.call('SET', KEYS[1], ARGV[3])
-  end
-elseif ARGV[2] == 'd' then
-  redis.call('DEL', KEYS[1])
-elseif ARGV[4] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-redis.call('PUBLISH', KEYS[2], '')
-return {1, 0}
-",
-    )
-});
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/store_release.lua")));
 
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-",
-    )
-});
+static RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/store_renew.lua")));
 
 /// The store of one cluster, on Redis.
 pub(crate) struct RedisStore {
