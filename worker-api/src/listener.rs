@@ -245,15 +245,28 @@ fn is_resource_error(e: &io::Error) -> bool {
 /// Implemented for `&str` and `String` (`"ip:port"`, `"[ipv6]:port"` or
 /// `"host:port"`), [`SocketAddr`] and its V4/V6 forms, and `(ip, port)` and
 /// `(&str, port)` pairs, as in `worker.listen(("127.0.0.1", 8080))`.
-pub trait ListenAddr {
-    /// Resolves to the one address to bind.
-    #[doc(hidden)]
-    fn resolve(&self) -> Result<SocketAddr, String>;
+///
+/// The trait is sealed: these are the addresses forkless knows how to bind,
+/// and what it asks of them is not part of the public API.
+pub trait ListenAddr: sealed::Address {}
 
-    /// The address as the user wrote it, for messages.
-    #[doc(hidden)]
-    fn describe(&self) -> String;
+impl<T: sealed::Address + ?Sized> ListenAddr for T {}
+
+/// What [`ListenAddr`] asks of an address, out of users' reach.
+#[allow(unreachable_pub)]
+pub(crate) mod sealed {
+    use std::net::SocketAddr;
+
+    pub trait Address {
+        /// Resolves to the one address to bind.
+        fn resolve(&self) -> Result<SocketAddr, String>;
+
+        /// The address as the user wrote it, for messages.
+        fn describe(&self) -> String;
+    }
 }
+
+use sealed::Address;
 
 fn first(addrs: io::Result<impl Iterator<Item = SocketAddr>>) -> Result<SocketAddr, String> {
     match addrs {
@@ -264,7 +277,7 @@ fn first(addrs: io::Result<impl Iterator<Item = SocketAddr>>) -> Result<SocketAd
     }
 }
 
-impl ListenAddr for str {
+impl Address for str {
     fn resolve(&self) -> Result<SocketAddr, String> {
         if let Ok(addr) = self.parse::<SocketAddr>() {
             return Ok(addr);
@@ -291,7 +304,7 @@ impl ListenAddr for str {
     }
 }
 
-impl<T: ListenAddr + ?Sized> ListenAddr for &T {
+impl<T: Address + ?Sized> Address for &T {
     fn resolve(&self) -> Result<SocketAddr, String> {
         (**self).resolve()
     }
@@ -301,7 +314,7 @@ impl<T: ListenAddr + ?Sized> ListenAddr for &T {
     }
 }
 
-impl ListenAddr for String {
+impl Address for String {
     fn resolve(&self) -> Result<SocketAddr, String> {
         self.as_str().resolve()
     }
@@ -313,7 +326,7 @@ impl ListenAddr for String {
 
 macro_rules! socket_addr_like {
     ($($ty:ty),*) => {$(
-        impl ListenAddr for $ty {
+        impl Address for $ty {
             fn resolve(&self) -> Result<SocketAddr, String> {
                 Ok(SocketAddr::from(*self))
             }
@@ -329,7 +342,7 @@ socket_addr_like!(SocketAddr, SocketAddrV4, SocketAddrV6);
 
 macro_rules! pair_like {
     ($($ty:ty),*) => {$(
-        impl ListenAddr for ($ty, u16) {
+        impl Address for ($ty, u16) {
             fn resolve(&self) -> Result<SocketAddr, String> {
                 Ok(SocketAddr::from(*self))
             }
@@ -345,7 +358,7 @@ pair_like!(IpAddr, Ipv4Addr, Ipv6Addr);
 
 /// `("127.0.0.1", 8080)`, `("::1", 8080)`, `("localhost", 8080)`, as tokio
 /// takes them.
-impl ListenAddr for (&str, u16) {
+impl Address for (&str, u16) {
     fn resolve(&self) -> Result<SocketAddr, String> {
         if let Ok(ip) = self.0.parse::<IpAddr>() {
             return Ok(SocketAddr::from((ip, self.1)));
@@ -361,7 +374,7 @@ impl ListenAddr for (&str, u16) {
     }
 }
 
-impl ListenAddr for (String, u16) {
+impl Address for (String, u16) {
     fn resolve(&self) -> Result<SocketAddr, String> {
         (self.0.as_str(), self.1).resolve()
     }
