@@ -229,7 +229,8 @@ impl Served {
                 .unwrap_or_else(|| panic!("{case}: a strange answer {answer:?}"));
             assert!(
                 slot < self.size && !ended.contains(&slot),
-                "{case}: answered by slot {slot}"
+                "{case}: answered {answer:?}, by slot {slot}; status now: {:#?}",
+                self.cluster.status()
             );
         }
         self.no_runtime_panics();
@@ -1165,6 +1166,13 @@ fn resize_storms_while_requests_flow() {
                 served.settled(&[]);
             }
         }
+    }
+    // Rounds 1 and 2 did not wait: 6 more resizes (each changes the size)
+    // must be applied before the status can be the last one's.
+    for _ in 0..6 {
+        common::wait_event(&mut events, "the storm's resizes", |e| {
+            matches!(e, Event::Resized { .. }).then_some(())
+        });
     }
     served.size = 3;
     served.settled(&[]);
