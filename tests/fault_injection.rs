@@ -1220,6 +1220,33 @@ fn restart_during_a_resize_and_resize_during_a_roll() {
     common::wait_event(&mut events, "the second roll", |e| {
         matches!(e, Event::RollFinished { .. }).then_some(())
     });
+    // The retired slots' generations were asked to stop; wait until each
+    // one that ever started has exited before asking who answers. (One that
+    // is never asked to stop would fail here, after PATIENCE.)
+    let mut history = served.cluster.events();
+    let mut running = std::collections::HashSet::new();
+    let mut shrunk = false;
+    common::wait_event(
+        &mut history,
+        "the retired slots' generations to exit",
+        |e| {
+            match e {
+                Event::WorkerStarted {
+                    slot, generation, ..
+                } if *slot > 0 => {
+                    running.insert((*slot, *generation));
+                }
+                Event::WorkerExited {
+                    slot, generation, ..
+                } => {
+                    running.remove(&(*slot, *generation));
+                }
+                Event::Resized { to: 1, .. } => shrunk = true,
+                _ => {}
+            }
+            (shrunk && running.is_empty()).then_some(())
+        },
+    );
     served.size = 1;
     served.healthy();
     served.stop();
