@@ -1780,7 +1780,7 @@ mod tests {
         }
         assert!(ask("/status").starts_with("HTTP/1.1 200"));
         // Counted when reaped: by now, or at the next accept.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = crate::deadline::from_now(Duration::from_secs(30));
         while cluster.shared.faults.counts() != vec![(THREAD, 3)] {
             assert!(
                 Instant::now() < deadline,
