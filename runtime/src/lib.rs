@@ -14,34 +14,28 @@
 //! `forkless-worker`.
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
-mod backend;
-mod body;
-mod builder;
+// The subsystems, from the bottom up: a module imports only from those
+// above it in this list (checked by `tests/layers.rs`).
 mod bus;
-mod clock;
-mod cluster;
+mod config;
 mod control;
-mod deadline;
-mod env;
-mod events;
-mod exit;
-mod guard;
-mod master;
-mod metrics;
+mod current;
+mod fault;
+mod launch;
+mod net;
+mod observe;
 #[cfg(feature = "redis")]
 mod redis;
-mod registry;
-mod signals;
 mod store;
-mod systemd;
-mod worker_thread;
+mod supervisor;
+mod time;
 
-pub use backend::Backend;
-pub use body::BodyResult;
-pub use builder::{Builder, Restart, TaskPanic};
-pub use cluster::{Cluster, GenerationReport, Report, SlotReport};
-pub use control::default_control_socket;
-pub use events::{BackendStatus, Event, Events, Status, WorkerState, WorkerStatus};
-pub use exit::Exit;
+pub use config::backend::Backend;
+pub use config::body::BodyResult;
+pub use config::builder::{Builder, Restart, TaskPanic};
 #[cfg(feature = "redis")]
-pub use redis::RedisConfig;
+pub use config::redis::RedisConfig;
+pub use control::default_control_socket;
+pub use fault::exit::Exit;
+pub use observe::events::{BackendStatus, Event, Events, Status, WorkerState, WorkerStatus};
+pub use supervisor::cluster::{Cluster, GenerationReport, Report, SlotReport};

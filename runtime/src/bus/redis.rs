@@ -30,9 +30,10 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{follow, Follow, Link, RedisConfig};
-use crate::backend::BusEngine;
-use crate::bus::Router;
+use crate::bus::router::Router;
+use crate::bus::BusEngine;
+use crate::config::RedisConfig;
+use crate::redis::{follow, Follow, Link};
 
 /// How long a host's presence lasts unless renewed, and how often it is.
 const PRESENCE: Duration = Duration::from_secs(6);
@@ -42,7 +43,7 @@ const READ_WAIT: Duration = Duration::from_secs(1);
 /// How long messages wait in a host's list for a host that is away (one
 /// that never comes back leaves nothing behind for longer).
 const KEEP_UNREAD: Duration = Duration::from_secs(3600);
-use super::MAX_RETRY;
+use crate::redis::MAX_RETRY;
 
 static SEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/bus_send.lua")));
 
@@ -457,7 +458,7 @@ impl RedisBus {
 }
 
 impl BusEngine for RedisBus {
-    fn health(&self) -> Option<crate::backend::Health> {
+    fn health(&self) -> Option<crate::observe::Health> {
         Some(self.link.health())
     }
 

@@ -26,10 +26,11 @@ use redis::{Script, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
-use super::{follow, glob_escape, Follow, Link, RedisConfig, Via};
-use crate::backend::StoreEngine;
-use crate::deadline;
-use crate::store::{check_options, check_sizes, lock_lost, named, shorten, too_large, Exits};
+use super::checks::{check_options, check_sizes, lock_lost, named, shorten, too_large, Exits};
+use crate::config::RedisConfig;
+use crate::redis::{follow, glob_escape, Follow, Link, Via};
+use crate::store::StoreEngine;
+use crate::time::deadline;
 
 /// The longest pause between two looks at a locked key. A release wakes
 /// the waiters sooner (it publishes on the lock's key, which hosts with
@@ -170,7 +171,7 @@ impl StoreBackend for RedisStore {
 }
 
 impl StoreEngine for RedisStore {
-    fn health(&self) -> Option<crate::backend::Health> {
+    fn health(&self) -> Option<crate::observe::Health> {
         Some(self.core.link.health())
     }
 

@@ -6,14 +6,14 @@
 //! Timers are kept by deadline; one that ends early is cancelled, so the map
 //! holds only timers that can still fire. A timer's action runs on the timer
 //! thread and must be short; one that panics is caught and counted (see
-//! [`guard`](crate::guard)), and the thread goes on with the next.
+//! [`guard`](crate::fault::guard)), and the thread goes on with the next.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::guard::Faults;
+use crate::fault::guard::Faults;
 
 /// A timer's deadline and a unique id: what [`Clock::cancel`] takes.
 pub(crate) type TimerKey = (Instant, u64);
@@ -60,7 +60,7 @@ impl Clock {
 
     /// Runs `action` on the timer thread at `at` (at once if `at` has
     /// passed), unless cancelled first or the clock stops. Make `at` with
-    /// [`deadline::after`](crate::deadline::after), which cannot overflow.
+    /// [`deadline::after`](crate::time::deadline::after), which cannot overflow.
     pub(crate) fn schedule(&self, at: Instant, action: impl FnOnce() + Send + 'static) -> TimerKey {
         let mut state = lock(&self.state);
         state.next_id += 1;
@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(60)), Ok(1));
         assert_eq!(faults.counts(), vec![("forkless-timers", 1)]);
         // A deadline that overflows `Instant` is "never", not a panic.
-        let never = clock.schedule(crate::deadline::from_now(Duration::MAX), || {});
+        let never = clock.schedule(crate::time::deadline::from_now(Duration::MAX), || {});
         assert_eq!(clock.pending(), 1);
         clock.cancel(Some(never));
         clock.stop();

@@ -58,7 +58,6 @@
 //!   counted in `forkless_runtime_panics_total{thread="forkless-control"}`.
 
 use std::convert::Infallible;
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -82,7 +81,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::events::{Event, Events, Status, WorkerState};
+use crate::config::ControlConfig;
+use crate::observe::events::{Event, Events, Status, WorkerState};
 use crate::Cluster;
 use forkless_worker::Error;
 
@@ -107,26 +107,6 @@ const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 
 /// The name the control thread's caught panics are counted under.
 const THREAD: &str = "forkless-control";
-
-/// Where the control server listens, from the builder.
-#[derive(Clone, Default)]
-pub(crate) struct ControlConfig {
-    /// `Some(false)`: off; `Some(true)`: on; `None`: on under `run` only.
-    pub(crate) enabled: Option<bool>,
-    pub(crate) path: Option<PathBuf>,
-    pub(crate) tcp: Option<(SocketAddr, String)>,
-}
-
-/// Shows everything but the token.
-impl fmt::Debug for ControlConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ControlConfig")
-            .field("enabled", &self.enabled)
-            .field("path", &self.path)
-            .field("tcp", &self.tcp.as_ref().map(|(addr, _)| (addr, "***")))
-            .finish()
-    }
-}
 
 /// The uid this process acts as (its effective uid): the owner of the files
 /// it creates, and the uid its peers see.
@@ -1083,7 +1063,7 @@ mod tests {
     /// The JSON the server wrote by hand (`json!` per event) before the
     /// typed protocol: the reference the typed answers must equal.
     mod legacy {
-        use crate::events::{Event, Status};
+        use crate::observe::events::{Event, Status};
         use serde_json::{json, Value};
         use std::time::Duration;
 
@@ -1302,7 +1282,7 @@ mod tests {
 
     #[test]
     fn the_status_is_written_as_before() {
-        use crate::events::{BackendStatus, WorkerStatus};
+        use crate::observe::events::{BackendStatus, WorkerStatus};
         let status = Status {
             name: "api".to_owned(),
             size: 2,
@@ -1780,7 +1760,7 @@ mod tests {
         }
         assert!(ask("/status").starts_with("HTTP/1.1 200"));
         // Counted when reaped: by now, or at the next accept.
-        let deadline = crate::deadline::from_now(Duration::from_secs(30));
+        let deadline = crate::time::deadline::from_now(Duration::from_secs(30));
         while cluster.shared.faults.counts() != vec![(THREAD, 3)] {
             assert!(
                 Instant::now() < deadline,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use forkless_worker::Error;
 
-use crate::builder::TaskPanic;
-use crate::{Builder, Restart};
+use crate::config::builder::TaskPanic;
+use crate::config::builder::{Builder, Restart};
 
 /// Every variable, with what it sets, for the docs and for spotting typos.
 pub(crate) const VARIABLES: &[&str] = &[
@@ -45,7 +45,7 @@ fn duration(name: &str, value: &str) -> Result<Duration, Error> {
             &format!("not a duration ({e}); write it like \"500ms\", \"5s\" or \"1m 30s\""),
         )
     })?;
-    let max = crate::deadline::MAX_OPTION;
+    let max = crate::time::deadline::MAX_OPTION;
     if d > max {
         return Err(bad(
             name,
@@ -87,7 +87,7 @@ pub(crate) fn apply(
             "FORKLESS_WORKERS" => {
                 let expected = "not a number of workers (an integer from 1 to 4096)";
                 let n: usize = number(name, v, expected)?;
-                if n == 0 || n > crate::cluster::MAX_WORKERS {
+                if n == 0 || n > crate::config::MAX_WORKERS {
                     return Err(bad(name, v, expected));
                 }
                 builder.workers = Some(n);

@@ -35,9 +35,11 @@ use forkless_worker::backend::{
 use forkless_worker::{CollectionOptions, Error};
 use tokio::sync::oneshot;
 
-use crate::backend::StoreEngine;
-use crate::clock::{Clock, TimerKey};
-use crate::deadline;
+use crate::store::StoreEngine;
+use crate::time::clock::{Clock, TimerKey};
+use crate::time::deadline;
+
+use super::checks::{check_options, check_sizes, lock_lost, named, shorten, too_large, Exits};
 
 type Hasher = foldhash::fast::RandomState;
 type Answer = oneshot::Sender<Result<Outcome, Error>>;
@@ -1070,124 +1072,6 @@ impl Coll {
     }
 }
 
-/// The collection named `name` in `map`, made by `make` on first use. Most
-/// calls find it under the read lock.
-pub(crate) fn named<T>(
-    map: &RwLock<HashMap<String, Arc<T>>>,
-    name: &str,
-    make: impl FnOnce() -> Arc<T>,
-) -> Arc<T> {
-    if let Some(c) = map.read().unwrap_or_else(PoisonError::into_inner).get(name) {
-        return c.clone();
-    }
-    map.write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entry(name.to_owned())
-        .or_insert_with(make)
-        .clone()
-}
-
-/// The error of a release whose lock was taken back.
-pub(crate) fn lock_lost(collection: &str, key: &str) -> Error {
-    Error::lock_lost(format!(
-        "the lock on key {:?} in collection {collection:?} is no longer held (its lease ran \
-         out, or its worker exited and the store released it); nothing was committed",
-        shorten(key)
-    ))
-}
-
-pub(crate) fn too_large(collection: &str, what: &str, size: usize, max: usize, key: &str) -> Error {
-    Error::too_large(format!(
-        "{what} of {size} bytes is over collection {collection:?}'s limit of {max} bytes (key {:?})",
-        shorten(key)
-    ))
-}
-
-/// Refuses an operation whose key or value is over the limits.
-pub(crate) fn check_sizes(
-    collection: &str,
-    key: &str,
-    op: &Op,
-    max_key: usize,
-    max_value: usize,
-) -> Result<(), Error> {
-    if key.len() > max_key {
-        return Err(too_large(collection, "a key", key.len(), max_key, key));
-    }
-    let value = match op {
-        Op::Set(v) => Some(v),
-        Op::CompareAndSwap { new: Some(v), .. } => Some(v),
-        _ => None,
-    };
-    match value {
-        Some(v) if v.len() > max_value => {
-            Err(too_large(collection, "a value", v.len(), max_value, key))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Refuses options out of range: zero durations and sizes, and durations
-/// over [`deadline::MAX_OPTION`].
-pub(crate) fn check_options(collection: &str, options: &CollectionOptions) -> Result<(), Error> {
-    let bad = |what: &str| {
-        Err(Error::config(format!(
-            "collection {collection:?}: {what} (got {options:?})"
-        )))
-    };
-    if options.expire_keys == Some(Duration::ZERO) {
-        return bad("expire_keys must be more than zero; use None to keep keys");
-    }
-    if options.max_hold == Some(Duration::ZERO) {
-        return bad("max_hold must be more than zero; use None for no limit");
-    }
-    if options.max_key_size == 0 || options.max_value_size == 0 {
-        return bad("max_key_size and max_value_size must be at least 1");
-    }
-    if options.max_keys == Some(0) || options.max_bytes == Some(0) {
-        return bad("max_keys and max_bytes must be at least 1; use None for no limit");
-    }
-    let named = |what: &str| format!("collection {collection:?}: {what}");
-    if let Some(d) = options.expire_keys {
-        deadline::check_option(&named("expire_keys"), d)?;
-    }
-    if let Some(d) = options.max_hold {
-        deadline::check_option(&named("max_hold"), d)?;
-    }
-    Ok(())
-}
-
-/// The workers that have exited, per slot the newest generation: locks are
-/// neither granted to it nor to any older one (it may still be running,
-/// abandoned as hung).
-#[derive(Default)]
-pub(crate) struct Exits(Mutex<HashMap<usize, u64>>);
-
-impl Exits {
-    pub(crate) fn record(&self, slot: usize, generation: u64) {
-        let mut exited = lock(&self.0);
-        let newest = exited.entry(slot).or_insert(generation);
-        *newest = (*newest).max(generation);
-    }
-
-    /// Returns true unless `owner` has exited (outside owners never do).
-    pub(crate) fn alive(&self, owner: Option<Owner>) -> bool {
-        owner.map_or(true, |o| {
-            lock(&self.0)
-                .get(&o.slot)
-                .map_or(true, |&g| o.generation > g)
-        })
-    }
-}
-
-/// A key as shown in messages: at most 64 characters.
-pub(crate) fn shorten(key: &str) -> String {
-    match key.char_indices().nth(64) {
-        None => key.to_owned(),
-        Some((i, _)) => format!("{}...", &key[..i]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1212,7 +1096,7 @@ mod tests {
 
     #[test]
     fn leases_and_wait_timeouts_that_end_early_leave_no_timer_behind() {
-        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let clock = Clock::start(crate::fault::guard::Faults::new()).expect("clock");
         let engine = Engine::new(clock.clone());
         let c = engine.collection("timers");
         let hour = Duration::from_secs(3600);
@@ -1266,7 +1150,7 @@ mod tests {
 
     #[test]
     fn huge_leases_and_timeouts_saturate_instead_of_panicking() {
-        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let clock = Clock::start(crate::fault::guard::Faults::new()).expect("clock");
         let engine = Engine::new(clock.clone());
         let c = coll(&engine, "huge");
         let max = Some(Duration::MAX);
@@ -1349,7 +1233,7 @@ mod tests {
     fn usage_stays_exact_through_every_kind_of_change() {
         // A stopped clock fires nothing: the test fires leases and sweeps
         // itself, so that nothing changes between two counts.
-        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let clock = Clock::start(crate::fault::guard::Faults::new()).expect("clock");
         clock.stop();
         let engine = Engine::new(clock);
         for (seed, limited) in [(1u64, false), (7, true), (42, true), (1234, false)] {
@@ -1474,7 +1358,7 @@ mod tests {
 
     #[test]
     fn waiters_whose_callers_left_are_pruned_with_their_timers() {
-        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let clock = Clock::start(crate::fault::guard::Faults::new()).expect("clock");
         let engine = Engine::new(clock.clone());
         let c = coll(&engine, "abandoned");
         let hour = Duration::from_secs(3600);
@@ -1522,7 +1406,7 @@ mod tests {
 
     #[test]
     fn a_key_has_room_for_max_waiters_and_says_full_past_it() {
-        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let clock = Clock::start(crate::fault::guard::Faults::new()).expect("clock");
         let engine = Engine::new(clock.clone());
         let c = coll(&engine, "crowded");
         let held = token(ready(c.op(None, "k", acquire(Wait::Forever, None))));
@@ -1566,7 +1450,7 @@ mod tests {
     #[test]
     fn a_waker_that_panics_as_its_grant_is_sent_loses_no_lock_and_no_waiter() {
         use std::future::Future;
-        let clock = Clock::start(crate::guard::Faults::new()).expect("clock");
+        let clock = Clock::start(crate::fault::guard::Faults::new()).expect("clock");
         let engine = Engine::new(clock.clone());
         let c = coll(&engine, "wakers");
         let first = token(ready(c.op(None, "k", acquire(Wait::Forever, None))));

@@ -10,7 +10,6 @@
 //! none is free (the first generation, a rolling restart's candidate, or
 //! after a generation hung and its thread was abandoned).
 
-use std::cell::Cell;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::thread;
@@ -25,22 +24,12 @@ use forkless_worker::Worker;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::LocalSet;
 
-use crate::body::Factory;
-use crate::builder::TaskPanic;
-use crate::cluster::Msg;
-use crate::exit::{
+use crate::config::body::Factory;
+use crate::config::builder::TaskPanic;
+use crate::fault::exit::{
     capture_panics_on_this_thread, panicked, take_panics, watch_panics_on_this_thread, Exit,
 };
-
-thread_local! {
-    /// The cluster (its `Shared`'s address) whose worker runs on this thread.
-    static CLUSTER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The cluster whose worker is the current thread, if any.
-pub(crate) fn current_cluster() -> Option<usize> {
-    CLUSTER.with(Cell::get)
-}
+use crate::supervisor::cluster::Msg;
 
 pub(crate) struct Generation {
     /// The address of the cluster's `Shared`, to recognise it.
@@ -58,7 +47,7 @@ pub(crate) struct Generation {
     /// The cluster's start, which heartbeats count from.
     pub(crate) epoch: Instant,
     pub(crate) task_panic: TaskPanic,
-    pub(crate) shared: Arc<crate::cluster::Shared>,
+    pub(crate) shared: Arc<crate::supervisor::cluster::Shared>,
 }
 
 /// A slot's worker thread, as the master holds it: it runs the generations
@@ -90,7 +79,7 @@ impl Thread {
                         .unwrap_or_else(|payload| {
                             Exit::Failed(format!(
                                 "the worker's thread panicked outside its body: {}",
-                                crate::exit::message(&*payload)
+                                crate::fault::exit::message(&*payload)
                             ))
                         });
                     let _ = tx.send(Msg::Exited {
@@ -133,7 +122,7 @@ fn run(mut g: Generation) -> Exit {
     #[cfg(feature = "redis")]
     crate::redis::forget_this_threads_connections();
     forkless_worker::mark_tokio_timer_thread();
-    CLUSTER.with(|c| c.set(Some(g.cluster)));
+    crate::current::set_cluster(g.cluster);
     let terminate = std::mem::replace(&mut g.terminate, oneshot::channel().1);
     run_body(&g, terminate)
 }

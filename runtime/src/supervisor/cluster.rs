@@ -10,13 +10,16 @@ use forkless_worker::host::{Host, Listening};
 use forkless_worker::{Bus, Error, Store};
 use tokio::sync::watch;
 
-use crate::backend::{start_bus, start_store, BusEngine, BusSettings, StoreEngine};
-use crate::clock::Clock;
-use crate::events::{Events, Hub, Status, View};
-use crate::guard::Faults;
-use crate::metrics::{active_connections, Figures, Metrics};
-use crate::registry::Registry;
-use crate::{Builder, Exit};
+use crate::bus::{start_bus, BusEngine, BusSettings};
+use crate::config::builder::Builder;
+use crate::config::MAX_WORKERS;
+use crate::fault::exit::Exit;
+use crate::fault::guard::Faults;
+use crate::net::registry::Registry;
+use crate::observe::events::{Events, Hub, Status, View};
+use crate::observe::metrics::{active_connections, Figures, Metrics};
+use crate::store::{start_store, StoreEngine};
+use crate::time::clock::Clock;
 
 /// A handle to a running cluster: cheap to clone, `Send + Sync`, usable from
 /// sync and async code.
@@ -45,9 +48,6 @@ use crate::{Builder, Exit};
 pub struct Cluster {
     pub(crate) shared: Arc<Shared>,
 }
-
-/// The most workers `resize` (and `FORKLESS_WORKERS`) accept.
-pub(crate) const MAX_WORKERS: usize = 4096;
 
 /// What the handles, the worker contexts and the master share.
 pub(crate) struct Shared {
@@ -107,15 +107,16 @@ impl Shared {
         let faults = Faults::new();
         let clock = Clock::start(faults.clone())
             .map_err(|e| Error::spawn("cannot spawn the timer thread", e))?;
-        let store = crate::guard::scope(&faults, || start_store(&builder.store_backend, &clock))
-            .inspect_err(|_| clock.stop())?;
+        let store =
+            crate::fault::guard::scope(&faults, || start_store(&builder.store_backend, &clock))
+                .inspect_err(|_| clock.stop())?;
         let settings = BusSettings {
             size,
             capacity: builder.inbox_capacity,
             request_timeout: builder.request_timeout,
             name: builder.name.clone(),
         };
-        let bus = crate::guard::scope(&faults, || {
+        let bus = crate::fault::guard::scope(&faults, || {
             start_bus(&builder.bus_backend, settings, &clock)
         })
         .inspect_err(|_| {
@@ -508,7 +509,7 @@ impl Cluster {
     fn assert_not_own_worker(&self, method: &str) {
         let shared = Arc::as_ptr(&self.shared) as usize;
         assert!(
-            crate::worker_thread::current_cluster() != Some(shared),
+            crate::current::cluster() != Some(shared),
             "Cluster::{method} called from one of the cluster's own workers would wait \
              forever (the cluster cannot stop while its worker is blocked); \
              await `Cluster::stopped` instead"

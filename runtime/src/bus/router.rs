@@ -18,8 +18,8 @@ use forkless_worker::backend::{
 use forkless_worker::{Envelope, Error};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::BusEngine;
-use crate::clock::Clock;
+use crate::bus::BusEngine;
+use crate::time::clock::Clock;
 
 pub(crate) struct Router {
     /// The cluster's name, which stands for its host.
@@ -265,7 +265,7 @@ impl BusBackend for Router {
         let (tx, rx) = oneshot::channel();
         let key = self
             .clock
-            .schedule(crate::deadline::from_now(after), move || {
+            .schedule(crate::time::deadline::from_now(after), move || {
                 let _ = tx.send(());
             });
         let clock = self.clock.clone();

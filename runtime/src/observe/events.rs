@@ -285,7 +285,7 @@ impl Events {
         if self.ended {
             return Err(RecvTimeoutError::Disconnected);
         }
-        let deadline = crate::deadline::from_now(timeout);
+        let deadline = crate::time::deadline::from_now(timeout);
         let hub = self.hub.clone();
         let mut log = lock(&hub.log);
         loop {

@@ -109,7 +109,7 @@ impl Faults {
 
     /// Logs and counts a panic caught on `thread` while it ran `what`.
     pub(crate) fn record(&self, thread: &'static str, what: &str, payload: &(dyn Any + Send)) {
-        let message = crate::exit::message(payload);
+        let message = crate::fault::exit::message(payload);
         tracing::error!(
             thread,
             %message,

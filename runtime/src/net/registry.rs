@@ -143,7 +143,7 @@ impl Registry {
         Registry {
             backlog: i32::try_from(backlog).unwrap_or(i32::MAX),
             groups: Vec::new(),
-            inherited: inherited_sockets(),
+            inherited: super::activation::inherited_sockets(),
             retired: HashMap::new(),
             closed: false,
         }
@@ -251,29 +251,6 @@ impl Registry {
     }
 }
 
-/// The TCP listeners systemd passed (`LISTEN_FDS`, `LISTEN_PID`), with their
-/// addresses. Others (Unix sockets, UDP) are left alone.
-fn inherited_sockets() -> Vec<(SocketAddr, Socket)> {
-    let mut fds = listenfd::ListenFd::from_env();
-    let mut sockets = Vec::new();
-    for i in 0..fds.len() {
-        match fds.take_tcp_listener(i) {
-            Ok(Some(listener)) => {
-                let socket = Socket::from(listener);
-                match local_addr(&socket).and_then(|a| socket.set_nonblocking(true).map(|()| a)) {
-                    Ok(addr) => sockets.push((addr, socket)),
-                    Err(e) => {
-                        tracing::warn!(fd = 3 + i, error = %e, "ignoring an inherited socket")
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::debug!(fd = 3 + i, error = %e, "inherited fd is not a TCP listener"),
-        }
-    }
-    sockets
-}
-
 fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -301,7 +278,7 @@ fn bind(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
+pub(super) fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
     socket
         .local_addr()?
         .as_socket()

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::events::Status;
+use crate::observe::events::Status;
 use crate::Exit;
 
 type Labels = Vec<(String, String)>;
@@ -294,8 +294,8 @@ pub(crate) struct Figures {
     pub(crate) store_ops: u64,
     pub(crate) store_lock_waits: u64,
     pub(crate) bus_messages: u64,
-    pub(crate) store_health: Option<crate::backend::Health>,
-    pub(crate) bus_health: Option<crate::backend::Health>,
+    pub(crate) store_health: Option<crate::observe::Health>,
+    pub(crate) bus_health: Option<crate::observe::Health>,
     /// Panics caught on the runtime's own threads, by thread.
     pub(crate) runtime_panics: Vec<(&'static str, u64)>,
 }

@@ -19,14 +19,15 @@ use forkless_worker::host::WorkerStats;
 use forkless_worker::{Error, Worker};
 use tokio::sync::{oneshot, watch};
 
-use crate::body::Factory;
-use crate::cluster::{GenerationReport, Msg, Report, Shared, SlotReport};
-use crate::deadline::{after, from_now};
-use crate::events::{Event, SlotView, View, WorkerState};
-use crate::exit::{install_panic_hook, Exit};
-use crate::systemd::Systemd;
-use crate::worker_thread::{Generation, Thread};
-use crate::{Builder, Cluster, Restart};
+use crate::config::body::Factory;
+use crate::config::builder::{Builder, Restart};
+use crate::fault::exit::{install_panic_hook, Exit};
+use crate::observe::events::{Event, SlotView, View, WorkerState};
+use crate::supervisor::cluster::Cluster;
+use crate::supervisor::cluster::{GenerationReport, Msg, Report, Shared, SlotReport};
+use crate::supervisor::systemd::Systemd;
+use crate::supervisor::worker_thread::{Generation, Thread};
+use crate::time::deadline::{after, from_now};
 
 /// Starts the master thread and, through it, every slot's first worker.
 pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error> {
@@ -261,7 +262,7 @@ struct Live {
     /// The thread it runs on, free again once it has returned.
     thread: Thread,
     /// Where a panic of a waker woken by its stop signal is counted.
-    faults: Arc<crate::guard::Faults>,
+    faults: Arc<crate::fault::guard::Faults>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
