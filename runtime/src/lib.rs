@@ -14,21 +14,35 @@
 //! `forkless-worker`.
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
-// The subsystems, from the bottom up: a module imports only from those
-// above it in this list (checked by `tests/layers.rs`).
-mod bus;
-mod config;
-mod control;
+// The subsystems, from the bottom up: each may use only those declared
+// before it (checked by `runtime/tests/layers.rs`; ARCHITECTURE.md draws
+// the map).
+//
+// Which cluster's worker runs on this thread.
 mod current;
+// Panics caught on the runtime's threads; how a generation ended.
 mod fault;
-mod launch;
-mod net;
+// Saturating deadlines; the timer thread.
+mod time;
+// Events, status, metrics.
 mod observe;
+// The builder, `FORKLESS_*`, backends' and control's settings.
+mod config;
+// The listener registry; socket activation.
+mod net;
+// The link to Redis both Redis engines use.
 #[cfg(feature = "redis")]
 mod redis;
+// The store's engines.
 mod store;
+// The bus's router and its Redis engine.
+mod bus;
+// The master thread, slots, generations, roll, resize, stop.
 mod supervisor;
-mod time;
+// The control server, a client of the cluster's handle.
+mod control;
+// `Builder::start` and `run`: the supervisor, control and signals wired.
+mod launch;
 
 pub use config::backend::Backend;
 pub use config::body::BodyResult;
@@ -38,4 +52,5 @@ pub use config::redis::RedisConfig;
 pub use control::default_control_socket;
 pub use fault::exit::Exit;
 pub use observe::events::{BackendStatus, Event, Events, Status, WorkerState, WorkerStatus};
-pub use supervisor::cluster::{Cluster, GenerationReport, Report, SlotReport};
+pub use supervisor::cluster::Cluster;
+pub use supervisor::report::{GenerationReport, Report, SlotReport};

@@ -170,7 +170,10 @@ mod tests {
             Exit::Panicked { message, location } => {
                 assert_eq!(message, "worker 7 broke");
                 let location = location.expect("the hook saw it");
-                assert!(location.starts_with("runtime/src/fault/exit.rs:"), "{location}");
+                assert!(
+                    location.starts_with("runtime/src/fault/exit.rs:"),
+                    "{location}"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -8,13 +8,28 @@
 //!
 //! - [`cluster`]: the public handle and what the handles, the workers and
 //!   the master share.
-//! - [`master`]: the master thread's loop and its messages.
+//! - [`master`]: the master thread: start-up, its loop over messages and
+//!   timers, the published status, the report.
+//! - `slot`: a slot's service state (one enum) and its live generations.
+//! - `generations`: spawning a generation, ready, exit, respawn.
+//! - `policy`: the restart policy as a pure function, tested row by row.
+//! - `roll`, `resize`, `stop`, `watchdog`: the rolling restart, resizing,
+//!   the stop sequence, the stall watchdog (and systemd's).
 //! - [`worker_thread`]: a slot's thread, running one generation at a time.
 //! - [`systemd`]: `sd_notify` (ready, reloading, stopping, the watchdog).
 
 pub(crate) mod cluster;
+mod generations;
 pub(crate) mod master;
+mod policy;
+pub(crate) mod report;
+mod resize;
+mod roll;
+pub(crate) mod shared;
+mod slot;
+mod stop;
 pub(crate) mod systemd;
+mod watchdog;
 pub(crate) mod worker_thread;
 
 pub(crate) use master::start;

@@ -12,10 +12,9 @@
 
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::thread;
-
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -29,7 +28,7 @@ use crate::config::builder::TaskPanic;
 use crate::fault::exit::{
     capture_panics_on_this_thread, panicked, take_panics, watch_panics_on_this_thread, Exit,
 };
-use crate::supervisor::cluster::Msg;
+use crate::supervisor::shared::Msg;
 
 pub(crate) struct Generation {
     /// The address of the cluster's `Shared`, to recognise it.
@@ -47,7 +46,7 @@ pub(crate) struct Generation {
     /// The cluster's start, which heartbeats count from.
     pub(crate) epoch: Instant,
     pub(crate) task_panic: TaskPanic,
-    pub(crate) shared: Arc<crate::supervisor::cluster::Shared>,
+    pub(crate) shared: Arc<crate::supervisor::shared::Shared>,
 }
 
 /// A slot's worker thread, as the master holds it: it runs the generations

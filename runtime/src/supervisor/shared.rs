@@ -1,0 +1,208 @@
+//! What the cluster's handles, its workers and its master share
+//! ([`Shared`]: the engines, the registry, the events, the published view,
+//! the end), the master's inbox ([`Msg`]), and the runtime's side of the
+//! worker contract ([`Host`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use forkless_worker::backend::{BusBackend, Owner, StoreBackend};
+use forkless_worker::host::{Host, Listening};
+use forkless_worker::Error;
+use tokio::sync::watch;
+
+use super::report::Report;
+use crate::bus::{start_bus, BusEngine, BusSettings};
+use crate::config::builder::Builder;
+use crate::fault::exit::Exit;
+use crate::fault::guard::Faults;
+use crate::net::registry::Registry;
+use crate::observe::events::{Hub, View};
+use crate::observe::metrics::Metrics;
+use crate::store::{start_store, StoreEngine};
+use crate::time::clock::Clock;
+
+/// What the handles, the worker contexts and the master share.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) tx: Sender<Msg>,
+    pub(crate) registry: Mutex<Registry>,
+    pub(crate) store: Arc<dyn StoreEngine>,
+    pub(super) store_backend: Arc<dyn StoreBackend>,
+    pub(crate) bus: Arc<dyn BusEngine>,
+    pub(super) bus_backend: Arc<dyn BusBackend>,
+    pub(crate) clock: Arc<Clock>,
+    /// Panics caught on the runtime's own threads.
+    pub(crate) faults: Arc<Faults>,
+    pub(crate) events: Arc<Hub>,
+    pub(crate) metrics: Metrics,
+    /// Where the control server listens, once started.
+    pub(crate) control: Mutex<Option<(std::path::PathBuf, Option<SocketAddr>)>>,
+    pub(crate) view: Mutex<View>,
+    /// When the cluster started: heartbeats count from here.
+    pub(crate) epoch: Instant,
+    pub(crate) stopping: AtomicBool,
+    pub(super) done: Mutex<Option<Report>>,
+    pub(super) done_cv: Condvar,
+    pub(super) done_tx: watch::Sender<Option<Report>>,
+}
+
+/// The master's inbox.
+pub(crate) enum Msg {
+    Exited {
+        slot: usize,
+        generation: u64,
+        exit: Exit,
+    },
+    Ready {
+        slot: usize,
+        generation: u64,
+    },
+    /// A task spawned by a worker panicked (see `TaskPanic`).
+    TaskPanicked {
+        slot: usize,
+        generation: u64,
+        message: String,
+        location: Option<String>,
+    },
+    Restart,
+    Resize(usize),
+    Shutdown,
+    Terminate,
+    /// Makes the master thread panic outside its guard, as a bug in the
+    /// master itself would.
+    #[cfg(test)]
+    PanicOutsideGuard,
+}
+
+impl Shared {
+    pub(crate) fn new(builder: &Builder, size: usize, tx: Sender<Msg>) -> Result<Shared, Error> {
+        let faults = Faults::new();
+        let clock = Clock::start(faults.clone())
+            .map_err(|e| Error::spawn("cannot spawn the timer thread", e))?;
+        let store =
+            crate::fault::guard::scope(&faults, || start_store(&builder.store_backend, &clock))
+                .inspect_err(|_| clock.stop())?;
+        let settings = BusSettings {
+            size,
+            capacity: builder.inbox_capacity,
+            request_timeout: builder.request_timeout,
+            name: builder.name.clone(),
+        };
+        let bus = crate::fault::guard::scope(&faults, || {
+            start_bus(&builder.bus_backend, settings, &clock)
+        })
+        .inspect_err(|_| {
+            store.engine.close();
+            clock.stop();
+        })?;
+        let (name, backlog) = (builder.name.clone(), builder.backlog);
+        Ok(Shared {
+            name,
+            tx,
+            registry: Mutex::new(Registry::new(backlog)),
+            store: store.engine,
+            store_backend: store.backend,
+            bus: bus.engine,
+            bus_backend: bus.backend,
+            clock,
+            faults,
+            events: Hub::new(),
+            metrics: Metrics::new(),
+            control: Mutex::new(None),
+            view: Mutex::new(View::default()),
+            epoch: Instant::now(),
+            stopping: AtomicBool::new(false),
+            done: Mutex::new(None),
+            done_cv: Condvar::new(),
+            done_tx: watch::channel(None).0,
+        })
+    }
+
+    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // The registry holds no invariant that a panic could break halfway.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A generation has exited: the store and the bus take back what it held.
+    ///
+    /// Handing a lock on to its next waiter wakes that waiter's task, whose
+    /// waker is code of theirs: a panic there is caught here, so that the
+    /// master goes on with the exit (records it, respawns the slot).
+    pub(crate) fn owner_exited(&self, slot: usize, generation: u64) {
+        let what = "the clean-up after a worker's exit";
+        self.faults.caught("forkless-master", what, || {
+            self.store.owner_exited(slot, generation)
+        });
+        self.faults.caught("forkless-master", what, || {
+            self.bus.owner_exited(Owner { slot, generation })
+        });
+    }
+
+    /// A slot will not run again: a survivor accepts from its sockets (so
+    /// nothing queued there is lost), and its inbox closes.
+    pub(crate) fn slot_ended(&self, slot: usize, survivors: &[usize]) {
+        self.registry().retire_slot(slot, survivors);
+        // Closing the inbox fails the requests queued there, waking their
+        // senders' wakers.
+        self.faults
+            .caught("forkless-master", "closing a slot's inbox", || {
+                self.bus.close_slot(slot)
+            });
+    }
+
+    pub(crate) fn finish(&self, report: Report) {
+        // The control socket goes before anyone learns that the cluster
+        // stopped, so that a cluster started next can take the same path.
+        let control = self
+            .control
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some((path, _)) = control {
+            let _ = std::fs::remove_file(path);
+        }
+        // Every worker is gone: what still waits on the store fails now.
+        // Each step wakes waiters of the callers' own: a waker that panics
+        // stops none of the steps after it.
+        let thread = "forkless-master";
+        self.faults
+            .caught(thread, "closing the store", || self.store.close());
+        self.faults
+            .caught(thread, "closing the bus", || self.bus.close());
+        self.clock.stop();
+        // Every way of asking "has it stopped?" says yes before anyone
+        // waiting for the stop wakes up.
+        self.stopping.store(true, Ordering::Release);
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(report.clone());
+        self.faults
+            .caught(thread, "waking who awaits the stop", || {
+                self.done_tx.send_replace(Some(report));
+            });
+        self.done_cv.notify_all();
+    }
+}
+
+impl Host for Shared {
+    fn listen(&self, slot: usize, addr: SocketAddr, shown: &str) -> Result<Listening, Error> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(Error::stopped(&format!("listen on {shown}")));
+        }
+        self.registry().listen(slot, addr, shown)
+    }
+
+    fn ready(&self, slot: usize, generation: u64) {
+        let _ = self.tx.send(Msg::Ready { slot, generation });
+    }
+
+    fn store(&self) -> Arc<dyn StoreBackend> {
+        self.store_backend.clone()
+    }
+
+    fn bus(&self) -> Arc<dyn BusBackend> {
+        self.bus_backend.clone()
+    }
+}
