@@ -133,3 +133,17 @@ pub(crate) fn shorten(key: &str) -> String {
         Some((i, _)) => format!("{}...", &key[..i]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorten_cuts_long_keys_on_a_char_boundary() {
+        assert_eq!(shorten("abc"), "abc");
+        let long = "é".repeat(100);
+        let short = shorten(&long);
+        assert_eq!(short.chars().count(), 67);
+        assert!(short.ends_with("..."));
+    }
+}
