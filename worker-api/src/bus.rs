@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::{BusBackend, Mailbox, Owner, Pending, RemoteSend, SendMode};
+use crate::rt::bus::{BusBackend, Mailbox, Pending, RemoteSend, SendMode};
+use crate::rt::Owner;
 use crate::{json, Error, ShutdownSignal};
 
 thread_local! {
@@ -25,9 +26,9 @@ thread_local! {
 }
 
 /// Marks this thread as one whose tokio runtime has a timer (a forkless
-/// worker's), so that request timeouts use it. Called by the runtime.
-#[doc(hidden)]
-pub fn mark_tokio_timer_thread() {
+/// worker's), so that request timeouts use it (see
+/// [`rt::mark_tokio_timer_thread`](crate::rt::mark_tokio_timer_thread)).
+pub(crate) fn mark_tokio_timer_thread() {
     TOKIO_TIMER.with(|t| t.set(true));
 }
 
@@ -79,14 +80,13 @@ pub struct Bus {
     owner: Option<Owner>,
     /// The inboxes as this handle was made: a send reads this handle's own
     /// copy, not a shared counter.
-    mailboxes: Arc<[Arc<Mailbox>]>,
+    mailboxes: Arc<Vec<Arc<Mailbox>>>,
 }
 
 impl Bus {
-    /// Creates a handle on `backend`, sending as `owner`'s slot. Called by
-    /// the runtime.
-    #[doc(hidden)]
-    pub fn new(backend: Arc<dyn BusBackend>, owner: Option<Owner>) -> Bus {
+    /// Creates a handle on `backend`, sending as `owner`'s slot (see
+    /// [`rt::bus_handle`](crate::rt::bus_handle)).
+    pub(crate) fn new(backend: Arc<dyn BusBackend>, owner: Option<Owner>) -> Bus {
         let mailboxes = backend.mailboxes();
         Bus {
             backend,
@@ -231,19 +231,10 @@ impl Bus {
     /// reached: slots that stopped for good are skipped.
     pub async fn broadcast(&self, message: impl Into<Bytes>) -> Result<usize, Error> {
         self.check_open()?;
-        let message = message.into();
-        let mut reached = 0;
-        for mailbox in self.backend.mailboxes().iter() {
-            if mailbox
-                .tx
-                .send(self.envelope(message.clone(), None, None))
-                .await
-                .is_ok()
-            {
-                mailbox.sent.fetch_add(1, Relaxed);
-                reached += 1;
-            }
-        }
+        let reached = self
+            .backend
+            .broadcast(self.owner.map(|o| o.slot), message.into())
+            .await;
         self.check_open()?;
         Ok(reached)
     }
@@ -434,9 +425,9 @@ pub struct Envelope {
 
 impl Envelope {
     /// An envelope for a message that came through a shared bus, from
-    /// another host (`host`) or this one (`None`). Called by the runtime.
-    #[doc(hidden)]
-    pub fn from_host(
+    /// another host (`host`) or this one (`None`) (see
+    /// [`rt::envelope`](crate::rt::envelope)).
+    pub(crate) fn from_host(
         host: Option<Arc<str>>,
         from: Option<usize>,
         topic: Option<Arc<str>>,

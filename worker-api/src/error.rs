@@ -47,8 +47,7 @@ impl Error {
     }
 
     /// An address that cannot be parsed or resolved.
-    #[doc(hidden)]
-    pub fn invalid_address(addr: &str, why: impl fmt::Display) -> Error {
+    pub(crate) fn invalid_address(addr: &str, why: impl fmt::Display) -> Error {
         Error::new(
             Kind::InvalidAddress,
             format!("invalid listen address `{addr}`: {why}"),
@@ -57,8 +56,7 @@ impl Error {
     }
 
     /// A failed bind or listen of `addr`.
-    #[doc(hidden)]
-    pub fn bind(addr: impl fmt::Display, source: io::Error) -> Error {
+    pub(crate) fn bind(addr: impl fmt::Display, source: io::Error) -> Error {
         let (kind, message) = match source.kind() {
             io::ErrorKind::AddrInUse => (
                 Kind::AddrInUse,
@@ -84,14 +82,12 @@ impl Error {
     }
 
     /// A builder value or option that is out of range.
-    #[doc(hidden)]
-    pub fn config(message: impl Into<String>) -> Error {
+    pub(crate) fn config(message: impl Into<String>) -> Error {
         Error::new(Kind::Config, message, None)
     }
 
     /// An operation attempted after the cluster stopped.
-    #[doc(hidden)]
-    pub fn stopped(what: &str) -> Error {
+    pub(crate) fn stopped(what: &str) -> Error {
         Error::new(
             Kind::Stopped,
             format!("{what}: the cluster is stopping or has stopped"),
@@ -100,38 +96,32 @@ impl Error {
     }
 
     /// A thread or runtime that could not be created.
-    #[doc(hidden)]
-    pub fn spawn(what: impl fmt::Display, source: io::Error) -> Error {
+    pub(crate) fn spawn(what: impl fmt::Display, source: io::Error) -> Error {
         Error::new(Kind::Spawn, format!("{what}: {source}"), Some(source))
     }
 
     /// A wait that ran past its deadline.
-    #[doc(hidden)]
-    pub fn timeout(message: impl Into<String>) -> Error {
+    pub(crate) fn timeout(message: impl Into<String>) -> Error {
         Error::new(Kind::Timeout, message, None)
     }
 
     /// A key lock that the store took back before its holder released it.
-    #[doc(hidden)]
-    pub fn lock_lost(message: impl Into<String>) -> Error {
+    pub(crate) fn lock_lost(message: impl Into<String>) -> Error {
         Error::new(Kind::LockLost, message, None)
     }
 
     /// A key or value over its collection's limit.
-    #[doc(hidden)]
-    pub fn too_large(message: impl Into<String>) -> Error {
+    pub(crate) fn too_large(message: impl Into<String>) -> Error {
         Error::new(Kind::TooLarge, message, None)
     }
 
     /// A stored value that is not what the operation expects.
-    #[doc(hidden)]
-    pub fn invalid_value(message: impl Into<String>) -> Error {
+    pub(crate) fn invalid_value(message: impl Into<String>) -> Error {
         Error::new(Kind::InvalidValue, message, None)
     }
 
     /// A bus message addressed to a slot the cluster does not have.
-    #[doc(hidden)]
-    pub fn no_such_slot(slot: usize, size: usize) -> Error {
+    pub(crate) fn no_such_slot(slot: usize, size: usize) -> Error {
         Error::new(
             Kind::NoSuchSlot,
             format!("no slot {slot}: the cluster has slots 0..{size}"),
@@ -141,26 +131,22 @@ impl Error {
 
     /// A bus message addressed to a host, or a slot of another host, that
     /// the bus cannot reach.
-    #[doc(hidden)]
-    pub fn no_such_address(message: impl Into<String>) -> Error {
+    pub(crate) fn no_such_address(message: impl Into<String>) -> Error {
         Error::new(Kind::NoSuchSlot, message, None)
     }
 
     /// A bounded queue with no room.
-    #[doc(hidden)]
-    pub fn full(message: impl Into<String>) -> Error {
+    pub(crate) fn full(message: impl Into<String>) -> Error {
         Error::new(Kind::Full, message, None)
     }
 
     /// A request whose receiver dropped it without replying.
-    #[doc(hidden)]
-    pub fn no_reply(message: impl Into<String>) -> Error {
+    pub(crate) fn no_reply(message: impl Into<String>) -> Error {
         Error::new(Kind::NoReply, message, None)
     }
 
     /// A backend (Redis) that could not be reached or did not answer in time.
-    #[doc(hidden)]
-    pub fn unavailable(message: impl Into<String>) -> Error {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Error {
         Error::new(Kind::Unavailable, message, None)
     }
 

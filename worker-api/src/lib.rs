@@ -11,7 +11,7 @@
 //! message [`Bus`] ([`bus`](Worker::bus), [`inbox`](Worker::inbox)).
 //!
 //! This crate knows nothing about threads or supervision: those belong to the
-//! master, in `forkless-runtime`. Libraries that only need a worker's context
+//! master, in `forkless-runtime`, which implements the contract in [`rt`]. Libraries that only need a worker's context
 //! (a session store, a metrics layer) depend on this crate alone. Applications
 //! use the `forkless` facade, which re-exports everything here.
 //!
@@ -32,20 +32,15 @@
 //! [forkless]: https://docs.rs/forkless
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
-#[doc(hidden)]
-pub mod backend;
 mod bus;
 mod error;
-#[doc(hidden)]
-pub mod host;
 mod json;
 mod listener;
+pub mod rt;
 mod shutdown;
 mod store;
 mod worker;
 
-#[doc(hidden)]
-pub use bus::mark_tokio_timer_thread;
 pub use bus::{Bus, Envelope, Inbox, Subscription};
 pub use error::Error;
 pub use listener::{ListenAddr, Listener};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::host::{Adopted, WorkerStats};
+use crate::rt::host::{Adopted, WorkerStats};
 
 /// A TCP listener of one worker, from [`Worker::listen`](crate::Worker::listen).
 ///

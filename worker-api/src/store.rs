@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::backend::{Change, CollectionBackend, Op, Outcome, Owner, Reply, StoreBackend, Wait};
+use crate::rt::store::{Change, CollectionBackend, Op, Outcome, Reply, StoreBackend, Wait};
+use crate::rt::Owner;
 use crate::{json, Error};
 
 /// The cluster's shared key/value store.
@@ -44,9 +45,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Creates a handle on `backend` for `owner`. Called by the runtime.
-    #[doc(hidden)]
-    pub fn new(backend: Arc<dyn StoreBackend>, owner: Option<Owner>) -> Store {
+    /// Creates a handle on `backend` for `owner` (see
+    /// [`rt::store_handle`](crate::rt::store_handle)).
+    pub(crate) fn new(backend: Arc<dyn StoreBackend>, owner: Option<Owner>) -> Store {
         Store { backend, owner }
     }
 

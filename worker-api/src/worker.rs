@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::backend::{Mailbox, Owner};
-use crate::host::{Host, WorkerStats};
 use crate::listener::{ListenAddr, Listener};
+use crate::rt::bus::Mailbox;
+use crate::rt::host::{Host, WorkerStats};
+use crate::rt::Owner;
 use crate::{Bus, Error, Inbox, ShutdownSignal, Store};
 
 /// The context of one generation of one worker.
@@ -38,9 +39,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Creates the context for one generation. Called by the runtime.
-    #[doc(hidden)]
-    pub fn new(
+    /// Creates the context for one generation (see [`rt::worker`](crate::rt::worker)).
+    pub(crate) fn new(
         slot: usize,
         generation: u64,
         core: Option<usize>,

@@ -10,7 +10,8 @@ pub(crate) mod router;
 use std::sync::Arc;
 use std::time::Duration;
 
-use forkless_worker::backend::{BusBackend, Owner};
+use forkless_worker::rt::bus::BusBackend;
+use forkless_worker::rt::Owner;
 use forkless_worker::Error;
 
 use crate::config::Backend;

@@ -22,9 +22,11 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use forkless_worker::backend::{
-    Alarm, BusBackend, Mailbox, Owner, Pending, RemoteSend, SendMode, Subscribed,
+use forkless_worker::rt::bus::{
+    Alarm, Broadcast, BusBackend, Mailbox, Pending, RemoteSend, SendMode, Subscribed,
 };
+use forkless_worker::rt::Errors as _;
+use forkless_worker::rt::Owner;
 use forkless_worker::{Envelope, Error};
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -253,7 +255,7 @@ impl RedisBus {
                 let mailbox: Option<Arc<Mailbox>> = self.router.mailboxes().get(slot).cloned();
                 let (reply_tx, reply_rx) = oneshot::channel();
                 let request = header.k == Kind::Request;
-                let envelope = Envelope::from_host(
+                let envelope = forkless_worker::rt::envelope(
                     Some(header.h.as_str().into()),
                     header.f,
                     None,
@@ -346,7 +348,7 @@ impl RedisBus {
         let topic_name: Arc<str> = Arc::from(topic);
         let mut reached = 0;
         for subscriber in self.router.subscribers(topic).iter() {
-            let envelope = Envelope::from_host(
+            let envelope = forkless_worker::rt::envelope(
                 from_host.clone(),
                 header.f,
                 Some(topic_name.clone()),
@@ -555,8 +557,14 @@ impl BusBackend for RedisBus {
         Some(rx)
     }
 
-    fn mailboxes(&self) -> Arc<[Arc<Mailbox>]> {
+    fn mailboxes(&self) -> Arc<Vec<Arc<Mailbox>>> {
         self.router.mailboxes()
+    }
+
+    /// A broadcast reaches this cluster's slots only, as in-process: the
+    /// router fans it out.
+    fn broadcast(&self, from: Option<usize>, message: Bytes) -> Broadcast {
+        self.router.broadcast(from, message)
     }
 
     fn subscribe(&self, owner: Option<Owner>, topic: &str) -> Result<Subscribed, Error> {

@@ -5,16 +5,25 @@
 //! only a slot that stops for good (or the cluster's stop) closes it. Senders
 //! put messages straight into the receiver's channel: the router is not on
 //! the path of a message.
+//!
+//! The table of inboxes is read far more often than it changes (a broadcast,
+//! a send that misses the client's copy, the Redis bus's every delivery;
+//! changed only by a resize), so it lives in an `ArcSwap`: a read takes no
+//! lock and writes no shared counter; a resize builds a new table and swaps
+//! it in.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use forkless_worker::backend::{
-    Alarm, BusBackend, Mailbox, Owner, Pending, RemoteSend, Subscribed,
+use forkless_worker::rt::bus::{
+    Alarm, Broadcast, BusBackend, Mailbox, Pending, RemoteSend, Subscribed,
 };
+use forkless_worker::rt::Errors as _;
+use forkless_worker::rt::Owner;
 use forkless_worker::{Envelope, Error};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,7 +33,10 @@ use crate::time::clock::Clock;
 pub(crate) struct Router {
     /// The cluster's name, which stands for its host.
     host: String,
-    mailboxes: RwLock<Arc<[Arc<Mailbox>]>>,
+    /// Every slot's inbox, by slot.
+    mailboxes: ArcSwap<Vec<Arc<Mailbox>>>,
+    /// Held while the table is replaced, so that two changes do not race.
+    resizing: Mutex<()>,
     topics: Mutex<HashMap<String, Topic>>,
     closed: AtomicBool,
     next_id: AtomicU64,
@@ -71,11 +83,12 @@ impl Router {
     ) -> Router {
         Router {
             host,
-            mailboxes: RwLock::new(
+            mailboxes: ArcSwap::from_pointee(
                 (0..size)
                     .map(|_| Arc::new(Mailbox::new(capacity)))
                     .collect(),
             ),
+            resizing: Mutex::new(()),
             topics: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -96,7 +109,7 @@ impl Router {
     /// Closes the inbox of a slot that will not run again: senders get an
     /// error from now on, and queued requests fail with "no reply".
     pub(crate) fn close_slot(&self, slot: usize) {
-        if let Some(mailbox) = self.mailboxes().get(slot) {
+        if let Some(mailbox) = self.mailboxes.load().get(slot) {
             let dropped = mailbox.close();
             if dropped > 0 {
                 tracing::warn!(slot, dropped, "the slot's inbox closed with messages in it");
@@ -108,10 +121,8 @@ impl Router {
     /// queued requests fail with "no reply"); slots that come (back) get a
     /// new, empty inbox.
     pub(crate) fn resize(&self, size: usize) {
-        let mut mailboxes = self
-            .mailboxes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _resizing = lock(&self.resizing);
+        let mailboxes = self.mailboxes.load_full();
         for mailbox in mailboxes.iter().take(size).filter(|m| m.tx.is_closed()) {
             self.retired_sent
                 .fetch_add(mailbox.sent.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -128,18 +139,20 @@ impl Router {
                 );
             }
         }
-        *mailboxes = (0..size)
+        let table = (0..size)
             .map(|slot| match mailboxes.get(slot) {
                 Some(m) if !m.tx.is_closed() => m.clone(),
                 _ => Arc::new(Mailbox::new(self.capacity)),
             })
             .collect();
+        self.mailboxes.store(Arc::new(table));
     }
 
     /// Messages put in inboxes and delivered to subscribers so far.
     pub(crate) fn messages(&self) -> u64 {
         let inboxes: u64 = self
-            .mailboxes()
+            .mailboxes
+            .load()
             .iter()
             .map(|m| m.sent.load(Ordering::Relaxed))
             .sum();
@@ -163,7 +176,7 @@ impl Router {
     /// Closes the bus: every inbox and subscription ends, every call fails.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        for slot in 0..self.mailboxes().len() {
+        for slot in 0..self.mailboxes.load().len() {
             self.close_slot(slot);
         }
         let topics = std::mem::take(&mut *lock(&self.topics));
@@ -177,7 +190,7 @@ impl BusEngine for Router {
     }
 
     fn serve(&self, slot: usize, generation: u64) {
-        if let Some(mailbox) = self.mailboxes().get(slot) {
+        if let Some(mailbox) = self.mailboxes.load().get(slot) {
             mailbox.serve(generation);
         }
     }
@@ -214,11 +227,24 @@ impl BusBackend for Router {
         rx
     }
 
-    fn mailboxes(&self) -> Arc<[Arc<Mailbox>]> {
-        self.mailboxes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    fn mailboxes(&self) -> Arc<Vec<Arc<Mailbox>>> {
+        self.mailboxes.load_full()
+    }
+
+    fn broadcast(&self, from: Option<usize>, message: Bytes) -> Broadcast {
+        let mailboxes = self.mailboxes.load_full();
+        Box::pin(async move {
+            let mut reached = 0;
+            for mailbox in mailboxes.iter() {
+                let envelope =
+                    forkless_worker::rt::envelope(None, from, None, message.clone(), None);
+                if mailbox.tx.send(envelope).await.is_ok() {
+                    mailbox.sent.fetch_add(1, Ordering::Relaxed);
+                    reached += 1;
+                }
+            }
+            reached
+        })
     }
 
     fn subscribe(&self, owner: Option<Owner>, topic: &str) -> Result<Subscribed, Error> {

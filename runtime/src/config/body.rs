@@ -7,10 +7,16 @@ use forkless_worker::Worker;
 
 /// What a worker body may return: `()` or `Result<(), E>` with a displayable
 /// `E`. An `Err` ends the generation as [`Exit::Failed`](crate::Exit::Failed)
-/// with the error's message.
-pub trait BodyResult {
+/// with the error's message. Sealed: those two are the only ones.
+pub trait BodyResult: sealed::Sealed {
     /// `Ok` for a normal return, `Err` with the message for a failure.
     fn into_result(self) -> Result<(), String>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for () {}
+    impl<E: std::fmt::Display> Sealed for Result<(), E> {}
 }
 
 impl BodyResult for () {

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
 use crate::config::Backend;
@@ -61,7 +62,7 @@ impl std::str::FromStr for Restart {
     }
 }
 
-/// Configures and starts a cluster. Made by [`Cluster::builder`].
+/// Configures and starts a cluster. Made by [`Cluster::builder`](crate::Cluster::builder).
 ///
 /// Every setter tells its default. Values are checked when the cluster
 /// starts: [`run`](Builder::run) and [`start`](Builder::start) return an
@@ -192,7 +193,7 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// A builder with every default. Same as [`Cluster::builder`].
+    /// A builder with every default. Same as [`Cluster::builder`](crate::Cluster::builder).
     pub fn new() -> Builder {
         Builder::default()
     }

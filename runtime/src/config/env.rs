@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
 use crate::config::builder::TaskPanic;

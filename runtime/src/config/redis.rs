@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
 /// Where and how a cluster reaches Redis, for

@@ -81,6 +81,7 @@ use std::time::Duration;
 
 use crate::config::ControlConfig;
 use crate::Cluster;
+use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
 pub use socket::default_control_socket;

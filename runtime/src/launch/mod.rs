@@ -6,6 +6,7 @@ mod signals;
 
 use std::future::Future;
 
+use forkless_worker::rt::Errors as _;
 use forkless_worker::{Error, Worker};
 
 use crate::config::body::{erase, BodyResult};

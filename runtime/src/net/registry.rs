@@ -18,7 +18,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use forkless_worker::host::{Adopted, Listening};
+use forkless_worker::rt::host::{Adopted, Listening};
+use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;

@@ -471,7 +471,7 @@ pub(crate) struct SlotView {
     pub(crate) started_at: Option<SystemTime>,
     pub(crate) restarts: u64,
     pub(crate) last_exit: Option<Exit>,
-    pub(crate) stats: Option<Arc<forkless_worker::host::WorkerStats>>,
+    pub(crate) stats: Option<Arc<forkless_worker::rt::host::WorkerStats>>,
 }
 
 /// The master's published view of the cluster.
@@ -507,7 +507,7 @@ impl View {
                 .slots
                 .iter()
                 .map(|s| {
-                    let stat = |f: fn(&forkless_worker::host::WorkerStats) -> u64| {
+                    let stat = |f: fn(&forkless_worker::rt::host::WorkerStats) -> u64| {
                         s.stats.as_ref().map_or(0, |st| f(st))
                     };
                     WorkerStatus {

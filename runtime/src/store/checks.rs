@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use forkless_worker::backend::{Op, Owner};
+use forkless_worker::rt::store::Op;
+use forkless_worker::rt::Errors as _;
+use forkless_worker::rt::Owner;
 use forkless_worker::{CollectionOptions, Error};
 
 use crate::time::deadline;

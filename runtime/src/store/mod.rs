@@ -3,7 +3,7 @@
 //! asks of either ([`StoreEngine`]), and the checks and errors both share
 //! ([`checks`]).
 //!
-//! Workers reach an engine through `forkless_worker::backend::StoreBackend`;
+//! Workers reach an engine through `forkless_worker::rt::store::StoreBackend`;
 //! the supervisor through [`StoreEngine`] (counts, clean-up after a worker
 //! exits, the end).
 
@@ -14,7 +14,7 @@ pub(crate) mod redis;
 
 use std::sync::Arc;
 
-use forkless_worker::backend::StoreBackend;
+use forkless_worker::rt::store::StoreBackend;
 use forkless_worker::Error;
 
 use crate::config::Backend;

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use forkless_worker::rt::Errors as _;
 use forkless_worker::{Bus, Error, Store};
 
 use super::report::Report;
@@ -69,7 +70,7 @@ impl Cluster {
     /// # }
     /// ```
     pub fn store(&self) -> Store {
-        Store::new(self.shared.store_backend.clone(), None)
+        forkless_worker::rt::store_handle(self.shared.store_backend.clone(), None)
     }
 
     /// The cluster's message [`Bus`], the same one its workers reach with
@@ -88,7 +89,7 @@ impl Cluster {
     /// # }
     /// ```
     pub fn bus(&self) -> Bus {
-        Bus::new(self.shared.bus_backend.clone(), None)
+        forkless_worker::rt::bus_handle(self.shared.bus_backend.clone(), None)
     }
 
     /// The cluster's events: what its supervisor did, from its start (the
@@ -242,7 +243,7 @@ impl Cluster {
     /// Stops the cluster now: every worker's future and runtime is dropped
     /// (tasks are cancelled at their next `.await`), and a thread that has
     /// not returned after `terminate_timeout` is reported
-    /// [`Exit::Hung`] and abandoned.
+    /// [`Exit::Hung`](crate::Exit::Hung) and abandoned.
     pub fn terminate(&self) {
         self.shared.stopping.store(true, Ordering::Release);
         let _ = self.shared.tx.send(Msg::Terminate);

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use forkless_worker::host::WorkerStats;
-use forkless_worker::{Error, Worker};
+use forkless_worker::rt::host::WorkerStats;
+use forkless_worker::rt::Errors as _;
+use forkless_worker::Error;
 use tokio::sync::{oneshot, watch};
 
 use super::master::{micros, Master, Phase};
@@ -306,7 +307,7 @@ impl Master {
         let (stop, stop_rx) = watch::channel(false);
         let (terminate, terminate_rx) = oneshot::channel();
         let stats = Arc::new(WorkerStats::default());
-        let worker = Worker::new(
+        let worker = forkless_worker::rt::worker(
             index,
             generation,
             core,

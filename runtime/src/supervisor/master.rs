@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
 use super::roll::Roll;

@@ -8,7 +8,8 @@ use crate::fault::exit::Exit;
 
 /// How a cluster ran: per slot, every generation and how it ended.
 ///
-/// Returned by [`Builder::run`], [`Cluster::join`] and [`Cluster::stopped`].
+/// Returned by [`Builder::run`](crate::Builder::run), [`Cluster::join`](crate::Cluster::join) and
+/// [`Cluster::stopped`](crate::Cluster::stopped).
 /// Its `Display` is a table, one line per generation.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

@@ -9,8 +9,11 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
-use forkless_worker::backend::{BusBackend, Owner, StoreBackend};
-use forkless_worker::host::{Host, Listening};
+use forkless_worker::rt::bus::BusBackend;
+use forkless_worker::rt::host::{Host, Listening};
+use forkless_worker::rt::store::StoreBackend;
+use forkless_worker::rt::Errors as _;
+use forkless_worker::rt::Owner;
 use forkless_worker::Error;
 use tokio::sync::watch;
 

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use forkless_worker::host::WorkerStats;
+use forkless_worker::rt::host::WorkerStats;
 use tokio::sync::{oneshot, watch};
 
 use crate::fault::exit::Exit;

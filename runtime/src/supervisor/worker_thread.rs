@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use forkless_worker::host::WorkerStats;
+use forkless_worker::rt::host::WorkerStats;
 use forkless_worker::Worker;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::LocalSet;
@@ -120,7 +120,7 @@ fn run(mut g: Generation) -> Exit {
     capture_panics_on_this_thread();
     #[cfg(feature = "redis")]
     crate::redis::forget_this_threads_connections();
-    forkless_worker::mark_tokio_timer_thread();
+    forkless_worker::rt::mark_tokio_timer_thread();
     crate::current::set_cluster(g.cluster);
     let terminate = std::mem::replace(&mut g.terminate, oneshot::channel().1);
     run_body(&g, terminate)

@@ -3,6 +3,7 @@
 //! [`FAR`] from now, which is "no deadline" in practice (tokio does the same
 //! for its timers).
 
+use forkless_worker::rt::Errors as _;
 use std::time::{Duration, Instant};
 
 /// About thirty years: the deadline that stands for "never".

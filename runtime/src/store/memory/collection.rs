@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use forkless_worker::backend::{Change, CollectionBackend, Op, Outcome, Owner, Reply};
+use forkless_worker::rt::store::{Change, CollectionBackend, Op, Outcome, Reply};
+use forkless_worker::rt::Errors as _;
+use forkless_worker::rt::Owner;
 use forkless_worker::{CollectionOptions, Error};
 
 use crate::store::checks::{check_options, check_sizes, lock_lost, shorten, too_large};

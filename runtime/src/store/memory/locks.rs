@@ -7,7 +7,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use forkless_worker::backend::{Grant, Op, Outcome, Owner, Reply, Wait};
+use forkless_worker::rt::store::{Grant, Op, Outcome, Reply, Wait};
+use forkless_worker::rt::Errors as _;
+use forkless_worker::rt::Owner;
 use forkless_worker::Error;
 use tokio::sync::oneshot;
 

@@ -41,7 +41,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use forkless_worker::backend::{CollectionBackend, Op, Outcome, Owner, StoreBackend};
+use forkless_worker::rt::store::{CollectionBackend, Op, Outcome, StoreBackend};
+use forkless_worker::rt::Owner;
 use forkless_worker::{CollectionOptions, Error};
 use tokio::sync::oneshot;
 

@@ -2,7 +2,7 @@
 //! usage kept exact through random operations, waiter queues, and wakers
 //! that panic.
 
-use forkless_worker::backend::{Change, Reply, Wait};
+use forkless_worker::rt::store::{Change, Reply, Wait};
 
 use super::timers::TimerKind;
 use super::*;

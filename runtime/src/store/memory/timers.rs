@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use forkless_worker::backend::Outcome;
+use forkless_worker::rt::store::Outcome;
 
 use crate::store::checks::shorten;
 use crate::time::clock::TimerKey;

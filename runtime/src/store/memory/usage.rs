@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
+use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
 use crate::store::checks::shorten;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use forkless_worker::backend::{Change, CollectionBackend, Op, Outcome, Owner, Reply, Wait};
+use forkless_worker::rt::store::{Change, CollectionBackend, Op, Outcome, Reply, Wait};
+use forkless_worker::rt::Errors as _;
+use forkless_worker::rt::Owner;
 use forkless_worker::{CollectionOptions, Error};
 use redis::Script;
 use tokio::sync::oneshot;

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use forkless_worker::backend::{Change, Grant, Outcome, Owner};
+use forkless_worker::rt::store::{Change, Grant, Outcome};
+use forkless_worker::rt::Owner;
 use forkless_worker::Error;
 
 use crate::store::checks::{lock_lost, shorten};

@@ -30,7 +30,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
-use forkless_worker::backend::{Change, CollectionBackend, Outcome, Owner, StoreBackend};
+use forkless_worker::rt::store::{Change, CollectionBackend, Outcome, StoreBackend};
+use forkless_worker::rt::Owner;
 use forkless_worker::{CollectionOptions, Error};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;

@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
+use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 use redis::{Script, Value};
 

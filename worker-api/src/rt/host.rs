@@ -1,5 +1,7 @@
-//! The boundary between a [`Worker`](crate::Worker) and the master that runs
-//! it. Implemented by `forkless-runtime`; not for applications.
+//! The worker's half of the contract: what the master that runs a
+//! [`Worker`](crate::Worker) implements for it ([`Host`]: listening sockets,
+//! readiness, the store and bus engines), and the figures a worker keeps for
+//! the master ([`WorkerStats`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -7,7 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::backend::{BusBackend, StoreBackend};
+use super::bus::BusBackend;
+use super::store::StoreBackend;
 use crate::Error;
 
 /// The listening sockets of other slots that a slot accepts from for them
