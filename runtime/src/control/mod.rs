@@ -67,13 +67,13 @@
 //! - `server`: the accept loops, the connection cap, the pause after a
 //!   failed `accept`, and serving one connection;
 //! - `routes`: the endpoints, the bearer token, and the answers;
-//! - `wire`: the cluster's status and events as [`forkless_control`] writes
+//! - `convert`: the cluster's status and events as [`forkless_control`] writes
 //!   them.
 
+mod convert;
 mod routes;
 mod server;
 mod socket;
-mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

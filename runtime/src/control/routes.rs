@@ -17,7 +17,7 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::wire::{wire_event, wire_status};
+use super::convert::{wire_event, wire_status};
 use super::{MAX_BODY, READ_TIMEOUT};
 use crate::observe::events::Events;
 use crate::Cluster;
