@@ -57,15 +57,16 @@ impl Kind {
 }
 
 /// Runs each named test function, `fn(Kind)`, once per backend: as
-/// `in_process::name` and, with the `redis` feature, `redis::name`.
+/// `<module>::in_process::name` and, with the `redis` feature,
+/// `<module>::redis::name`.
 macro_rules! conformance_suite {
     ($($test:ident),* $(,)?) => {
         mod in_process {
-            $( #[test] fn $test() { super::$test(super::common::Kind::InProcess) } )*
+            $( #[test] fn $test() { super::$test($crate::common::Kind::InProcess) } )*
         }
         #[cfg(feature = "redis")]
         mod redis {
-            $( #[test] fn $test() { super::$test(super::common::Kind::Redis) } )*
+            $( #[test] fn $test() { super::$test($crate::common::Kind::Redis) } )*
         }
     };
 }
@@ -246,6 +247,18 @@ pub fn now<T>(f: impl std::future::Future<Output = T>) -> T {
     }
 }
 
+/// The name the test harness knows test `test` of module `module` by, for a
+/// filter (`--exact`): `control_security::umask_child` for
+/// `test_path(module_path!(), "umask_child")` in `control_security`.
+/// `module_path!()` starts with this binary's crate name, which test names
+/// do not.
+pub fn test_path(module: &str, test: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{test}"),
+        None => test.to_owned(),
+    }
+}
+
 /// `target/<profile>/examples/<name>`, which `cargo test --workspace` builds.
 pub fn example_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -297,6 +310,8 @@ pub fn spawn_listening(
     (child, addr)
 }
 
+/// Shared with `benches/store.rs`, which includes the file by its path.
+#[path = "../../common/redis_server.rs"]
 pub mod redis_server;
 
 /// Redis servers for the tests of the Redis backends (feature `redis`).

@@ -1,14 +1,12 @@
 //! No secret leaves the process through a message: the Redis password (in
 //! the URL's user part or as a `?pass=` parameter) and the control bearer
 //! token appear in no error, log line, `Debug` output, status or metrics.
-#![cfg(feature = "redis")]
-
-mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common;
 use forkless::{Cluster, RedisConfig};
 
 const PASSWORD: &str = "pw-Zq81-never-shown";

@@ -1,15 +1,13 @@
 //! The control server: its endpoints, bad input, the TCP listener's token,
 //! and a fuzz of what arrives on the socket.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::PATIENCE;
+use crate::common::{self, PATIENCE};
 use forkless::{Cluster, Event, Worker};
 use proptest::prelude::*;
 

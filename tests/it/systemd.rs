@@ -2,12 +2,10 @@
 //! as `NOTIFY_SOCKET`. One test in its own binary: it sets process-wide
 //! environment variables.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use common::PATIENCE;
+use crate::common::{self, PATIENCE};
 use forkless::{Cluster, Event, Worker};
 
 /// The next datagram that contains `wanted`; skips watchdog pings unless

@@ -1,12 +1,10 @@
 //! The message bus: inboxes, order, backpressure, restarts, broadcast,
 //! topics, request/reply, and what happens once the cluster stops.
 
-mod common;
-
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{done, now, recv, stop, Op};
+use crate::common::{self, done, now, recv, stop, Op};
 use forkless::{Bytes, Cluster, Envelope, Restart, Worker};
 use tokio::sync::oneshot;
 

@@ -1,12 +1,10 @@
 //! The shared store: operations, locks and their queues, leases, expiry,
 //! limits, and what happens once the cluster stops.
 
-mod common;
-
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{idle_cluster, now, recv, stop, Op, PATIENCE};
+use crate::common::{idle_cluster, now, recv, stop, Op, PATIENCE};
 use forkless::{Bytes, Cluster, CollectionOptions, LockOptions};
 
 #[test]
