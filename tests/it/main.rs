@@ -2,6 +2,14 @@
 //! area (a test's name starts with its module, `store::...`,
 //! `bus_conformance::redis::...`), so that the crate is linked once.
 //!
+//! The tests share one process and run at once on several threads, so no
+//! test changes what is process-wide (environment variables that clusters
+//! read, the umask, the global log subscriber): a test that needs it
+//! changed runs in a child process of this binary, through
+//! [`common::alone_in_a_child`] (or, in `control_security`, its own runner
+//! of `#[ignore]`d children). Temporary paths and Redis prefixes are unique
+//! per test, not only per process.
+//!
 //! The modules that need the `redis` feature (`cargo test --all-features`,
 //! as `.ci/run` does) are compiled only with it.
 

@@ -259,6 +259,44 @@ pub fn test_path(module: &str, test: &str) -> String {
     }
 }
 
+/// Set in a child that [`alone_in_a_child`] starts: the test it runs.
+const CHILD_TEST: &str = "FORKLESS_TEST_CHILD";
+
+/// For a test that needs what is process-wide set its own way (environment
+/// variables that every cluster of the process reads, the global log
+/// subscriber): the tests of this binary share one process and run at once,
+/// so such a test runs in a child process of the binary, alone, with `env`
+/// added to its environment.
+///
+/// In the test process, this runs test `test` of module `module` (its
+/// `module_path!()`) in the child, expects it to pass, and returns `false`:
+/// the test returns at once. In the child, it returns `true`: the test goes
+/// on. The child's output is printed (the harness shows it when the test
+/// fails, or with `--nocapture`).
+pub fn alone_in_a_child(module: &str, test: &str, env: &[(&str, &std::ffi::OsStr)]) -> bool {
+    let name = test_path(module, test);
+    if std::env::var_os(CHILD_TEST).is_some_and(|child| child == name.as_str()) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("this test binary");
+    let output = std::process::Command::new(exe)
+        .args(["--exact", &name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_TEST, &name)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("the child that ran {name}:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "the child that ran {name} failed ({}): see its output above",
+        output.status
+    );
+    false
+}
+
 /// `target/<profile>/examples/<name>`, which `cargo test --workspace` builds.
 pub fn example_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
