@@ -1,5 +1,7 @@
 //! A `redis-server` on a loopback port, for the tests (through
-//! `common::redis`) and the store benchmark, which includes this file.
+//! `common::redis` of `tests/it`) and the store benchmark, which both
+//! include this file by its path: it stays here, outside `tests/it`, for
+//! `benches/store.rs`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::Write;

@@ -1,11 +1,9 @@
 //! Supervision: exits are classified, and slots respawn by the policy.
 
-mod common;
-
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::recv;
+use crate::common::recv;
 use forkless::{Cluster, Exit, Restart};
 
 /// A 1-worker cluster with throttling off whose every generation reports its
@@ -57,10 +55,7 @@ fn a_panicking_body_respawns_in_the_same_slot_with_the_next_generation() {
         Exit::Panicked { message, location } => {
             assert_eq!(message, "boom in slot 0");
             let location = location.as_deref().expect("location recorded");
-            assert!(
-                location.starts_with("tests/supervision_respawn.rs:"),
-                "{location}"
-            );
+            assert!(location.starts_with(concat!(file!(), ":")), "{location}");
         }
         other => panic!("expected a panic, got {other:?}"),
     }

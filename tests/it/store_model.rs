@@ -9,13 +9,11 @@
 //! waiting one: the model says, for each, whether it must have finished and
 //! with what answer, or must still wait.
 
-mod common;
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::OnceLock;
 use std::task::Poll;
 
-use common::Op;
+use crate::common::{self, Op};
 use forkless::{Bytes, Cluster, Collection, Error, KeyLock, Store};
 use proptest::prelude::*;
 

@@ -1,13 +1,11 @@
 //! Nothing queued is lost: connections the kernel accepted while a slot's
 //! worker was dead wait in the slot's socket for the next generation.
 
-mod common;
-
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{read_answer, recv, serve_whoami};
+use crate::common::{self, read_answer, recv, serve_whoami};
 use forkless::{Cluster, Exit};
 
 #[test]

@@ -3,13 +3,12 @@
 //! next generation runs on the thread of the one that returned; a report
 //! keeps where the body itself panicked.
 
-mod common;
-
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use crate::common;
 use forkless::{Cluster, Event, Exit, Restart};
 
 #[test]
@@ -149,7 +148,7 @@ fn the_report_keeps_where_the_body_panicked() {
             assert_eq!(message, "the body's own panic");
             let location = location.as_deref().expect("a location");
             assert!(
-                location.starts_with(&format!("tests/fault_isolation.rs:{line}:")),
+                location.starts_with(&format!("{}:{line}:", file!())),
                 "{location} is not the body's panic at line {line}"
             );
         }

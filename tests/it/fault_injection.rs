@@ -8,8 +8,6 @@
 //! no thread the runtime owns panicked (`forkless_runtime_panics_total`);
 //! and `shutdown()` then `join_timeout` returns a report of every slot.
 
-mod common;
-
 use std::fmt::Debug;
 use std::future::Future;
 use std::io::Read;
@@ -20,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use common::{done, Op, PATIENCE};
+use crate::common::{self, done, Op, PATIENCE};
 use forkless::{
     Builder, Bus, Bytes, Cluster, CollectionOptions, Error, Event, Exit, Listener, LockOptions,
     Report, Restart, Status, Store, TaskPanic, Worker, WorkerState,

@@ -4,17 +4,14 @@
 //!
 //! Uses `FORKLESS_TEST_REDIS`, or starts `redis-server` on loopback ports.
 //! Needs the `redis` feature (`cargo test --all-features`).
-#![cfg(feature = "redis")]
-
-mod common;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::redis::{config, shared_url, unique_prefix, RedisServer};
-use common::{done, idle, recv, stop, Op, PATIENCE};
+use crate::common::redis::{config, shared_url, unique_prefix, RedisServer};
+use crate::common::{self, done, idle, recv, stop, Op, PATIENCE};
 use forkless::RedisConfig;
 use forkless::{Bytes, Cluster, Worker};
 
@@ -249,7 +246,10 @@ fn a_lock_whose_host_dies_is_freed_by_its_lease() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "a_lock_whose_host_dies_is_freed_by_its_lease",
+            &common::test_path(
+                module_path!(),
+                "a_lock_whose_host_dies_is_freed_by_its_lease",
+            ),
             "--nocapture",
         ])
         .env("FORKLESS_TEST_LOCK_HOLDER", &prefix)

@@ -4,13 +4,11 @@
 //! threads fill a collection at once. What both backends promise about
 //! limits is in `store_conformance.rs`.
 
-mod common;
-
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{ask, recv, stop, Op, PATIENCE};
+use crate::common::{self, ask, recv, stop, Op, PATIENCE};
 use forkless::{
     Bytes, Cluster, CollectionOptions, Exit, LockOptions, Restart, Worker, WorkerState,
 };

@@ -2,8 +2,6 @@
 //! answering, crashing and respawning on request, staying inside its CPU
 //! affinity mask, stopping on SIGTERM.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -13,7 +11,7 @@ fn hello_binary() -> PathBuf {
     common::example_binary("hello")
 }
 
-use common::{runtime_dir, signal};
+use crate::common::{self, runtime_dir, signal};
 
 /// A GET over a fresh connection; returns (status line, body).
 fn get(addr: SocketAddr, path: &str) -> (String, String) {

@@ -1,15 +1,13 @@
 //! The control server: its endpoints, bad input, the TCP listener's token,
 //! and a fuzz of what arrives on the socket.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::PATIENCE;
+use crate::common::{self, PATIENCE};
 use forkless::{Cluster, Event, Worker};
 use proptest::prelude::*;
 
@@ -313,8 +311,21 @@ fn the_tcp_listener_wants_the_token() {
     assert!(e.is_config() && e.to_string().contains("token"), "{e}");
 }
 
+/// Runs in a child process whose `XDG_RUNTIME_DIR` is a directory of its
+/// own: the default socket path of every cluster in a process depends on
+/// it.
 #[test]
 fn a_second_cluster_on_a_live_socket_is_refused_and_a_stale_file_is_replaced() {
+    let xdg = socket_path("twice").with_file_name("xdg");
+    let in_child = common::alone_in_a_child(
+        module_path!(),
+        "a_second_cluster_on_a_live_socket_is_refused_and_a_stale_file_is_replaced",
+        &[("XDG_RUNTIME_DIR", xdg.as_os_str())],
+    );
+    if !in_child {
+        let _ = std::fs::remove_dir_all(xdg.parent().expect("dir"));
+        return;
+    }
     let path = socket_path("twice");
     let first = cluster(&path, Cluster::builder().name("control-twice"));
     let e = Cluster::builder()
@@ -324,11 +335,10 @@ fn a_second_cluster_on_a_live_socket_is_refused_and_a_stale_file_is_replaced() {
     assert!(e.to_string().contains("already answers"), "{e}");
     // On the default path, a second cluster of the same name runs on,
     // without a control server.
-    let dir = path.parent().expect("dir").join("xdg");
+    let dir = PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR").expect("XDG_RUNTIME_DIR"));
     std::fs::create_dir_all(&dir).expect("dir");
     let default = dir.join("forkless-control-default.sock");
     let busy = std::os::unix::net::UnixListener::bind(&default).expect("a live socket");
-    std::env::set_var("XDG_RUNTIME_DIR", &dir);
     let second = Cluster::builder()
         .name("control-default")
         .control(true)

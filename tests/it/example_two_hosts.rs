@@ -1,15 +1,12 @@
 //! The two_hosts example as two processes on one Redis: one counter, one
 //! topic, and requests from one host to the other's slots.
-#![cfg(feature = "redis")]
-
-mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::PATIENCE;
+use crate::common::{self, PATIENCE};
 
 fn start(host: &str, redis: &str, prefix: &str) -> (Child, SocketAddr) {
     common::spawn_listening(

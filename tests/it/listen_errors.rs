@@ -1,11 +1,9 @@
 //! Bad listen addresses are errors that name the address, never panics.
 
-mod common;
-
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 
-use common::recv;
+use crate::common::{self, recv};
 use forkless::{Cluster, Restart};
 
 /// Runs one worker that tries to listen on `addr` and returns the outcome as

@@ -1,12 +1,12 @@
 //! The axum examples as processes: a plain app on every worker, and a
 //! session counter that stays right whichever worker serves each request.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+
+use crate::common;
 
 fn start(example: &str) -> (Child, SocketAddr) {
     common::spawn_listening(

@@ -1,12 +1,10 @@
 //! Where strong-store-cluster (the Node store forkless's store follows) goes
 //! wrong, forkless must not: each bug as its own test.
 
-mod common;
-
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{idle_cluster, now, recv, Op};
+use crate::common::{idle_cluster, now, recv, Op};
 use forkless::{Bytes, Cluster, CollectionOptions, Exit, Worker};
 use tokio::sync::oneshot;
 

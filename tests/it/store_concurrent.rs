@@ -2,11 +2,9 @@
 //! same keys: locked read-modify-writes lose no update, `incr` and
 //! compare-and-swap are atomic.
 
-mod common;
-
 use std::sync::mpsc;
 
-use common::recv;
+use crate::common::recv;
 use forkless::{Bytes, Cluster, Collection, Worker};
 
 const ROUNDS: i64 = 300;

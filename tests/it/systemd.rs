@@ -1,13 +1,12 @@
 //! systemd's notification protocol, checked on a Unix datagram socket given
-//! as `NOTIFY_SOCKET`. One test in its own binary: it sets process-wide
-//! environment variables.
-
-mod common;
+//! as `NOTIFY_SOCKET`. The test runs in a child process: every cluster of a
+//! process with `NOTIFY_SOCKET` and `WATCHDOG_USEC` set notifies, and the
+//! other tests' clusters must not.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use common::PATIENCE;
+use crate::common::{self, PATIENCE};
 use forkless::{Cluster, Event, Worker};
 
 /// The next datagram that contains `wanted`; skips watchdog pings unless
@@ -38,14 +37,27 @@ fn next_event(events: &mut forkless::Events, pick: impl Fn(&Event) -> bool) {
 #[test]
 fn ready_reloading_stopping_and_watchdog_pings_only_while_nobody_stalls() {
     let dir = std::env::temp_dir().join(format!("forkless-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("notify.sock");
+    let in_child = common::alone_in_a_child(
+        module_path!(),
+        "ready_reloading_stopping_and_watchdog_pings_only_while_nobody_stalls",
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            // A 200 ms watchdog: pings every 100 ms.
+            ("WATCHDOG_USEC", "200000".as_ref()),
+        ],
+    );
+    if !in_child {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    // The child: its NOTIFY_SOCKET is the parent's path.
+    let path = std::env::var_os("NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+    let dir = std::path::Path::new(&path).parent().expect("its directory");
+    std::fs::create_dir_all(dir).expect("temp dir");
     let _ = std::fs::remove_file(&path);
     let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
     socket.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    std::env::set_var("NOTIFY_SOCKET", &path);
-    // A 200 ms watchdog: pings every 100 ms.
-    std::env::set_var("WATCHDOG_USEC", "200000");
 
     let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
     let cluster = Cluster::builder()
@@ -110,5 +122,4 @@ fn ready_reloading_stopping_and_watchdog_pings_only_while_nobody_stalls() {
     cluster.shutdown();
     expect(&socket, "STOPPING=1");
     cluster.join();
-    let _ = std::fs::remove_dir_all(&dir);
 }

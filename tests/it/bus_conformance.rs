@@ -6,13 +6,10 @@
 //! the `redis` feature (`cargo test --all-features`, as `.ci/run` does).
 #![allow(clippy::unwrap_used)] // the suite's tests are plain functions that `conformance_suite!` wraps
 
-#[macro_use]
-mod common;
-
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{done, recv, stop, Kind, Op, PATIENCE};
+use crate::common::{done, recv, stop, Kind, Op, PATIENCE};
 use forkless::{Builder, Bytes, Cluster, Worker};
 
 fn builder(kind: Kind) -> Builder {

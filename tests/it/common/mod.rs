@@ -57,15 +57,16 @@ impl Kind {
 }
 
 /// Runs each named test function, `fn(Kind)`, once per backend: as
-/// `in_process::name` and, with the `redis` feature, `redis::name`.
+/// `<module>::in_process::name` and, with the `redis` feature,
+/// `<module>::redis::name`.
 macro_rules! conformance_suite {
     ($($test:ident),* $(,)?) => {
         mod in_process {
-            $( #[test] fn $test() { super::$test(super::common::Kind::InProcess) } )*
+            $( #[test] fn $test() { super::$test($crate::common::Kind::InProcess) } )*
         }
         #[cfg(feature = "redis")]
         mod redis {
-            $( #[test] fn $test() { super::$test(super::common::Kind::Redis) } )*
+            $( #[test] fn $test() { super::$test($crate::common::Kind::Redis) } )*
         }
     };
 }
@@ -246,6 +247,56 @@ pub fn now<T>(f: impl std::future::Future<Output = T>) -> T {
     }
 }
 
+/// The name the test harness knows test `test` of module `module` by, for a
+/// filter (`--exact`): `control_security::umask_child` for
+/// `test_path(module_path!(), "umask_child")` in `control_security`.
+/// `module_path!()` starts with this binary's crate name, which test names
+/// do not.
+pub fn test_path(module: &str, test: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{test}"),
+        None => test.to_owned(),
+    }
+}
+
+/// Set in a child that [`alone_in_a_child`] starts: the test it runs.
+const CHILD_TEST: &str = "FORKLESS_TEST_CHILD";
+
+/// For a test that needs what is process-wide set its own way (environment
+/// variables that every cluster of the process reads, the global log
+/// subscriber): the tests of this binary share one process and run at once,
+/// so such a test runs in a child process of the binary, alone, with `env`
+/// added to its environment.
+///
+/// In the test process, this runs test `test` of module `module` (its
+/// `module_path!()`) in the child, expects it to pass, and returns `false`:
+/// the test returns at once. In the child, it returns `true`: the test goes
+/// on. The child's output is printed (the harness shows it when the test
+/// fails, or with `--nocapture`).
+pub fn alone_in_a_child(module: &str, test: &str, env: &[(&str, &std::ffi::OsStr)]) -> bool {
+    let name = test_path(module, test);
+    if std::env::var_os(CHILD_TEST).is_some_and(|child| child == name.as_str()) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("this test binary");
+    let output = std::process::Command::new(exe)
+        .args(["--exact", &name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_TEST, &name)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("the child that ran {name}:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "the child that ran {name} failed ({}): see its output above",
+        output.status
+    );
+    false
+}
+
 /// `target/<profile>/examples/<name>`, which `cargo test --workspace` builds.
 pub fn example_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -297,6 +348,8 @@ pub fn spawn_listening(
     (child, addr)
 }
 
+/// Shared with `benches/store.rs`, which includes the file by its path.
+#[path = "../../common/redis_server.rs"]
 pub mod redis_server;
 
 /// Redis servers for the tests of the Redis backends (feature `redis`).

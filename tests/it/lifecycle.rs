@@ -1,13 +1,11 @@
 //! Lifecycle control: events, status, rolling restart, resize, stall
 //! watchdog, task panic policy, bad input.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{ask, events_until, recv, PATIENCE};
+use crate::common::{self, ask, events_until, recv, PATIENCE};
 use forkless::{Cluster, Event, Exit, TaskPanic, Worker, WorkerState};
 
 /// A cluster whose workers answer `"{slot} {generation}\n"` on a shared

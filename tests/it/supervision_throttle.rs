@@ -1,12 +1,10 @@
 //! Throttled respawn: quick failures back off exponentially, then the slot
 //! gives up while the other slots serve on.
 
-mod common;
-
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{ask, recv};
+use crate::common::{self, ask, recv};
 use forkless::{Cluster, Exit, Restart};
 
 #[test]

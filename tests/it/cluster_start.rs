@@ -1,11 +1,9 @@
 //! Start-up: workers, slots, cores, thread names, bad configuration.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::mpsc;
 
-use common::recv;
+use crate::common::recv;
 use forkless::{Cluster, Exit};
 
 struct Seen {

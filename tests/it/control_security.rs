@@ -7,8 +7,6 @@
 //! again, running one `#[ignore]`d test, told what to do by environment
 //! variables.
 
-mod common;
-
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -19,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::PATIENCE;
+use crate::common::{self, PATIENCE};
 use forkless::{Cluster, Worker};
 
 /// The uid a foreign client or owner runs as.
@@ -59,10 +57,12 @@ fn idle(builder: forkless::Builder) -> Result<Cluster, forkless::Error> {
     })
 }
 
-/// Runs the `#[ignore]`d test `test` of this binary in a child process,
-/// with `env`, `umask 000` first if asked, as `uid` if given.
+/// Runs the `#[ignore]`d test `test` of this module in a child process of
+/// the test binary, with `env`, `umask 000` first if asked, as `uid` if
+/// given.
 fn child(test: &str, env: &[(&str, OsString)], umask_0: bool, uid: Option<u32>) -> Output {
     let exe = std::env::current_exe().expect("this test binary");
+    let name = common::test_path(module_path!(), test);
     let mut command = if umask_0 {
         let mut c = Command::new("sh");
         c.arg("-c").arg(r#"umask 000 && exec "$0" "$@""#).arg(&exe);
@@ -73,7 +73,7 @@ fn child(test: &str, env: &[(&str, OsString)], umask_0: bool, uid: Option<u32>) 
     command
         .args([
             "--exact",
-            test,
+            &name,
             "--ignored",
             "--nocapture",
             "--test-threads=1",

@@ -5,10 +5,7 @@
 //!
 //! The Redis half needs the `redis` feature (`cargo test --all-features`).
 
-#[macro_use]
-mod common;
-
-use common::{done, stop, Kind};
+use crate::common::{self, done, stop, Kind};
 use forkless::Cluster;
 use forkless_sessions::{ForklessStore, DEFAULT_IDLE_EXPIRY, DEFAULT_MAX_SESSIONS};
 use tower_sessions::session::{Id, Record};

@@ -1,50 +1,14 @@
-//! The shared store: operations, locks and their queues, leases, expiry,
-//! limits, and what happens once the cluster stops.
-
-mod common;
+//! The in-process store: locks and their first-come-first-served queues,
+//! answers without a wait, leases, limits, and what happens once the
+//! cluster stops. What both store backends promise (plain operations,
+//! expiry, `try_acquire` and `acquire_timeout`, ...) is checked once per
+//! backend in `store_conformance`.
 
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{idle_cluster, now, recv, stop, Op, PATIENCE};
+use crate::common::{idle_cluster, now, recv, stop, Op};
 use forkless::{Bytes, Cluster, CollectionOptions, LockOptions};
-
-#[test]
-fn get_set_del_incr_and_compare_and_swap() {
-    let cluster = idle_cluster();
-    let c = cluster.store().collection("basics").blocking();
-
-    assert_eq!(c.get("a").unwrap(), None);
-    c.set("a", "1").unwrap();
-    assert_eq!(c.get("a").unwrap(), Some(Bytes::from("1")));
-    assert_eq!(c.incr("a", 41).unwrap(), 42);
-    assert_eq!(c.incr("fresh", -3).unwrap(), -3);
-    assert_eq!(c.get("a").unwrap(), Some(Bytes::from("42")));
-    assert_eq!(c.len().unwrap(), 2);
-
-    assert!(!c
-        .compare_and_swap("a", Some(b"41"), Some("x".into()))
-        .unwrap());
-    assert!(c
-        .compare_and_swap("a", Some(b"42"), Some("x".into()))
-        .unwrap());
-    assert_eq!(c.get("a").unwrap(), Some(Bytes::from("x")));
-    assert!(c.compare_and_swap("new", None, Some("1".into())).unwrap());
-    assert!(!c.compare_and_swap("new", None, Some("2".into())).unwrap());
-    assert!(c.compare_and_swap("new", Some(b"1"), None).unwrap());
-    assert_eq!(c.get("new").unwrap(), None);
-
-    assert!(c.del("a").unwrap());
-    assert!(!c.del("a").unwrap());
-    assert_eq!(c.len().unwrap(), 1, "only `fresh` is left");
-
-    // Collections are separate name spaces; handles to one name share it.
-    let other = cluster.store().collection("other").blocking();
-    assert_eq!(other.get("fresh").unwrap(), None);
-    let again = cluster.store().collection("basics").blocking();
-    assert_eq!(again.get("fresh").unwrap(), Some(Bytes::from("-3")));
-    stop(cluster);
-}
 
 #[test]
 fn typed_values_round_trip_as_json_and_bad_ones_say_why() {
@@ -162,24 +126,6 @@ fn a_cancelled_acquire_never_strands_the_key() {
 }
 
 #[test]
-fn try_acquire_and_acquire_timeout_do_not_wait_past_their_limit() {
-    let cluster = idle_cluster();
-    let c = cluster.store().collection("try").blocking();
-    let held = c.acquire("k").unwrap();
-    assert!(c.try_acquire("k").unwrap().is_none());
-    let e = c
-        .acquire_timeout("k", Duration::from_millis(20))
-        .unwrap_err();
-    assert!(e.is_timeout(), "{e:?}");
-    assert!(e.to_string().contains("\"k\""), "{e}");
-    held.release_blocking().unwrap();
-    let lock = c.acquire_timeout("k", PATIENCE).unwrap();
-    lock.release_blocking().unwrap();
-    assert!(c.try_acquire("k").unwrap().is_some());
-    stop(cluster);
-}
-
-#[test]
 fn a_lock_past_its_lease_goes_to_the_next_waiter_and_its_late_commit_fails() {
     let cluster = idle_cluster();
     let c = cluster.store().collection("lease");
@@ -208,44 +154,6 @@ fn a_lock_past_its_lease_goes_to_the_next_waiter_and_its_late_commit_fails() {
         .wait("max_hold to run out");
     assert!(lock.is_ok());
     assert!(now(held.release()).unwrap_err().is_lock_lost());
-    stop(cluster);
-}
-
-#[test]
-fn keys_expire_after_their_last_access_but_never_while_locked() {
-    let cluster = idle_cluster();
-    let c = cluster.store().collection("expiry").blocking();
-    let ttl = Duration::from_millis(100);
-    c.configure(CollectionOptions {
-        expire_keys: Some(ttl),
-        ..CollectionOptions::default()
-    })
-    .unwrap();
-    c.set("gone", "1").unwrap();
-    let lock = c.acquire("locked").unwrap();
-    let set_at = Instant::now();
-    while c.get("gone").unwrap().is_some() {
-        assert!(set_at.elapsed() < PATIENCE, "the key never expired");
-        // Reads do not keep it alive forever: each read restarts the clock,
-        // so leave the key alone for longer than the ttl between reads.
-        std::thread::sleep(ttl * 2);
-    }
-    assert!(set_at.elapsed() >= ttl, "expired early");
-    // The sweeper removes what nobody reads.
-    c.set("unread", "1").unwrap();
-    let unread_at = Instant::now();
-    while c.len().unwrap() > 1 {
-        assert!(
-            unread_at.elapsed() < PATIENCE,
-            "the sweeper never removed the key"
-        );
-        std::thread::sleep(ttl);
-    }
-    assert_eq!(c.len().unwrap(), 1, "the locked key stays");
-    let mut lock2 = lock;
-    lock2.set("value");
-    lock2.release_blocking().unwrap();
-    assert_eq!(c.get("locked").unwrap(), Some(Bytes::from("value")));
     stop(cluster);
 }
 

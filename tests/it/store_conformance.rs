@@ -11,13 +11,10 @@
 
 #![allow(clippy::unwrap_used)] // the suite's tests are plain functions that `conformance_suite!` wraps
 
-#[macro_use]
-mod common;
-
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{done, recv, stop, Kind, Op, PATIENCE};
+use crate::common::{self, done, recv, stop, Kind, Op, PATIENCE};
 use forkless::{Builder, Bytes, Cluster, CollectionOptions, LockOptions, Worker};
 
 fn builder(kind: Kind) -> Builder {

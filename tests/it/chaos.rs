@@ -6,8 +6,6 @@
 //! except those in flight on a worker at the moment it crashed (at most one
 //! per client per crash). The counts are printed.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -16,6 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::common;
 
 const CLIENTS: u64 = 3;
 const CRASHES: u64 = 8;

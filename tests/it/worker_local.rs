@@ -1,12 +1,10 @@
 //! A worker body need not be `Send`: it runs on one thread, in a `LocalSet`.
 
-mod common;
-
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::mpsc;
 
-use common::recv;
+use crate::common::recv;
 use forkless::{Cluster, Restart};
 
 #[test]

@@ -7,15 +7,13 @@
 //! client never sends on a connection the server is about to close (as an
 //! HTTP server's `Connection: close` does).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::{recv, PATIENCE};
+use crate::common::{self, recv, PATIENCE};
 use forkless::{Cluster, Event, Worker};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 

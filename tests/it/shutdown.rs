@@ -1,12 +1,10 @@
 //! Stopping: graceful first, then terminate, then abandon what hangs.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::{recv, serve_whoami};
+use crate::common::{self, recv, serve_whoami};
 use forkless::{Cluster, Exit};
 
 #[test]

@@ -1,12 +1,13 @@
-//! The message bus: inboxes, order, backpressure, restarts, broadcast,
-//! topics, request/reply, and what happens once the cluster stops.
-
-mod common;
+//! The in-process bus: inboxes, backpressure, restarts, broadcast, topics
+//! and their subscriber counts, request/reply, answers without a wait, and
+//! what happens once the cluster stops. What both bus backends promise
+//! (order and sender of messages between workers, ...) is checked once per
+//! backend in `bus_conformance`.
 
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{done, now, recv, stop, Op};
+use crate::common::{self, done, now, recv, stop, Op};
 use forkless::{Bytes, Cluster, Envelope, Restart, Worker};
 use tokio::sync::oneshot;
 
@@ -36,42 +37,6 @@ fn readers(workers: usize, builder: forkless::Builder) -> (Cluster, mpsc::Receiv
         })
         .expect("start");
     (cluster, rx)
-}
-
-#[test]
-fn messages_between_workers_arrive_in_order_and_name_their_sender() {
-    const N: usize = 2000;
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(2)
-        .inbox_capacity(16)
-        .start(move |worker: Worker| {
-            let tx = tx.clone();
-            async move {
-                if worker.slot() == 0 {
-                    let bus = worker.bus();
-                    for i in 0..N {
-                        bus.send(1, i.to_string()).await?;
-                    }
-                } else {
-                    let mut inbox = worker.inbox();
-                    for _ in 0..N {
-                        let envelope = inbox.recv().await.expect("a message");
-                        tx.send((envelope.from(), envelope.message().clone()))
-                            .expect("test alive");
-                    }
-                }
-                worker.shutdown_signal().await;
-                Ok::<_, forkless::Error>(())
-            }
-        })
-        .expect("start");
-    for i in 0..N {
-        let (from, message) = recv(&rx, "a message");
-        assert_eq!(from, Some(0));
-        assert_eq!(message, i.to_string(), "in order");
-    }
-    stop(cluster);
 }
 
 #[test]
