@@ -118,6 +118,13 @@ impl RColl {
         let mut waiter = None;
         loop {
             if let Attempt::Done(outcome) = self.once(&via, &key, &op).await? {
+                // An operation that waited behind a lock and ran while the
+                // store closed (the close releases the locks this host still
+                // holds) reports the stop, as every waiting operation does:
+                // which of the two came first on Redis is not known here.
+                if waiter.is_some() && self.link().is_closed() {
+                    return Err(self.stopped());
+                }
                 return Ok(outcome);
             }
             waiter

@@ -59,8 +59,10 @@ impl RColl {
             },
         );
         // The owner may have exited while the script ran: its clean-up
-        // looked at the held locks before this one was among them.
-        if !self.core.exits.alive(owner) || answer.is_closed() {
+        // looked at the held locks before this one was among them. So may
+        // the store have closed (its clean-up released the held locks,
+        // which can be what let this one through).
+        if !self.core.exits.alive(owner) || answer.is_closed() || self.link().is_closed() {
             self.core.forget(token);
             let _ = self.release_now(key, token, Change::Keep).await;
             return Err(self.stopped());
