@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::{self, ask, recv};
-use forkless::{Cluster, Exit, Restart};
+use forkless::{Cluster, Event, Exit, Restart, WorkerState};
 
 #[test]
 fn quick_failures_back_off_then_the_slot_gives_up_while_others_serve() {
@@ -113,4 +113,48 @@ fn a_healthy_run_resets_the_count_and_respawns_at_once() {
         .collect();
     assert_eq!(delays, vec![Some(Duration::ZERO), Some(throttle), None]);
     assert!(report.slots[0].gave_up);
+}
+
+#[test]
+fn a_slot_that_gave_up_and_was_retired_starts_afresh_when_the_cluster_grows_back() {
+    let cluster = Cluster::builder()
+        .workers(2)
+        .throttle_delay(Duration::from_secs(30))
+        .max_restarts(1)
+        .start(|worker| async move {
+            // Slot 1's first generation fails at once; with max_restarts 1
+            // that first quick failure is a give-up. Its later ones serve.
+            if worker.slot() == 1 && worker.generation() == 0 {
+                panic!("slot 1 cannot start");
+            }
+            worker.ready();
+            worker.shutdown_signal().await;
+        })
+        .expect("start");
+    let mut events = cluster.events();
+    common::wait_event(&mut events, "slot 1 gives up", |e| {
+        matches!(e, Event::GaveUp { slot: 1, .. }).then_some(())
+    });
+    cluster.resize(1).expect("shrink");
+    common::wait_event(&mut events, "the shrink", |e| {
+        matches!(e, Event::Resized { to: 1, .. }).then_some(())
+    });
+    cluster.resize(2).expect("grow");
+    // Back from retirement, the slot serves again: a new generation starts
+    // and becomes ready, with no quick failure counted from before.
+    let generation = common::wait_event(&mut events, "slot 1 ready again", |e| match e {
+        Event::WorkerReady {
+            slot: 1,
+            generation,
+            ..
+        } => Some(*generation),
+        _ => None,
+    });
+    assert_eq!(generation, 1);
+    let status = cluster.status();
+    assert_eq!(status.workers[1].state, WorkerState::Ready, "{status:?}");
+    cluster.shutdown();
+    let report = cluster.join();
+    assert!(!report.slots[1].gave_up, "{report}");
+    assert_eq!(report.slots[1].generations.len(), 2, "{report}");
 }

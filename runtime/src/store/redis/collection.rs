@@ -78,6 +78,17 @@ impl RColl {
                     let _ = answer.send(Err(e));
                     return;
                 }
+                // As in `run_here`: what waited behind a lock and got
+                // through while the store closed reports the stop (a lock
+                // so granted is given back).
+                Ok(Attempt::Done(outcome)) if waiter.is_some() && self.link().is_closed() => {
+                    if let Outcome::Granted(grant) = outcome {
+                        self.core.forget(grant.token);
+                        let _ = self.release_now(&key, grant.token, Change::Keep).await;
+                    }
+                    let _ = answer.send(Err(self.stopped()));
+                    return;
+                }
                 Ok(Attempt::Done(outcome)) => {
                     if let Outcome::Granted(grant) = outcome {
                         let token = grant.token;
@@ -108,6 +119,10 @@ impl RColl {
             tokio::select! {
                 () = waiter.wait(left) => {}
                 _ = answer.closed() => return,
+            }
+            if self.link().is_closed() {
+                let _ = answer.send(Err(self.stopped()));
+                return;
             }
         }
     }
