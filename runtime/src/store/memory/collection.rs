@@ -17,8 +17,8 @@ use forkless_worker::{CollectionOptions, Error};
 
 use crate::store::checks::{check_options, check_sizes, lock_lost, shorten, too_large};
 
-use super::locks::{raise, take_lock};
-use super::{lock, Coll, Core, Ctx, Entry, Hasher, Limits, Shard, ShardData, Usage, SHARDS};
+use super::locks::{raise, take_lock, Back, NewChannel, Ran};
+use super::{lock, Coll, Core, Ctx, Entry, Hasher, Limits, Panic, Shard, ShardData, Usage, SHARDS};
 
 impl Coll {
     pub(super) fn new(name: &str, core: Arc<Core>) -> Arc<Coll> {
@@ -53,9 +53,18 @@ impl Coll {
         self.me.upgrade().unwrap_or_else(|| unreachable!())
     }
 
+    /// The index of `key`'s shard.
+    pub(super) fn shard_index(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
     pub(super) fn shard(&self, key: &str) -> MutexGuard<'_, ShardData> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        lock(&self.shards[i].0)
+        lock(&self.shards[self.shard_index(key)].0)
+    }
+
+    /// Every shard, locked in order.
+    pub(super) fn lock_all(&self) -> Vec<MutexGuard<'_, ShardData>> {
+        self.shards.iter().map(|s| lock(&s.0)).collect()
     }
 
     pub(super) fn stopped(&self) -> Error {
@@ -189,9 +198,42 @@ impl CollectionBackend for Coll {
     }
 
     fn op(&self, owner: Option<Owner>, key: &str, op: Op) -> Reply {
+        self.op_now(owner, key, op)
+    }
+
+    fn release(&self, key: &str, token: u64, change: Change) -> Reply {
+        let mut panicked = None;
+        let result = self.release_now(key, token, change, &mut panicked);
+        raise(panicked);
+        Reply::Ready(result)
+    }
+
+    fn count(&self) -> Reply {
+        Reply::Ready(self.count_now())
+    }
+}
+
+impl Coll {
+    /// [`CollectionBackend::op`].
+    pub(super) fn op_now(&self, owner: Option<Owner>, key: &str, op: Op) -> Reply {
+        match self.run_op(owner, key, op, NewChannel) {
+            Ran::Now(result, NewChannel) => Reply::Ready(result),
+            Ran::Waits(rx) => Reply::Later(rx),
+        }
+    }
+
+    /// Runs `op` on `key` for `owner`, or queues it behind the key's lock
+    /// with its answer to go where `back` says.
+    pub(super) fn run_op<B: Back>(
+        &self,
+        owner: Option<Owner>,
+        key: &str,
+        op: Op,
+        back: B,
+    ) -> Ran<B> {
         let mut guard = self.shard(key);
         if self.core.is_closed() {
-            return Reply::Ready(Err(self.stopped()));
+            return Ran::Now(Err(self.stopped()), back);
         }
         let ShardData {
             map,
@@ -203,7 +245,7 @@ impl CollectionBackend for Coll {
         } = &mut *guard;
         *ops += 1;
         if let Err(e) = self.check(key, &op, limits) {
-            return Reply::Ready(Err(e));
+            return Ran::Now(Err(e), back);
         }
         let mut ctx = Ctx {
             coll: self,
@@ -217,7 +259,7 @@ impl CollectionBackend for Coll {
             Some(entry) => {
                 if let Some(locked) = &mut entry.lock {
                     *waits += 1;
-                    return self.enqueue(locked, owner, key, op);
+                    return self.enqueue(locked, owner, key, op, back);
                 }
                 if ctx.expired(entry) {
                     self.forget_value(limits, key, entry.value.take().as_ref());
@@ -226,7 +268,7 @@ impl CollectionBackend for Coll {
                 if entry.is_empty() {
                     map.remove(key);
                 }
-                Reply::Ready(result)
+                Ran::Now(result, back)
             }
             None => {
                 let mut entry = Entry {
@@ -238,15 +280,24 @@ impl CollectionBackend for Coll {
                 if !entry.is_empty() {
                     map.insert(key.into(), entry);
                 }
-                Reply::Ready(result)
+                Ran::Now(result, back)
             }
         }
     }
 
-    fn release(&self, key: &str, token: u64, change: Change) -> Reply {
+    /// [`CollectionBackend::release`]; a
+    /// waiter's waker that panics is left in `panicked`, for the caller to
+    /// raise.
+    pub(super) fn release_now(
+        &self,
+        key: &str,
+        token: u64,
+        change: Change,
+        panicked: &mut Option<Panic>,
+    ) -> Result<Outcome, Error> {
         let mut guard = self.shard(key);
         if self.core.is_closed() {
-            return Reply::Ready(Err(self.stopped()));
+            return Err(self.stopped());
         }
         let data = &mut *guard;
         let held = data
@@ -255,7 +306,7 @@ impl CollectionBackend for Coll {
             .and_then(|e| e.lock.as_ref())
             .is_some_and(|l| l.token == token);
         if !held {
-            return Reply::Ready(Err(self.lock_lost(key)));
+            return Err(self.lock_lost(key));
         }
         let mut result = Ok(Outcome::Done);
         if let Some(entry) = data.map.get_mut(key) {
@@ -275,16 +326,15 @@ impl CollectionBackend for Coll {
                 }
             }
         }
-        let mut panicked = None;
-        take_lock(self, data, key, Some(token), &mut panicked);
+        take_lock(self, data, key, Some(token), panicked);
         drop(guard);
-        raise(panicked);
-        Reply::Ready(result)
+        result
     }
 
-    fn count(&self) -> Reply {
+    /// [`CollectionBackend::count`].
+    pub(super) fn count_now(&self) -> Result<Outcome, Error> {
         if self.core.is_closed() {
-            return Reply::Ready(Err(self.stopped()));
+            return Err(self.stopped());
         }
         let mut n = 0;
         for shard in self.shards.iter() {
@@ -302,22 +352,25 @@ impl CollectionBackend for Coll {
                 }
             };
         }
-        Reply::Ready(Ok(Outcome::Count(n)))
+        Ok(Outcome::Count(n))
     }
-}
 
-impl Coll {
-    fn configure_now(&self, options: &CollectionOptions) -> Result<Outcome, Error> {
+    /// [`CollectionBackend::configure`].
+    pub(super) fn configure_now(&self, options: &CollectionOptions) -> Result<Outcome, Error> {
         if self.core.is_closed() {
             return Err(self.stopped());
         }
         check_options(&self.name, options)?;
         let limits = Limits::from(options);
+        // Every shard at once: a limit turned on counts what is there,
+        // exactly, before any operation sees it; and whatever takes them
+        // all too sees the options with the data.
+        let mut shards = self.lock_all();
+        if self.core.is_closed() {
+            return Err(self.stopped());
+        }
         *lock(&self.options) = options.clone();
         let now = Instant::now();
-        // Every shard at once: a limit turned on counts what is there,
-        // exactly, before any operation sees it.
-        let mut shards: Vec<_> = self.shards.iter().map(|s| lock(&s.0)).collect();
         let counted = shards.first().is_some_and(|d| d.limits.counted());
         if limits.counted() && !counted {
             let (mut keys, mut bytes) = (0, 0);
@@ -342,11 +395,17 @@ impl Coll {
             data.limits = limits;
         }
         drop(shards);
-        if let Some(ttl) = limits.expire {
+        self.start_sweeping(limits.expire);
+        Ok(Outcome::Done)
+    }
+
+    /// Starts the sweeps of a collection with expiry `expire`, unless they
+    /// run.
+    pub(super) fn start_sweeping(&self, expire: Option<std::time::Duration>) {
+        if let Some(ttl) = expire {
             if !self.sweeping.swap(true, Ordering::SeqCst) {
                 self.schedule_sweep(ttl);
             }
         }
-        Ok(Outcome::Done)
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use forkless_worker::rt::store::{Grant, Op, Outcome, Reply, Wait};
+use forkless_worker::rt::store::{Grant, Op, Outcome, Wait};
 use forkless_worker::rt::Errors as _;
 use forkless_worker::rt::Owner;
 use forkless_worker::Error;
@@ -98,12 +98,52 @@ pub(super) fn take_lock(
     true
 }
 
+/// Where the answer of an operation that must wait behind a lock goes.
+pub(super) trait Back {
+    /// What the caller keeps while it waits.
+    type Waiting;
+    /// The sender the queue keeps, and what the caller keeps.
+    fn open(self) -> (Answer, Self::Waiting);
+}
+
+/// A new channel: the caller waits on its receiver.
+pub(super) struct NewChannel;
+
+impl Back for NewChannel {
+    type Waiting = oneshot::Receiver<Result<Outcome, Error>>;
+
+    fn open(self) -> (Answer, Self::Waiting) {
+        oneshot::channel()
+    }
+}
+
+/// The channel of an operation that waited in the hold: its caller already
+/// waits on the receiver.
+impl Back for Answer {
+    type Waiting = ();
+
+    fn open(self) -> (Answer, ()) {
+        (self, ())
+    }
+}
+
+/// What became of an operation: its result now (and the unused `B`), or it
+/// waits behind the key's lock.
+pub(super) enum Ran<B: Back> {
+    Now(Result<Outcome, Error>, B),
+    Waits(B::Waiting),
+}
+
 /// Answers a waiter. The send wakes the waiter's task, with a waker that
 /// is the caller's code: if it panics, the answer was already delivered
 /// (the send stores it before it wakes), so the store goes on as if the
 /// wake had worked, and keeps the panic for [`raise`]. Returns whether the
 /// answer was delivered (false: the waiter had left).
-fn deliver(answer: Answer, result: Result<Outcome, Error>, panicked: &mut Option<Panic>) -> bool {
+pub(super) fn deliver(
+    answer: Answer,
+    result: Result<Outcome, Error>,
+    panicked: &mut Option<Panic>,
+) -> bool {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer.send(result))) {
         Ok(sent) => sent.is_ok(),
         Err(payload) => {
@@ -190,18 +230,20 @@ impl Ctx<'_> {
 }
 
 impl Coll {
-    pub(super) fn enqueue(
+    /// Queues `op` behind `locked`, its answer to go where `back` says.
+    pub(super) fn enqueue<B: Back>(
         &self,
         locked: &mut Locked,
         owner: Option<Owner>,
         key: &str,
         op: Op,
-    ) -> Reply {
+        back: B,
+    ) -> Ran<B> {
         let timeout = match op {
-            Op::Acquire { wait: Wait::No, .. } => return Reply::Ready(Ok(Outcome::NotGranted)),
+            Op::Acquire { wait: Wait::No, .. } => return Ran::Now(Ok(Outcome::NotGranted), back),
             Op::Acquire {
                 wait: Wait::For(d), ..
-            } if d.is_zero() => return Reply::Ready(Ok(Outcome::NotGranted)),
+            } if d.is_zero() => return Ran::Now(Ok(Outcome::NotGranted), back),
             Op::Acquire {
                 wait: Wait::For(d), ..
             } => Some(d),
@@ -209,14 +251,15 @@ impl Coll {
         };
         self.prune(locked);
         if locked.queue.len() >= MAX_WAITERS {
-            return Reply::Ready(Err(Error::full(format!(
+            let full = Error::full(format!(
                 "{MAX_WAITERS} operations already wait behind the lock on key {:?} in \
                  collection {:?}",
                 shorten(key),
                 self.name
-            ))));
+            ));
+            return Ran::Now(Err(full), back);
         }
-        let (answer, rx) = oneshot::channel();
+        let (answer, waiting) = back.open();
         let id = self.core.next_id();
         let timeout = timeout.map(|d| {
             self.core.schedule(
@@ -235,7 +278,7 @@ impl Coll {
             op,
             answer,
         });
-        Reply::Later(rx)
+        Ran::Waits(waiting)
     }
 
     /// Drops the operations whose callers left (their answer's receiver is
