@@ -1,6 +1,7 @@
 //! A collection of the in-process store: its shards, the operations a
 //! worker runs on it ([`CollectionBackend`]) on a key that is not locked
-//! (one behind a lock waits in the key's queue, see [`locks`](super::locks)),
+//! (one behind a lock waits in the key's queue, see [`locks`](super::locks);
+//! every one waits while the engine is held, see [`hold`](super::hold)),
 //! and its options, applied to every shard at once.
 
 use std::collections::{HashMap, VecDeque};
@@ -17,6 +18,7 @@ use forkless_worker::{CollectionOptions, Error};
 
 use crate::store::checks::{check_options, check_sizes, lock_lost, shorten, too_large};
 
+use super::hold::Call;
 use super::locks::{raise, take_lock, Back, NewChannel, Ran};
 use super::{lock, Coll, Core, Ctx, Entry, Hasher, Limits, Panic, Shard, ShardData, Usage, SHARDS};
 
@@ -190,6 +192,9 @@ impl CollectionBackend for Coll {
     }
 
     fn configure(&self, options: &CollectionOptions) -> Reply {
+        if self.core.hold.is_on() {
+            return self.park(Call::Configure(options.clone()));
+        }
         Reply::Ready(self.configure_now(options))
     }
 
@@ -198,10 +203,18 @@ impl CollectionBackend for Coll {
     }
 
     fn op(&self, owner: Option<Owner>, key: &str, op: Op) -> Reply {
+        if self.core.hold.is_on() {
+            let key = key.into();
+            return self.park(Call::Op { owner, key, op });
+        }
         self.op_now(owner, key, op)
     }
 
     fn release(&self, key: &str, token: u64, change: Change) -> Reply {
+        if self.core.hold.is_on() {
+            let key = key.into();
+            return self.park(Call::Release { key, token, change });
+        }
         let mut panicked = None;
         let result = self.release_now(key, token, change, &mut panicked);
         raise(panicked);
@@ -209,12 +222,15 @@ impl CollectionBackend for Coll {
     }
 
     fn count(&self) -> Reply {
+        if self.core.hold.is_on() {
+            return self.park(Call::Count);
+        }
         Reply::Ready(self.count_now())
     }
 }
 
 impl Coll {
-    /// [`CollectionBackend::op`].
+    /// [`CollectionBackend::op`] on an engine that is not held.
     pub(super) fn op_now(&self, owner: Option<Owner>, key: &str, op: Op) -> Reply {
         match self.run_op(owner, key, op, NewChannel) {
             Ran::Now(result, NewChannel) => Reply::Ready(result),
@@ -285,7 +301,7 @@ impl Coll {
         }
     }
 
-    /// [`CollectionBackend::release`]; a
+    /// [`CollectionBackend::release`] on an engine that is not held; a
     /// waiter's waker that panics is left in `panicked`, for the caller to
     /// raise.
     pub(super) fn release_now(
@@ -331,7 +347,7 @@ impl Coll {
         result
     }
 
-    /// [`CollectionBackend::count`].
+    /// [`CollectionBackend::count`] on an engine that is not held.
     pub(super) fn count_now(&self) -> Result<Outcome, Error> {
         if self.core.is_closed() {
             return Err(self.stopped());
@@ -355,7 +371,7 @@ impl Coll {
         Ok(Outcome::Count(n))
     }
 
-    /// [`CollectionBackend::configure`].
+    /// [`CollectionBackend::configure`] on an engine that is not held.
     pub(super) fn configure_now(&self, options: &CollectionOptions) -> Result<Outcome, Error> {
         if self.core.is_closed() {
             return Err(self.stopped());

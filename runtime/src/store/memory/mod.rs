@@ -22,13 +22,18 @@
 //! ([`MAX_WAITERS`]) and pruned of the operations whose callers left as it
 //! grows, so that abandoned waiters do not pile up behind a lock.
 //!
+//! In an upgrade the store moves to the new process, whose engine waits,
+//! held, until it has its data ([`hold`]).
+//!
 //! The engine and its types are here; a collection's operations in
 //! [`collection`], its key locks and their queues in [`locks`], the count of
-//! what its values hold in [`usage`], and its timers in [`timers`].
+//! what its values hold in [`usage`], its timers in [`timers`], and the
+//! hold in [`hold`].
 //!
 //! [`deadline::from_now`]: crate::time::deadline::from_now
 
 mod collection;
+mod hold;
 mod locks;
 #[cfg(test)]
 mod tests;
@@ -76,6 +81,7 @@ pub(crate) struct Engine {
 /// What every collection of a store shares.
 struct Core {
     closed: AtomicBool,
+    hold: hold::Hold,
     next_id: AtomicU64,
     exits: Exits,
     clock: Arc<Clock>,
@@ -204,6 +210,7 @@ impl Engine {
     pub(crate) fn new(clock: Arc<Clock>) -> Arc<Engine> {
         let core = Arc::new(Core {
             closed: AtomicBool::new(false),
+            hold: hold::Hold::default(),
             next_id: AtomicU64::new(1),
             exits: Exits::default(),
             clock,
@@ -250,10 +257,12 @@ impl Engine {
         raise(panicked);
     }
 
-    /// Closes the store: every waiting operation and every later one fails
-    /// with a "stopped" error.
+    /// Closes the store: every waiting operation (behind a key lock or in
+    /// the hold) and every later one fails with a "stopped" error.
     pub(crate) fn close(&self) {
         self.core.closed.store(true, Ordering::SeqCst);
+        let mut panicked = None;
+        self.core.hold.close(&mut panicked);
         for coll in self.collections() {
             for shard in coll.shards.iter() {
                 // Dropping the queues closes their answer channels.
@@ -266,6 +275,21 @@ impl Engine {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        raise(panicked);
+    }
+
+    /// Holds the engine: every operation from now on waits until
+    /// [`release_hold`](Engine::release_hold) or [`close`](Engine::close).
+    /// See [`hold`].
+    pub(crate) fn hold(&self) {
+        self.core.hold.hold();
+    }
+
+    /// Runs the operations that waited in the hold, in the order they
+    /// arrived, then lets operations run at once again. Does nothing unless
+    /// held.
+    pub(crate) fn release_hold(&self) {
+        self.core.hold.release();
     }
 }
 
@@ -280,6 +304,14 @@ impl StoreEngine for Engine {
 
     fn close(&self) {
         Engine::close(self);
+    }
+
+    fn hold(&self) {
+        Engine::hold(self);
+    }
+
+    fn release_hold(&self) {
+        Engine::release_hold(self);
     }
 }
 

@@ -1,6 +1,8 @@
 //! The in-process engine's unit tests: timers left behind, far deadlines,
 //! usage kept exact through random operations, waiter queues, and wakers
-//! that panic.
+//! that panic; the hold of an upgrade in [`handover`].
+
+mod handover;
 
 use forkless_worker::rt::store::{Change, Reply, Wait};
 

@@ -1,6 +1,7 @@
 //! The in-process store's timers, fired on the cluster's timer thread
-//! ([`Clock`](crate::time::clock::Clock)): lock leases, acquire timeouts,
-//! and the sweeps that drop the expired keys nobody reads.
+//! ([`Clock`](crate::time::clock::Clock)): lock leases, acquire timeouts
+//! (behind a key lock, or in the [`hold`](super::hold)), and the sweeps
+//! that drop the expired keys nobody reads.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) enum TimerKind {
     Lease { key: Box<str>, token: u64 },
     WaitTimeout { key: Box<str>, waiter: u64 },
+    HoldTimeout { waiter: u64 },
     Sweep,
 }
 
@@ -61,6 +63,7 @@ impl Coll {
                     }
                 }
             }
+            TimerKind::HoldTimeout { waiter } => self.core.hold.timed_out(waiter),
             TimerKind::Sweep => self.sweep(),
         }
     }
