@@ -77,6 +77,18 @@ impl Coll {
         lock_lost(&self.name, key)
     }
 
+    /// The error of a release after the store was exported: the export
+    /// took every lock back.
+    fn lock_exported(&self, key: &str) -> Error {
+        Error::lock_lost(format!(
+            "the lock on key {:?} in collection {:?} is no longer held: the store was moved to \
+             the process that took over from this one, and locks do not move; nothing was \
+             committed",
+            shorten(key),
+            self.name
+        ))
+    }
+
     fn too_large(&self, what: &str, size: usize, max: usize, key: &str) -> Error {
         too_large(&self.name, what, size, max, key)
     }
@@ -313,6 +325,9 @@ impl Coll {
     ) -> Result<Outcome, Error> {
         let mut guard = self.shard(key);
         if self.core.is_closed() {
+            if self.core.is_exported() {
+                return Err(self.lock_exported(key));
+            }
             return Err(self.stopped());
         }
         let data = &mut *guard;
@@ -379,8 +394,8 @@ impl Coll {
         check_options(&self.name, options)?;
         let limits = Limits::from(options);
         // Every shard at once: a limit turned on counts what is there,
-        // exactly, before any operation sees it; and whatever takes them
-        // all too sees the options with the data.
+        // exactly, before any operation sees it; and an export, which
+        // takes them all too, sees the options with the data.
         let mut shards = self.lock_all();
         if self.core.is_closed() {
             return Err(self.stopped());

@@ -22,17 +22,19 @@
 //! ([`MAX_WAITERS`]) and pruned of the operations whose callers left as it
 //! grows, so that abandoned waiters do not pile up behind a lock.
 //!
-//! In an upgrade the store moves to the new process, whose engine waits,
-//! held, until it has its data ([`hold`]).
+//! In an upgrade the store moves to the new process: the old one's engine
+//! exports its data and closes, the new one's waits, held, until it has
+//! imported them ([`handover`], [`hold`]).
 //!
 //! The engine and its types are here; a collection's operations in
 //! [`collection`], its key locks and their queues in [`locks`], the count of
-//! what its values hold in [`usage`], its timers in [`timers`], and the
-//! hold in [`hold`].
+//! what its values hold in [`usage`], its timers in [`timers`], the export
+//! and import in [`handover`], and the hold in [`hold`].
 //!
 //! [`deadline::from_now`]: crate::time::deadline::from_now
 
 mod collection;
+mod handover;
 mod hold;
 mod locks;
 #[cfg(test)]
@@ -51,6 +53,7 @@ use forkless_worker::rt::Owner;
 use forkless_worker::{CollectionOptions, Error};
 use tokio::sync::oneshot;
 
+use crate::store::snapshot::Snapshot;
 use crate::store::StoreEngine;
 use crate::time::clock::{Clock, TimerKey};
 
@@ -81,6 +84,8 @@ pub(crate) struct Engine {
 /// What every collection of a store shares.
 struct Core {
     closed: AtomicBool,
+    /// Closed by an export: its locks were taken back for good.
+    exported: AtomicBool,
     hold: hold::Hold,
     next_id: AtomicU64,
     exits: Exits,
@@ -210,6 +215,7 @@ impl Engine {
     pub(crate) fn new(clock: Arc<Clock>) -> Arc<Engine> {
         let core = Arc::new(Core {
             closed: AtomicBool::new(false),
+            exported: AtomicBool::new(false),
             hold: hold::Hold::default(),
             next_id: AtomicU64::new(1),
             exits: Exits::default(),
@@ -306,6 +312,14 @@ impl StoreEngine for Engine {
         Engine::close(self);
     }
 
+    fn export(&self) -> Option<Snapshot> {
+        Some(Engine::export(self))
+    }
+
+    fn import(&self, snapshot: Snapshot) -> Result<(), Error> {
+        Engine::import(self, snapshot)
+    }
+
     fn hold(&self) {
         Engine::hold(self);
     }
@@ -331,6 +345,10 @@ impl Core {
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    fn is_exported(&self) -> bool {
+        self.exported.load(Ordering::SeqCst)
     }
 
     fn alive(&self, owner: Option<Owner>) -> bool {

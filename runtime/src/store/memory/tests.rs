@@ -1,6 +1,6 @@
 //! The in-process engine's unit tests: timers left behind, far deadlines,
 //! usage kept exact through random operations, waiter queues, and wakers
-//! that panic; the hold of an upgrade in [`handover`].
+//! that panic; the export, import and hold of an upgrade in [`handover`].
 
 mod handover;
 
