@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     effective_uid, peer_trusted, ErrorBody, Event, ResizeAnswer, ResizeRequest, RestartAnswer,
-    ShutdownAnswer, Status, Workers,
+    ShutdownAnswer, Status, UpgradeAnswer, Workers,
 };
 
 /// Talks to the control server of one cluster, on its Unix socket.
@@ -63,6 +63,14 @@ impl Client {
     /// `POST /restart`: starts a rolling restart.
     pub async fn restart(&self) -> Result<RestartAnswer, Error> {
         parse("/restart", &self.post("/restart", b"").await?)
+    }
+
+    /// `POST /upgrade`: starts the program anew beside this process, hands
+    /// it the listening sockets, and answers once it serves (this process
+    /// then stops and hands it the store). A failed upgrade is
+    /// [`Error::Refused`] with the reason; this process serves on.
+    pub async fn upgrade(&self) -> Result<UpgradeAnswer, Error> {
+        parse("/upgrade", &self.post("/upgrade", b"").await?)
     }
 
     /// `POST /shutdown`: starts a graceful stop.

@@ -45,5 +45,5 @@ pub use client::{Client, Error, EventStream};
 pub use socket::{default_socket, default_socket_place, effective_uid, peer_trusted, SocketPlace};
 pub use wire::{
     BackendStatus, ErrorBody, Event, ResizeAnswer, ResizeRequest, RestartAnswer, ShutdownAnswer,
-    Status, WorkerState, WorkerStatus, Workers,
+    Status, UpgradeAnswer, WorkerState, WorkerStatus, Workers,
 };

@@ -216,6 +216,24 @@ pub enum Event {
         /// False if it stopped at a failure.
         completed: bool,
     },
+    /// An upgrade began: a new process of the program starts beside this
+    /// one.
+    UpgradeStarted {
+        /// The new process's id.
+        pid: u32,
+    },
+    /// The new process's workers are ready: it serves, and this process
+    /// stops gracefully and hands it the store.
+    Upgraded {
+        /// The new process's id.
+        pid: u32,
+    },
+    /// The new process did not take over; this one serves on.
+    UpgradeFailed {
+        /// Why: its exit, that it was not ready in time, or that it could
+        /// not be started.
+        reason: String,
+    },
     /// The cluster began to stop.
     Stopping {
         /// True when workers are terminated rather than asked to stop.
@@ -364,6 +382,16 @@ impl RestartAnswer {
     }
 }
 
+/// The answer to `POST /upgrade`, once the new process serves:
+/// `{"upgraded": true, "pid": 1234}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeAnswer {
+    /// Always true: a failed upgrade answers with an error instead.
+    pub upgraded: bool,
+    /// The new process's id.
+    pub pid: u32,
+}
+
 /// The answer to `POST /shutdown`: `{"shutdown": "started"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShutdownAnswer {
@@ -446,6 +474,11 @@ mod tests {
                 restarted: 3,
                 completed: true,
             },
+            Event::UpgradeStarted { pid: 4242 },
+            Event::Upgraded { pid: 4242 },
+            Event::UpgradeFailed {
+                reason: "it exited before it was ready".to_owned(),
+            },
             Event::Stopping { terminate: false },
             Event::Stopped,
             Event::Lagged { missed: 7 },
@@ -464,6 +497,9 @@ mod tests {
                 | Event::RollStarted { .. }
                 | Event::RollFailed { .. }
                 | Event::RollFinished { .. }
+                | Event::UpgradeStarted { .. }
+                | Event::Upgraded { .. }
+                | Event::UpgradeFailed { .. }
                 | Event::Stopping { .. }
                 | Event::Stopped
                 | Event::Lagged { .. } => {}

@@ -5,6 +5,7 @@
 //! forkless-ctl status                 # a table of the workers
 //! forkless-ctl resize 8               # or +2, -1
 //! forkless-ctl restart                # rolling restart
+//! forkless-ctl upgrade                # start the program anew, hand it over
 //! forkless-ctl stop                   # graceful stop
 //! forkless-ctl events                 # follow what the supervisor does
 //! forkless-ctl metrics                # Prometheus text
@@ -54,6 +55,11 @@ enum Command {
     },
     /// Restart every worker, one at a time, without dropping connections.
     Restart,
+    /// Start the program anew (the binary on disk, the same arguments),
+    /// hand it the listening sockets and the store, and stop this process
+    /// once the new one serves. Exits non-zero with the reason if the new
+    /// process did not take over (this one then serves on).
+    Upgrade,
     /// Stop the cluster gracefully.
     Stop,
     /// Follow the cluster's events until it stops.
@@ -146,6 +152,15 @@ async fn run(args: &Args, client: &Client) -> Result<(), Failure> {
             let (_, raw): (forkless_control::RestartAnswer, _) =
                 typed("/restart", &client.post("/restart", b"").await?)?;
             print_or(args.json, &raw, "rolling restart started");
+        }
+        Command::Upgrade => {
+            let (answer, raw): (forkless_control::UpgradeAnswer, _) =
+                typed("/upgrade", &client.post("/upgrade", b"").await?)?;
+            print_or(
+                args.json,
+                &raw,
+                &format!("upgraded: process {} serves now", answer.pid),
+            );
         }
         Command::Stop => {
             let (_, raw): (forkless_control::ShutdownAnswer, _) =

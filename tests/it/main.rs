@@ -48,4 +48,5 @@ mod store_node_bugs;
 mod supervision_respawn;
 mod supervision_throttle;
 mod systemd;
+mod upgrade;
 mod worker_local;

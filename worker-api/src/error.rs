@@ -33,6 +33,8 @@ enum Kind {
     Full,
     NoReply,
     Unavailable,
+    Busy,
+    UpgradeFailed,
 }
 
 impl Error {
@@ -150,6 +152,17 @@ impl Error {
         Error::new(Kind::Unavailable, message, None)
     }
 
+    /// A request that what the cluster is doing excludes (a second upgrade
+    /// while one is under way).
+    pub(crate) fn busy(message: impl Into<String>) -> Error {
+        Error::new(Kind::Busy, message, None)
+    }
+
+    /// An upgrade whose new process did not take over.
+    pub(crate) fn upgrade_failed(message: impl Into<String>) -> Error {
+        Error::new(Kind::UpgradeFailed, message, None)
+    }
+
     /// Returns true if a listen address could not be parsed or resolved.
     pub fn is_invalid_address(&self) -> bool {
         self.inner.kind == Kind::InvalidAddress
@@ -239,6 +252,21 @@ impl Error {
     /// a later call can succeed.
     pub fn is_unavailable(&self) -> bool {
         self.inner.kind == Kind::Unavailable
+    }
+
+    /// Returns true if the request was refused because of what the cluster
+    /// is doing: an upgrade while another is under way. Nothing was done;
+    /// try again once it is over.
+    pub fn is_busy(&self) -> bool {
+        self.inner.kind == Kind::Busy
+    }
+
+    /// Returns true if an upgrade's new process did not take over: it
+    /// could not be started, exited, or was not ready within
+    /// `ready_timeout`. It was stopped, and this process serves on; the
+    /// message says why.
+    pub fn is_upgrade_failed(&self) -> bool {
+        self.inner.kind == Kind::UpgradeFailed
     }
 }
 

@@ -110,6 +110,8 @@ pub struct Builder {
     pub(crate) control: ControlConfig,
     pub(crate) store_backend: Backend,
     pub(crate) bus_backend: Backend,
+    /// What an upgrade starts; `None`: this program again, as it was started.
+    pub(crate) upgrade_command: Option<(std::path::PathBuf, Vec<std::ffi::OsString>)>,
 }
 
 /// What a panic in a task that a worker spawned (`spawn_local`,
@@ -188,6 +190,7 @@ impl Default for Builder {
             control: ControlConfig::default(),
             store_backend: Backend::InProcess,
             bus_backend: Backend::InProcess,
+            upgrade_command: None,
         }
     }
 }
@@ -372,6 +375,26 @@ impl Builder {
         self
     }
 
+    /// What [`Cluster::upgrade`](crate::Cluster::upgrade) starts: `program`
+    /// with `args`, in this process's environment and working directory.
+    ///
+    /// The default is this program again, with the arguments it was
+    /// started with: the path it was started from (read when the cluster
+    /// starts, so a new build put at the same path is what runs), not a
+    /// copy of the running one.
+    pub fn upgrade_command<I, A>(
+        mut self,
+        program: impl Into<std::path::PathBuf>,
+        args: I,
+    ) -> Builder
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<std::ffi::OsString>,
+    {
+        self.upgrade_command = Some((program.into(), args.into_iter().map(Into::into).collect()));
+        self
+    }
+
     /// Whether to run the control server: HTTP/1.1 + JSON on a Unix socket
     /// (mode 0600) for `curl --unix-socket` and `forkless-ctl` (`GET
     /// /status`, `GET /events`, `POST /resize`, `POST /restart`, `POST
@@ -479,6 +502,13 @@ impl Builder {
                     "control_tcp({addr}): the token must be at least 16 bytes; the TCP control \
                      listener never runs without a real one"
                 )));
+            }
+        }
+        if let Some((program, _)) = &self.upgrade_command {
+            if program.as_os_str().is_empty() {
+                return Err(Error::config(
+                    "upgrade_command: the program must not be empty",
+                ));
             }
         }
         if let Some(n) = self.workers.filter(|n| *n > super::MAX_WORKERS) {

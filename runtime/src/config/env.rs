@@ -30,6 +30,10 @@ pub(crate) const VARIABLES: &[&str] = &[
     "FORKLESS_NOTIFY_SYSTEMD",
 ];
 
+/// Set by the runtime itself, for the process an upgrade starts (what it
+/// inherits); not an operator's setting.
+pub(crate) const UPGRADE: &str = "FORKLESS_UPGRADE";
+
 fn bad(name: &str, value: &str, expected: &str) -> Error {
     Error::config(format!("{name}={value:?}: {expected}"))
 }
@@ -149,7 +153,7 @@ pub(crate) fn apply(
 pub(crate) fn from_process(builder: Builder) -> Result<Builder, Error> {
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with("FORKLESS_") && !VARIABLES.contains(&name) {
+        if name.starts_with("FORKLESS_") && !VARIABLES.contains(&name) && name != UPGRADE {
             tracing::warn!(
                 variable = name,
                 "unknown FORKLESS_ variable ignored (known: {})",

@@ -140,6 +140,9 @@ pub(super) fn wire_event(event: &Event) -> wire::Event {
             restarted,
             completed,
         },
+        Event::UpgradeStarted { pid } => wire::Event::UpgradeStarted { pid },
+        Event::Upgraded { pid } => wire::Event::Upgraded { pid },
+        Event::UpgradeFailed { reason } => wire::Event::UpgradeFailed { reason },
         Event::Stopping { terminate } => wire::Event::Stopping { terminate },
         Event::Stopped => wire::Event::Stopped,
         Event::Lagged { missed } => wire::Event::Lagged { missed },
@@ -253,6 +256,11 @@ mod tests {
                 } => {
                     json!({"event": "roll_finished", "restarted": restarted, "completed": completed})
                 }
+                Event::UpgradeStarted { pid } => json!({"event": "upgrade_started", "pid": pid}),
+                Event::Upgraded { pid } => json!({"event": "upgraded", "pid": pid}),
+                Event::UpgradeFailed { reason } => {
+                    json!({"event": "upgrade_failed", "reason": reason})
+                }
                 Event::Stopping { terminate } => {
                     json!({"event": "stopping", "terminate": terminate})
                 }
@@ -330,6 +338,11 @@ mod tests {
                 restarted: 3,
                 completed: true,
             },
+            Event::UpgradeStarted { pid: 4242 },
+            Event::Upgraded { pid: 4242 },
+            Event::UpgradeFailed {
+                reason: "it exited before it was ready".to_owned(),
+            },
             Event::Stopping { terminate: true },
             Event::Stopped,
             Event::Lagged { missed: 7 },
@@ -348,6 +361,9 @@ mod tests {
                 | Event::RollStarted { .. }
                 | Event::RollFailed { .. }
                 | Event::RollFinished { .. }
+                | Event::UpgradeStarted { .. }
+                | Event::Upgraded { .. }
+                | Event::UpgradeFailed { .. }
                 | Event::Stopping { .. }
                 | Event::Stopped
                 | Event::Lagged { .. } => {}

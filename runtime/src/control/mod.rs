@@ -9,6 +9,7 @@
 //! | `GET /events` | its events as newline-delimited JSON, streamed until it stops |
 //! | `POST /resize` | `{"workers": 4}`, or a change: `{"workers": "+1"}` / `"-2"` |
 //! | `POST /restart` | a rolling restart |
+//! | `POST /upgrade` | an upgrade: answers once the new process serves (`{"upgraded": true, "pid": N}`), or with why it did not |
 //! | `POST /shutdown` | a graceful stop |
 //! | `GET /metrics` | Prometheus metrics, in the text format |
 //!
@@ -128,14 +129,31 @@ pub(crate) fn start(
     config: &ControlConfig,
 ) -> Result<Option<(PathBuf, Option<SocketAddr>, ControlThread)>, Error> {
     let uid = our_uid();
-    let (path, unix) = match &config.path {
-        Some(path) => {
+    // Started by an upgrade: the old process's socket is this one's, at the
+    // same path (the same name or the same `control_socket`).
+    let inherited = cluster
+        .shared
+        .control_inherited
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let (path, unix) = match (inherited, &config.path) {
+        (Some(fd), path) => {
+            let path = path
+                .clone()
+                .unwrap_or_else(|| default_place(cluster.name(), uid).0);
+            let unix = std::os::unix::net::UnixListener::from(fd);
+            unix.set_nonblocking(true)
+                .map_err(|e| Error::config(format!("control socket {}: {e}", path.display())))?;
+            (path, unix)
+        }
+        (None, Some(path)) => {
             let unix = bind_unix(path, uid).map_err(|why| {
                 Error::config(format!("control socket {}: {why}", path.display()))
             })?;
             (path.clone(), unix)
         }
-        None => {
+        (None, None) => {
             let (path, dir) = default_place(cluster.name(), uid);
             let bound = match &dir {
                 Some(dir) => private_dir(dir, uid).map_err(|why| {
@@ -177,6 +195,13 @@ pub(crate) fn start(
         }
     };
     let tcp_addr = tcp.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    // What an upgrade hands the next process.
+    *cluster
+        .shared
+        .control_fd
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        unix.try_clone().ok().map(std::os::fd::OwnedFd::from);
     let cluster = cluster.clone();
     let thread = std::thread::Builder::new()
         .name(THREAD.to_owned())

@@ -105,6 +105,7 @@ enum Route {
     Metrics,
     Resize,
     Restart,
+    Upgrade,
     Shutdown,
 }
 
@@ -127,9 +128,10 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         (&Method::GET, "/metrics") => Ok(Route::Metrics),
         (&Method::POST, "/resize") => Ok(Route::Resize),
         (&Method::POST, "/restart") => Ok(Route::Restart),
+        (&Method::POST, "/upgrade") => Ok(Route::Upgrade),
         (&Method::POST, "/shutdown") => Ok(Route::Shutdown),
         (_, "/status" | "/events" | "/metrics") => Err(NoRoute::Allow("GET")),
-        (_, "/resize" | "/restart" | "/shutdown") => Err(NoRoute::Allow("POST")),
+        (_, "/resize" | "/restart" | "/upgrade" | "/shutdown") => Err(NoRoute::Allow("POST")),
         _ => Err(NoRoute::NotFound),
     }
 }
@@ -239,10 +241,34 @@ pub(super) async fn handle(
             Ok(()) => json_answer(StatusCode::ACCEPTED, &wire::RestartAnswer::started()),
             Err(e) => error(StatusCode::CONFLICT, e),
         },
+        Route::Upgrade => upgrade(cluster).await,
         Route::Shutdown => {
             cluster.shutdown();
             json_answer(StatusCode::ACCEPTED, &wire::ShutdownAnswer::started())
         }
+    }
+}
+
+/// Runs the upgrade (it waits for the new process, at most `ready_timeout`)
+/// off the control thread's loop, and answers once it is over: 200 with the
+/// new process's id, 409 if one is under way or the cluster stops, 500 with
+/// the reason if the new process did not take over.
+async fn upgrade(cluster: &Cluster) -> Response<Answer> {
+    let cluster = cluster.clone();
+    match tokio::task::spawn_blocking(move || cluster.upgrade()).await {
+        Ok(Ok(pid)) => json_answer(
+            StatusCode::OK,
+            &wire::UpgradeAnswer {
+                upgraded: true,
+                pid,
+            },
+        ),
+        Ok(Err(e)) if e.is_busy() || e.is_stopped() => error(StatusCode::CONFLICT, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the upgrade's thread failed: {e}"),
+        ),
     }
 }
 
@@ -275,7 +301,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    /// Only the six endpoints route anywhere; the shutdown only from
+    /// Only the seven endpoints route anywhere; the shutdown only from
     /// `POST /shutdown` exactly.
     #[test]
     fn one_table_routes_and_nothing_unknown_reaches_an_action() {
@@ -285,6 +311,7 @@ mod tests {
             (Method::GET, "/metrics", Route::Metrics),
             (Method::POST, "/resize", Route::Resize),
             (Method::POST, "/restart", Route::Restart),
+            (Method::POST, "/upgrade", Route::Upgrade),
             (Method::POST, "/shutdown", Route::Shutdown),
         ];
         for (method, path, to) in &served {
@@ -403,6 +430,7 @@ mod tests {
             ("GET", "/shutdown", "POST"),
             ("PUT", "/shutdown", "POST"),
             ("DELETE", "/restart", "POST"),
+            ("GET", "/upgrade", "POST"),
             ("POST", "/status", "GET"),
         ] {
             let answer = ask_at(&socket, method, path);

@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR2};
 use signal_hook::iterator::{Handle, Signals};
 
 use crate::Cluster;
 
-/// The installed handlers; [`Installed::uninstall`] gives SIGINT, SIGTERM
-/// and SIGHUP their default action (ending the process) back. SIGTTIN and
+/// The installed handlers; [`Installed::uninstall`] gives SIGINT, SIGTERM,
+/// SIGHUP and SIGUSR2 their default action (ending the process) back. SIGTTIN and
 /// SIGTTOU stay ignored (their default, stopping the process, only matters
 /// to a background job reading or writing its terminal).
 pub(crate) struct Installed {
@@ -38,10 +38,10 @@ pub(crate) struct Prepared {
 /// Installs the handlers; the signals queue until [`Prepared::serve`].
 pub(crate) fn prepare() -> io::Result<Prepared> {
     let restore_default = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
+    for signal in [SIGINT, SIGTERM, SIGHUP, SIGUSR2] {
         signal_hook::flag::register_conditional_default(signal, restore_default.clone())?;
     }
-    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGTTIN, SIGTTOU])?;
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2, SIGTTIN, SIGTTOU])?;
     Ok(Prepared {
         signals,
         restore_default,
@@ -62,7 +62,8 @@ impl Prepared {
 }
 
 /// SIGINT or SIGTERM: graceful stop; a second one: terminate. SIGHUP:
-/// rolling restart. SIGTTIN / SIGTTOU: one worker more / less.
+/// rolling restart. SIGUSR2: upgrade to the program on disk. SIGTTIN /
+/// SIGTTOU: one worker more / less.
 fn install(prepared: Prepared, cluster: Cluster) -> io::Result<Installed> {
     let Prepared {
         mut signals,
@@ -93,6 +94,22 @@ fn act(cluster: &Cluster, signal: i32, seen: &mut u32) {
             tracing::info!(signal = "SIGHUP", "rolling restart");
             if let Err(e) = cluster.restart() {
                 tracing::warn!(signal = "SIGHUP", error = %e, "no rolling restart");
+            }
+            return;
+        }
+        SIGUSR2 => {
+            tracing::info!(signal = "SIGUSR2", "upgrade");
+            // It waits for the new process: not on the signal thread, so
+            // that SIGTERM still stops this one meanwhile.
+            let cluster = cluster.clone();
+            let spawned = thread::Builder::new()
+                .name("forkless-upgrade".to_owned())
+                .spawn(move || match cluster.upgrade() {
+                    Ok(pid) => tracing::info!(signal = "SIGUSR2", pid, "upgraded"),
+                    Err(e) => tracing::error!(signal = "SIGUSR2", error = %e, "no upgrade"),
+                });
+            if let Err(e) = spawned {
+                tracing::error!(signal = "SIGUSR2", error = %e, "cannot start the upgrade");
             }
             return;
         }

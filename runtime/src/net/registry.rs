@@ -24,9 +24,23 @@ use forkless_worker::Error;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+/// A listening socket as an upgrade hands it to the next process: the
+/// address asked for and the one bound, the slot it belongs to (`None`: one
+/// socket every slot shares, as systemd passed it), and the socket.
+pub(crate) struct Handed {
+    pub(crate) requested: SocketAddr,
+    pub(crate) bound: SocketAddr,
+    pub(crate) slot: Option<usize>,
+    pub(crate) socket: Socket,
+}
+
 pub(crate) struct Registry {
     backlog: i32,
     groups: Vec<Group>,
+    /// Sockets the process this one upgraded handed over, not yet claimed
+    /// by a `listen`: a `listen` of their address takes them, every slot's
+    /// at once, instead of binding.
+    handed: Vec<Handed>,
     /// Listening sockets inherited through systemd socket activation
     /// (`LISTEN_FDS`), not yet claimed by a `listen`.
     inherited: Vec<(SocketAddr, Socket)>,
@@ -144,6 +158,7 @@ impl Registry {
         Registry {
             backlog: i32::try_from(backlog).unwrap_or(i32::MAX),
             groups: Vec::new(),
+            handed: Vec::new(),
             inherited: super::activation::inherited_sockets(),
             retired: HashMap::new(),
             closed: false,
@@ -170,7 +185,13 @@ impl Registry {
             Some(i) => &mut self.groups[i],
             None => {
                 let inherited = self.inherited.iter().position(|(a, _)| *a == addr);
-                let group = if let Some(i) = inherited {
+                let handed = self
+                    .handed
+                    .iter()
+                    .any(|h| h.requested == addr || h.bound == addr);
+                let group = if handed {
+                    self.take_handed(addr)
+                } else if let Some(i) = inherited {
                     let (bound, socket) = self.inherited.swap_remove(i);
                     tracing::info!(%bound, "listening on a socket inherited from systemd");
                     let mut group = Group::new(addr, bound);
@@ -221,6 +242,90 @@ impl Registry {
         })
     }
 
+    /// Duplicates of every socket this registry holds, for the process an
+    /// upgrade starts: each slot's (retired slots' included), the shared
+    /// ones systemd passed, and those handed to this process and not claimed
+    /// yet.
+    pub(crate) fn hand_over(&self) -> io::Result<Vec<Handed>> {
+        let mut out = Vec::new();
+        for group in &self.groups {
+            if let Some(shared) = &group.shared {
+                out.push(Handed {
+                    requested: group.requested,
+                    bound: group.bound,
+                    slot: None,
+                    socket: shared.try_clone()?,
+                });
+            }
+            for (slot, socket) in &group.sockets {
+                out.push(Handed {
+                    requested: group.requested,
+                    bound: group.bound,
+                    slot: Some(*slot),
+                    socket: socket.try_clone()?,
+                });
+            }
+        }
+        for handed in &self.handed {
+            out.push(Handed {
+                requested: handed.requested,
+                bound: handed.bound,
+                slot: handed.slot,
+                socket: handed.socket.try_clone()?,
+            });
+        }
+        for (bound, socket) in &self.inherited {
+            out.push(Handed {
+                requested: *bound,
+                bound: *bound,
+                slot: None,
+                socket: socket.try_clone()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes the sockets the upgraded process handed over. Slots of theirs
+    /// that this cluster does not have (it has `size` slots) are retired at
+    /// once: a surviving slot accepts from their sockets, so the
+    /// connections queued there are served.
+    pub(crate) fn take_over(&mut self, handed: Vec<Handed>, size: usize) {
+        let survivors: Vec<usize> = (0..size).collect();
+        for slot in handed.iter().filter_map(|h| h.slot).filter(|s| *s >= size) {
+            self.retired.insert(slot, survivors.clone());
+        }
+        self.handed = handed;
+    }
+
+    /// Makes the group of `addr` from the sockets handed over for it.
+    fn take_handed(&mut self, addr: SocketAddr) -> Group {
+        let (mine, rest): (Vec<Handed>, Vec<Handed>) = std::mem::take(&mut self.handed)
+            .into_iter()
+            .partition(|h| h.requested == addr || h.bound == addr);
+        self.handed = rest;
+        let bound = mine.first().map_or(addr, |h| h.bound);
+        let mut group = Group::new(addr, bound);
+        for handed in mine {
+            match handed.slot {
+                Some(slot) => {
+                    group.sockets.insert(slot, handed.socket);
+                }
+                None => group.shared = Some(handed.socket),
+            }
+        }
+        tracing::info!(%bound, sockets = group.sockets.len() + usize::from(group.shared.is_some()), "listening on sockets handed over by the upgraded process");
+        let retired: Vec<(usize, Vec<usize>)> = self
+            .retired
+            .iter()
+            .filter(|(slot, _)| group.sockets.contains_key(slot))
+            .map(|(slot, survivors)| (*slot, survivors.clone()))
+            .collect();
+        for (slot, survivors) in retired {
+            group.retire(slot, &survivors);
+        }
+        group
+    }
+
     /// A slot stops running (a shrink, or it gave up): a surviving slot
     /// accepts from its sockets from now on, so that nothing the kernel
     /// queues there is lost. With no survivor, its sockets close.
@@ -248,6 +353,7 @@ impl Registry {
     pub(crate) fn close_all(&mut self) {
         self.closed = true;
         self.groups.clear();
+        self.handed.clear();
         self.inherited.clear();
     }
 }

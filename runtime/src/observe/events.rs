@@ -118,6 +118,26 @@ pub enum Event {
         /// False if it stopped at a failure.
         completed: bool,
     },
+    /// An upgrade began ([`Cluster::upgrade`](crate::Cluster::upgrade)):
+    /// a new process of the program starts beside this one, with this
+    /// one's listening sockets.
+    UpgradeStarted {
+        /// The new process's id.
+        pid: u32,
+    },
+    /// The new process's workers are ready: it serves. This process stops
+    /// gracefully and hands it the store.
+    Upgraded {
+        /// The new process's id.
+        pid: u32,
+    },
+    /// The new process did not take over (it exited, was not ready within
+    /// `ready_timeout`, or could not be started): it is stopped, and this
+    /// process serves on.
+    UpgradeFailed {
+        /// Why.
+        reason: String,
+    },
     /// The cluster began to stop (`terminate`: by force).
     Stopping {
         /// True when workers are terminated rather than asked to stop.

@@ -60,7 +60,6 @@ pub(crate) trait StoreEngine: Send + Sync {
     /// held (their holders' releases fail with lock-lost) and refuses every
     /// later operation with a "stopped" error, so that no write is
     /// acknowledged that the snapshot does not have.
-    #[allow(dead_code)] // Until the supervisor's upgrade calls it.
     fn export(&self) -> Option<Snapshot> {
         None
     }
@@ -76,7 +75,6 @@ pub(crate) trait StoreEngine: Send + Sync {
     /// [`Error::is_invalid_value`] for a snapshot that does not hold
     /// together, [`Error::is_config`] for an engine that cannot take it,
     /// [`Error::is_stopped`] once closed.
-    #[allow(dead_code)] // Until the supervisor's upgrade calls it.
     fn import(&self, snapshot: Snapshot) -> Result<(), Error> {
         snapshot.check()?;
         if snapshot.is_empty() {
@@ -94,13 +92,11 @@ pub(crate) trait StoreEngine: Send + Sync {
     /// included) waits until [`release_hold`](Self::release_hold) or
     /// [`close`](Self::close), which the caller guarantees. The default
     /// does nothing: an engine outside the process has nothing to wait for.
-    #[allow(dead_code)] // Until the supervisor's upgrade calls it.
     fn hold(&self) {}
 
     /// Runs the operations that waited in the hold, in the order they
     /// arrived, then lets operations run at once again. Does nothing
     /// unless held (the default: nothing ever is).
-    #[allow(dead_code)] // Until the supervisor's upgrade calls it.
     fn release_hold(&self) {}
 }
 

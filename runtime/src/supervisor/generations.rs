@@ -123,6 +123,8 @@ impl Master {
         if all {
             self.announced_ready = true;
             self.systemd.ready(&format!("{} workers ready", self.size));
+            // Started by an upgrade: the old process may stop now.
+            super::upgrade::child_ready(&self.shared);
         }
     }
 

@@ -47,7 +47,8 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
     install_panic_hook();
 
     let (tx, rx) = crossbeam_channel::unbounded();
-    let shared = Arc::new(Shared::new(&builder, size, tx)?);
+    let inherited = super::upgrade::inherited()?;
+    let shared = Arc::new(Shared::new(&builder, size, tx, inherited)?);
     let slots = (0..size)
         .map(|index| Slot::new(index, core_for(&cores, index)))
         .collect();

@@ -15,6 +15,8 @@
 //! - `policy`: the restart policy as a pure function, tested row by row.
 //! - `roll`, `resize`, `stop`, `watchdog`: the rolling restart, resizing,
 //!   the stop sequence, the stall watchdog (and systemd's).
+//! - [`upgrade`]: a new process of the program takes over the sockets and
+//!   the store.
 //! - [`worker_thread`]: a slot's thread, running one generation at a time.
 //! - [`systemd`]: `sd_notify` (ready, reloading, stopping, the watchdog).
 
@@ -29,6 +31,7 @@ pub(crate) mod shared;
 mod slot;
 mod stop;
 pub(crate) mod systemd;
+pub(crate) mod upgrade;
 mod watchdog;
 pub(crate) mod worker_thread;
 

@@ -48,6 +48,23 @@ pub(crate) struct Shared {
     /// When the cluster started: heartbeats count from here.
     pub(crate) epoch: Instant,
     pub(crate) stopping: AtomicBool,
+    /// What an upgrade starts and waits for.
+    pub(crate) upgrade: super::upgrade::UpgradeConfig,
+    /// An upgrade is under way (or switched: this process stops).
+    pub(crate) upgrading: AtomicBool,
+    /// After a switch: the new process's channel, to hand it the store.
+    pub(crate) handover: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// After a switch: the control socket is the new process's; it stays.
+    pub(crate) handed_over: AtomicBool,
+    /// In an upgrade's new process, until it is ready: the channel to the
+    /// old one.
+    pub(crate) upgrade_channel: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// In an upgrade's new process: the control socket it inherited, for
+    /// the control server to serve on instead of binding one.
+    pub(crate) control_inherited: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// A duplicate of the control server's Unix socket, to hand to an
+    /// upgrade's new process.
+    pub(crate) control_fd: Mutex<Option<std::os::fd::OwnedFd>>,
     pub(super) done: Mutex<Option<Report>>,
     pub(super) done_cv: Condvar,
     pub(super) done_tx: watch::Sender<Option<Report>>,
@@ -82,7 +99,13 @@ pub(crate) enum Msg {
 }
 
 impl Shared {
-    pub(crate) fn new(builder: &Builder, size: usize, tx: Sender<Msg>) -> Result<Shared, Error> {
+    /// `inherited`: what an upgrade's old process handed this one.
+    pub(crate) fn new(
+        builder: &Builder,
+        size: usize,
+        tx: Sender<Msg>,
+        inherited: Option<super::upgrade::Inherited>,
+    ) -> Result<Shared, Error> {
         let faults = Faults::new();
         let clock = Clock::start(faults.clone())
             .map_err(|e| Error::spawn("cannot spawn the timer thread", e))?;
@@ -103,10 +126,20 @@ impl Shared {
             clock.stop();
         })?;
         let (name, backlog) = (builder.name.clone(), builder.backlog);
+        let mut registry = Registry::new(backlog);
+        let (mut upgrade_channel, mut control_inherited) = (None, None);
+        if let Some(inherited) = inherited {
+            // The old process's store comes once this one is ready; until
+            // then every operation waits for it.
+            store.engine.hold();
+            registry.take_over(inherited.sockets, size);
+            upgrade_channel = Some(inherited.channel);
+            control_inherited = inherited.control;
+        }
         Ok(Shared {
             name,
             tx,
-            registry: Mutex::new(Registry::new(backlog)),
+            registry: Mutex::new(registry),
             store: store.engine,
             store_backend: store.backend,
             bus: bus.engine,
@@ -119,6 +152,13 @@ impl Shared {
             view: Mutex::new(View::default()),
             epoch: Instant::now(),
             stopping: AtomicBool::new(false),
+            upgrade: super::upgrade::UpgradeConfig::of(builder),
+            upgrading: AtomicBool::new(false),
+            handover: Mutex::new(None),
+            handed_over: AtomicBool::new(false),
+            upgrade_channel: Mutex::new(upgrade_channel),
+            control_inherited: Mutex::new(control_inherited),
+            control_fd: Mutex::new(None),
             done: Mutex::new(None),
             done_cv: Condvar::new(),
             done_tx: watch::channel(None).0,
@@ -166,8 +206,17 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if let Some((path, _)) = control {
-            let _ = std::fs::remove_file(path);
+            // After an upgrade the socket is the new process's.
+            if !self.handed_over.load(Ordering::Acquire) {
+                let _ = std::fs::remove_file(path);
+            }
         }
+        // After an upgrade, the new process takes the store: nothing
+        // mutates it any more (every worker has exited).
+        self.faults
+            .caught("forkless-master", "handing the store over", || {
+                super::upgrade::hand_store(self)
+            });
         // Every worker is gone: what still waits on the store fails now.
         // Each step wakes waiters of the callers' own: a waker that panics
         // stops none of the steps after it.

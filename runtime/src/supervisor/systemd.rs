@@ -45,6 +45,16 @@ impl Systemd {
         }
     }
 
+    /// An upgrade's new process serves: it is the service's main process
+    /// from now on (`NotifyAccess=` must let this process send it).
+    pub(crate) fn main_pid(&self, pid: u32) {
+        self.send(&[
+            NotifyState::MainPid(pid),
+            NotifyState::Ready,
+            NotifyState::Status("upgraded"),
+        ]);
+    }
+
     pub(crate) fn stopping(&self) {
         self.send(&[NotifyState::Stopping]);
     }

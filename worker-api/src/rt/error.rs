@@ -57,6 +57,12 @@ pub trait Errors: sealed::Sealed {
 
     /// A backend (Redis) that could not be reached or did not answer in time.
     fn unavailable(message: impl Into<String>) -> Error;
+
+    /// A request that what the cluster is doing excludes.
+    fn busy(message: impl Into<String>) -> Error;
+
+    /// An upgrade whose new process did not take over.
+    fn upgrade_failed(message: impl Into<String>) -> Error;
 }
 
 impl Errors for Error {
@@ -114,5 +120,13 @@ impl Errors for Error {
 
     fn unavailable(message: impl Into<String>) -> Error {
         Error::unavailable(message)
+    }
+
+    fn busy(message: impl Into<String>) -> Error {
+        Error::busy(message)
+    }
+
+    fn upgrade_failed(message: impl Into<String>) -> Error {
+        Error::upgrade_failed(message)
     }
 }

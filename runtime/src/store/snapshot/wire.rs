@@ -68,7 +68,6 @@ impl Snapshot {
     /// name over [`MAX_NAME`] bytes or a duration that does not fit the
     /// format (neither comes out of an export: names are made by code, and
     /// durations are at most a year).
-    #[allow(dead_code)] // Until the supervisor's upgrade calls it.
     pub(crate) fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         let mut w = BufWriter::new(w);
         w.write_all(&MAGIC)?;
@@ -93,7 +92,6 @@ impl Snapshot {
     /// this version (the message says what and where),
     /// [`io::ErrorKind::UnexpectedEof`] for a stream that ends inside one,
     /// and the errors of `r`.
-    #[allow(dead_code)] // Until the supervisor's upgrade calls it.
     pub(crate) fn read_from(r: &mut impl Read) -> io::Result<Snapshot> {
         let mut r = Reader { r };
         if r.array::<8>("the magic")? != MAGIC {

@@ -1,0 +1,360 @@
+//! Upgrades: a new process takes over the listening sockets and the store,
+//! gated like a rolling restart; a new process that fails leaves the old one
+//! serving.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::{self, PATIENCE};
+use forkless::{Cluster, Event, Worker};
+
+/// A one-worker cluster that answers `"{pid}"` on each connection, with
+/// `upgrade_command` set to `program args`.
+fn answering(program: &str, args: &[&str], ready_timeout: Duration) -> (Cluster, SocketAddr) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cluster = Cluster::builder()
+        .workers(1)
+        .ready_timeout(ready_timeout)
+        .terminate_timeout(Duration::from_secs(2))
+        .control(false)
+        .upgrade_command(program, args.iter().copied())
+        .start(move |worker: Worker| {
+            let tx = tx.clone();
+            async move {
+                let listener = worker.listen("127.0.0.1:0").await?;
+                let _ = tx.send(listener.local_addr()?);
+                while let Some(conn) = listener.accept().await {
+                    let (mut stream, _) = conn?;
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stream
+                        .write_all(std::process::id().to_string().as_bytes())
+                        .await;
+                }
+                Ok::<(), forkless::Error>(())
+            }
+        })
+        .expect("start");
+    let addr = common::recv(&rx, "the listening address");
+    (cluster, addr)
+}
+
+fn pid_at(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer
+}
+
+#[test]
+fn a_new_process_that_exits_at_start_leaves_the_old_one_serving() {
+    let (cluster, addr) = answering("false", &[], PATIENCE);
+    let mut events = cluster.events();
+    let e = cluster.upgrade().expect_err("`false` exits at once");
+    assert!(e.is_upgrade_failed(), "{e:?}");
+    assert!(e.to_string().contains("exited"), "{e}");
+    common::wait_event(&mut events, "UpgradeFailed", |e| match e {
+        Event::UpgradeFailed { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    // It serves on, and a second upgrade may be tried.
+    assert_eq!(pid_at(addr), std::process::id().to_string());
+    assert!(cluster.upgrade().expect_err("again").is_upgrade_failed());
+    assert!(!cluster.is_stopped());
+    common::stop(cluster);
+}
+
+#[test]
+fn a_new_process_that_is_never_ready_is_stopped_and_a_second_upgrade_is_refused_meanwhile() {
+    let (cluster, addr) = answering("sleep", &["60"], Duration::from_millis(1500));
+    let mut events = cluster.events();
+    let first = {
+        let cluster = cluster.clone();
+        std::thread::spawn(move || cluster.upgrade())
+    };
+    let pid = common::wait_event(&mut events, "UpgradeStarted", |e| match e {
+        Event::UpgradeStarted { pid } => Some(*pid),
+        _ => None,
+    });
+    let second = cluster.upgrade().expect_err("one at a time");
+    assert!(second.is_busy(), "{second:?}");
+    let e = first.join().expect("thread").expect_err("never ready");
+    assert!(e.is_upgrade_failed(), "{e:?}");
+    assert!(e.to_string().contains("ready_timeout"), "{e}");
+    // The new process was stopped, and the old one serves on.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
+        "the never-ready process {pid} still runs"
+    );
+    assert_eq!(pid_at(addr), std::process::id().to_string());
+    common::stop(cluster);
+}
+
+#[test]
+fn a_stopping_cluster_refuses_an_upgrade() {
+    let (cluster, _) = answering("false", &[], PATIENCE);
+    cluster.shutdown();
+    cluster.join();
+    assert!(cluster.upgrade().expect_err("stopped").is_stopped());
+}
+
+/// `POST /upgrade` on the control socket at `path`; the new process's id.
+fn post_upgrade(path: &Path) -> u32 {
+    let mut stream = UnixStream::connect(path).expect("connect to the control socket");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream
+        .write_all(
+            b"POST /upgrade HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let value: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    value["pid"].as_u64().expect("a pid") as u32
+}
+
+/// One GET over a fresh connection; the body, or why there is none.
+fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(format!("answer {answer:?}")),
+    }
+}
+
+/// Waits for process `pid` (a child of this one, directly or as the
+/// subreaper of its orphans) and returns whether it exited 0.
+fn reap(pid: u32) -> bool {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+            Ok(Some((_, status))) => return status.exit_status() == Some(0),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for {pid:?}: {e}"),
+        }
+        assert!(Instant::now() < deadline, "process {pid:?} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The README's deploy, end to end: `hello` with 2 workers, a client that
+/// connects per request all along, and three upgrades in a row through the
+/// control socket. Every request is answered 200; the process that answers
+/// changes each time, and each old one exits 0; the store's counter goes on
+/// without a gap or a repeat. Runs alone in a child process, which becomes
+/// the subreaper of hello's orphaned new processes to see them exit.
+#[test]
+fn hello_upgrades_three_times_under_load_and_loses_nothing() {
+    if !common::alone_in_a_child(
+        module_path!(),
+        "hello_upgrades_three_times_under_load_and_loses_nothing",
+        &[],
+    ) {
+        return;
+    }
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
+    let dir = common::runtime_dir();
+    // Reaped by `reap` with waitpid, like the processes that follow it.
+    #[allow(clippy::zombie_processes)]
+    let mut first = Command::new(common::example_binary("hello"))
+        .args(["--port", "0", "--workers", "2"])
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("FORKLESS_TEST_CHILD")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start hello");
+    // Its stdout stays read to the end: the new processes inherit it and
+    // print their first line too.
+    let mut stdout = BufReader::new(first.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the listening line");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let control = dir.join("forkless-hello.sock");
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    // Two clients, a new connection per request, all along.
+    let loads: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, answered) = (stop.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match get(addr, "/") {
+                        Ok(_) => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(why) => failures.push(why),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let wait_for_answers = |at_least: u64| {
+        let deadline = Instant::now() + PATIENCE;
+        while answered.load(Ordering::Relaxed) < at_least {
+            assert!(Instant::now() < deadline, "the client got no answers");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let mut pid = first.id();
+    let mut hits = 0u64;
+    let next_hit = |expected: &mut u64| {
+        let body = get(addr, "/hits").expect("/hits");
+        *expected += 1;
+        assert_eq!(
+            body.trim(),
+            format!("hits {expected}"),
+            "the counter moved on"
+        );
+    };
+    next_hit(&mut hits);
+    for round in 0..3 {
+        wait_for_answers(answered.load(Ordering::Relaxed) + 200);
+        let new = post_upgrade(&control);
+        assert_ne!(new, pid, "round {round}: a new process");
+        assert!(reap(pid), "round {round}: the old process {pid} exits 0");
+        pid = new;
+        next_hit(&mut hits);
+    }
+    wait_for_answers(answered.load(Ordering::Relaxed) + 200);
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = loads
+        .into_iter()
+        .flat_map(|load| load.join().expect("client"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        answered.load(Ordering::Relaxed) + failures.len() as u64,
+        &failures[..failures.len().min(5)]
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM");
+    assert!(reap(pid), "the last process exits 0");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An old process shrunk from 2 slots to 1 (slot 1's socket adopted by
+/// slot 0), whose workers accept nothing: the connections queue in both
+/// sockets. It upgrades to `hello --workers 1` on the same port, which
+/// answers every queued connection, from its own socket and the retired
+/// one's, and finds the old process's counter in the store.
+#[test]
+fn a_retired_slots_queue_and_the_store_move_to_the_new_process() {
+    let dir = common::runtime_dir();
+    let hello = common::example_binary("hello");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("addr").port()
+    };
+    let xdg = format!("XDG_RUNTIME_DIR={}", dir.display());
+    let (hello, port_arg) = (hello.to_string_lossy().into_owned(), port.to_string());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cluster = Cluster::builder()
+        .workers(2)
+        .control(false)
+        .upgrade_command(
+            "env",
+            [
+                xdg.as_str(),
+                "RUST_LOG=warn",
+                hello.as_str(),
+                "--port",
+                port_arg.as_str(),
+                "--workers",
+                "1",
+            ],
+        )
+        .start(move |worker: Worker| {
+            let tx = tx.clone();
+            async move {
+                let listener = worker.listen(("127.0.0.1", port)).await?;
+                let _ = tx.send(worker.slot());
+                // Accepts nothing: what comes stays queued.
+                drop(listener);
+                worker.shutdown_signal().await;
+                Ok::<(), forkless::Error>(())
+            }
+        })
+        .expect("start");
+    for _ in 0..2 {
+        common::recv(&rx, "a slot listening");
+    }
+    let counter = cluster.store().collection("hello").blocking();
+    assert_eq!(counter.incr("hits", 41).expect("incr"), 41);
+    let mut events = cluster.events();
+    cluster.resize(1).expect("shrink");
+    common::wait_event(&mut events, "slot 1's exit", |e| {
+        matches!(e, Event::WorkerExited { slot: 1, .. }).then_some(())
+    });
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let queued: Vec<TcpStream> = (0..32)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).expect("queued connection");
+            stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .expect("request");
+            stream
+        })
+        .collect();
+
+    let pid = cluster.upgrade().expect("upgraded");
+    let report = cluster.join();
+    assert!(
+        report.exits().all(|(_, _, exit)| !exit.is_failure()),
+        "{report}"
+    );
+    for (i, mut stream) in queued.into_iter().enumerate() {
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("Hello, World!"),
+            "queued connection {i}: {answer:?}"
+        );
+    }
+    assert_eq!(get(addr, "/hits").as_deref().map(str::trim), Ok("hits 42"));
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let (_, status) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+        .expect("wait")
+        .expect("a status");
+    assert_eq!(status.exit_status(), Some(0));
+    let _ = std::fs::remove_dir_all(dir);
+}
