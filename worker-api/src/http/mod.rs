@@ -43,14 +43,18 @@
 //!   default). A request that arrives meanwhile is answered, with
 //!   `Connection: close`. A connection still idle after the linger is
 //!   closed: its client has been silent for that long, which makes the race
-//!   above as unlikely as it can be made (RFC 9112 §9.6 leaves the rest to
-//!   clients, which retry idempotent requests on such a close);
+//!   above as unlikely as it can be made (RFC 9112 §9.5 describes the race
+//!   and leaves the rest to clients, which may retry an idempotent request
+//!   on such a close, §9.3.1);
 //! - an HTTP/2 connection gets a GOAWAY at once (hyper sends the two-step
 //!   one: streams the client opened before it saw the GOAWAY are still
 //!   served), finishes its streams, and closes;
 //! - [`serve`] returns once every connection is closed. Keep the linger well
 //!   under the cluster's `shutdown_timeout` (5 s by default): a worker still
-//!   running then is terminated, and its connections with it.
+//!   running then is terminated, and its connections with it. An answer
+//!   that never ends (server-sent events, a long poll) or a client halfway
+//!   through sending a request holds its connection until then: end such
+//!   streams when [`Worker::shutdown_signal`] resolves.
 //!
 //! A client that honours `Connection: close` (every HTTP/1.1 client does:
 //! curl, wrk, hyper, browsers) loses nothing in a rolling restart, a shrink,
