@@ -1,4 +1,6 @@
-//! An axum app on every worker, stopped gracefully with the worker.
+//! An axum app on every worker, drained gracefully with the worker: a
+//! rolling restart (SIGHUP), a shrink (SIGTTOU) or a stop loses no request,
+//! keep-alive clients' included.
 //!
 //! ```text
 //! cargo run --example axum -- --port 3000
@@ -35,10 +37,10 @@ async fn serve(worker: forkless::Worker, args: Args) -> Result<(), forkless::Err
     if slot == 0 && worker.generation() == 0 {
         println!("listening on http://{}", listener.local_addr()?);
     }
-    // `forkless::Listener` is an axum listener (the `axum` feature); the
-    // worker's shutdown signal stops axum gracefully.
-    axum::serve(listener, app)
-        .with_graceful_shutdown(worker.shutdown_signal())
-        .await?;
-    Ok(())
+    // Serves until the worker is asked to stop, then drains without
+    // dropping a keep-alive client's request: answers carry `Connection:
+    // close`, idle connections are closed after a linger (the `axum`
+    // feature). `axum::serve(listener, app).with_graceful_shutdown(..)`
+    // works too, but closes idle keep-alive connections at once.
+    forkless::http::serve_axum(listener, app, forkless::http::Options::default()).await
 }

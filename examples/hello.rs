@@ -3,14 +3,17 @@
 //! ```text
 //! cargo run --release --example hello -- --port 8080 --workers 4
 //! curl http://127.0.0.1:8080/         # Hello, World!
-//! curl http://127.0.0.1:8080/whoami   # slot 1 generation 0 core 1
+//! curl http://127.0.0.1:8080/whoami   # slot 1 generation 0 core 1 pid 4242
 //! curl http://127.0.0.1:8080/hits     # hits 3: a counter in the cluster's store, shared by all workers
 //! curl http://127.0.0.1:8080/ask      # asks the next worker over the cluster's bus, shows its answer
 //! curl http://127.0.0.1:8080/crash    # answers, then that worker panics and is respawned
 //! ```
 //!
 //! SIGINT (Ctrl-C) or SIGTERM stops it gracefully: listeners stop accepting,
-//! open connections finish their requests; a second signal terminates.
+//! open connections are drained by `forkless::http::serve` (answers carry
+//! `Connection: close`, idle keep-alive connections close after a linger),
+//! so no client loses a request; a second signal terminates. SIGHUP rolls,
+//! SIGTTIN/SIGTTOU add or retire a worker, with the same drain.
 //! `RUST_LOG=debug` shows more of what the supervisor does.
 
 #[path = "support/mod.rs"]
@@ -25,10 +28,8 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
 /// A forkless cluster answering `Hello, World!` on every core.
@@ -67,101 +68,71 @@ pub(crate) async fn serve(worker: forkless::Worker, args: Args) -> Result<(), fo
             envelope.reply(format!("slot {me} says hi"));
         }
     });
+    // Each connection's service is dropped once its connection is closed:
+    // the /crash answer is then written, and the worker panics.
     let crash = Rc::new(Notify::new());
-    let open = Rc::new(Cell::new(0usize));
-    let all_closed = Rc::new(Notify::new());
-    let http = http1::Builder::new();
-    loop {
-        tokio::select! {
-            // Crash first: a connection queued behind the /crash request stays
-            // in the slot's socket for the next generation instead of being
-            // accepted by this one and lost with it.
-            biased;
-            _ = crash.notified() => panic!("crash requested through GET /crash"),
-            conn = listener.accept() => {
-                // `None`: asked to stop.
-                let Some(conn) = conn else { break };
-                let (stream, _peer) = conn?;
-                let crash_here = Rc::new(Cell::new(false));
-                let first_request = Rc::new(Notify::new());
-                let served = Rc::new(Cell::new(false));
-                let service = {
-                    // One `Worker` per connection, shared by its requests: a
-                    // `Worker` clone per request costs atomics on shared
-                    // counters, which showed in the p50 and p99 latency.
-                    let worker = Rc::new(worker.clone());
-                    let crash_here = crash_here.clone();
-                    let (first_request, served) = (first_request.clone(), served.clone());
-                    service_fn(move |req| {
-                        if !served.replace(true) {
-                            first_request.notify_one();
-                        }
-                        handle(req, worker.clone(), crash_here.clone())
-                    })
-                };
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                let (crash, stop) = (crash.clone(), worker.shutdown_signal());
-                let (open, all_closed) = (open.clone(), all_closed.clone());
-                open.set(open.get() + 1);
-                tokio::task::spawn_local(async move {
-                    tokio::pin!(conn);
-                    let result = tokio::select! {
-                        result = conn.as_mut() => result,
-                        // Asked to stop: finish the request in flight, then
-                        // close. A connection that has not sent its first
-                        // request yet gets it answered first: its client
-                        // has likely sent it already, and closing now would
-                        // reset it.
-                        () = async {
-                            stop.await;
-                            if !served.get() {
-                                first_request.notified().await;
-                            }
-                        } => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection error");
-                    }
-                    open.set(open.get() - 1);
-                    if open.get() == 0 {
-                        all_closed.notify_one();
-                    }
-                    // The /crash answer is written and the connection closed:
-                    // now the body panics.
-                    if crash_here.get() {
-                        crash.notify_one();
-                    }
-                });
-            }
+    let make_service = {
+        let crash = crash.clone();
+        move |_peer| {
+            // One `Worker` per connection, shared by its requests: a
+            // `Worker` clone per request costs atomics on shared counters,
+            // which showed in the p50 and p99 latency.
+            let worker = Rc::new(worker.clone());
+            let crash = Rc::new(CrashOnClose {
+                requested: Cell::new(false),
+                crash: crash.clone(),
+            });
+            service_fn(move |req| handle(req, worker.clone(), crash.clone()))
+        }
+    };
+    // Serves until the worker is asked to stop, then drains: answers carry
+    // `Connection: close`, idle keep-alive connections are closed after a
+    // linger, and it returns once every connection is closed (the cluster
+    // terminates whatever is left after its shutdown timeout).
+    let served = forkless::http::serve(listener, make_service, forkless::http::Options::default());
+    tokio::select! {
+        // Crash first: a connection queued behind the /crash request stays
+        // in the slot's socket for the next generation instead of being
+        // accepted by this one and lost with it.
+        biased;
+        _ = crash.notified() => panic!("crash requested through GET /crash"),
+        served = served => served,
+    }
+}
+
+/// A connection's part in `GET /crash`: dropped with the connection's
+/// service, once the connection is closed, it crashes the worker if the
+/// connection asked for it.
+struct CrashOnClose {
+    requested: Cell<bool>,
+    crash: Rc<Notify>,
+}
+
+impl Drop for CrashOnClose {
+    fn drop(&mut self) {
+        if self.requested.get() {
+            self.crash.notify_one();
         }
     }
-    // Let open connections finish their requests; the cluster terminates
-    // whatever is left after its shutdown timeout.
-    while open.get() > 0 {
-        all_closed.notified().await;
-    }
-    Ok(())
 }
 
 async fn handle(
     req: Request<Incoming>,
     worker: Rc<forkless::Worker>,
-    crash: Rc<Cell<bool>>,
+    crash: Rc<CrashOnClose>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => Response::new(Full::new(Bytes::from_static(b"Hello, World!"))),
         (&Method::GET, "/whoami") => text(
             StatusCode::OK,
             format!(
-                "slot {} generation {} core {}\n",
+                "slot {} generation {} core {} pid {}\n",
                 worker.slot(),
                 worker.generation(),
                 worker
                     .core()
-                    .map_or_else(|| "-".to_owned(), |c| c.to_string())
+                    .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                std::process::id()
             ),
         ),
         // The routes that wait on the store or the bus are boxed, so that
@@ -170,7 +141,7 @@ async fn handle(
         (&Method::GET, "/hits") => Box::pin(hits(&worker)).await,
         (&Method::GET, "/ask") => Box::pin(ask(&worker)).await,
         (&Method::GET, "/crash") => {
-            crash.set(true);
+            crash.requested.set(true);
             let mut response = text(
                 StatusCode::OK,
                 format!("slot {} crashes now\n", worker.slot()),

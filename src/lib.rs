@@ -197,9 +197,15 @@
 //!
 //! # Features
 //!
-//! - `axum`: [`Listener`] implements `axum::serve::Listener`, so that
-//!   `axum::serve(listener, app).with_graceful_shutdown(worker.shutdown_signal())`
-//!   runs an axum app on each worker.
+//! - `http`: `forkless::http`, which serves a hyper service on a worker's
+//!   [`Listener`] and drains its connections when the worker is asked to
+//!   stop the way Envoy and HAProxy drain theirs (answers carry
+//!   `Connection: close`, idle keep-alive connections are closed only after
+//!   a linger, HTTP/2 gets a GOAWAY), so that keep-alive clients lose no
+//!   request in a rolling restart, a shrink or an upgrade.
+//! - `axum` (implies `http`): [`Listener`] implements
+//!   `axum::serve::Listener`, and `forkless::http::serve_axum` serves and
+//!   drains an axum app on each worker.
 //! - `redis`: the store and the bus on Redis ([`Backend`], `RedisConfig`),
 //!   so that clusters on several hosts share one store, one set of topics,
 //!   and reach each other's slots ([`Bus::send_to`]).
@@ -212,6 +218,8 @@ pub use forkless_runtime::{
     Exit, GenerationReport, Report, Restart, SlotReport, Status, TaskPanic, WorkerState,
     WorkerStatus,
 };
+#[cfg(feature = "http")]
+pub use forkless_worker::http;
 pub use forkless_worker::{
     BlockingCollection, Bus, Bytes, Collection, CollectionOptions, Envelope, Error, Inbox, KeyLock,
     ListenAddr, Listener, LockOptions, ShutdownSignal, Store, Subscription, Worker,

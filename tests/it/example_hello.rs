@@ -63,11 +63,13 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
     let (mut child, addr) = start_hello(&["--workers", "1"], None);
     let (status, whoami) = get(addr, "/whoami");
     assert_eq!(status, "HTTP/1.1 200 OK");
-    let core = whoami
+    // `slot 0 generation 0 core <core> pid <pid>`: the pid is the process's.
+    let (core, pid) = whoami
         .strip_prefix("slot 0 generation 0 core ")
-        .unwrap_or_else(|| panic!("{whoami:?}"))
-        .trim()
-        .to_owned();
+        .and_then(|rest| rest.trim().split_once(" pid "))
+        .map(|(core, pid)| (core.to_owned(), pid.to_owned()))
+        .unwrap_or_else(|| panic!("{whoami:?}"));
+    assert_eq!(pid, child.id().to_string(), "{whoami:?}");
 
     assert_eq!(
         get(addr, "/"),
@@ -85,7 +87,7 @@ fn hello_serves_crashes_respawns_and_stops_on_sigterm() {
     );
     assert_eq!(
         get(addr, "/whoami").1,
-        format!("slot 0 generation 1 core {core}\n")
+        format!("slot 0 generation 1 core {core} pid {pid}\n")
     );
     // The store outlives the worker.
     assert_eq!(get(addr, "/hits").1, "hits 2\n");
@@ -117,7 +119,7 @@ fn workers_stay_inside_the_affinity_mask() {
     for _ in 0..500 {
         let (status, body) = get(addr, "/whoami");
         assert_eq!(status, "HTTP/1.1 200 OK");
-        assert!(body.ends_with(&format!(" core {last}\n")), "{body}");
+        assert!(body.contains(&format!(" core {last} pid ")), "{body}");
         seen.insert(body);
         if seen.len() == 2 {
             break;

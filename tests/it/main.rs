@@ -28,6 +28,7 @@ mod example_hello;
 mod example_two_hosts;
 mod fault_injection;
 mod fault_isolation;
+mod http_drain;
 mod lifecycle;
 mod lifecycle_load;
 mod listen_errors;

@@ -29,11 +29,21 @@
 //! # }
 //! ```
 //!
+//! # Features
+//!
+//! - `http`: the `http` module, which serves a hyper service on a worker's
+//!   [`Listener`] and drains its connections when the worker is asked to
+//!   stop without losing a keep-alive client's request.
+//! - `axum` (implies `http`): [`Listener`] implements
+//!   `axum::serve::Listener`, and `http::serve_axum` serves an axum app.
+//!
 //! [forkless]: https://docs.rs/forkless
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
 mod bus;
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 mod json;
 mod listener;
 pub mod rt;

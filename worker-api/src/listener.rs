@@ -161,6 +161,12 @@ impl Listener {
         }
     }
 
+    /// A future that resolves when this listener's worker is asked to stop.
+    #[cfg(feature = "http")]
+    pub(crate) fn shutdown_signal(&self) -> crate::ShutdownSignal {
+        crate::ShutdownSignal::new(self.shutdown.clone())
+    }
+
     /// The local address this listener is bound to; with port 0, the port
     /// the cluster picked.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -191,7 +197,10 @@ impl fmt::Debug for Listener {
 ///
 /// axum's `accept` cannot say "stop", so once the worker is asked to stop
 /// this one never returns: stop axum with
-/// `.with_graceful_shutdown(worker.shutdown_signal())`.
+/// `.with_graceful_shutdown(worker.shutdown_signal())`. That closes idle
+/// keep-alive connections at once, racing with their clients' next
+/// requests; [`http::serve_axum`](crate::http::serve_axum) drains them
+/// without that race.
 ///
 /// ```no_run
 /// # async fn body(worker: forkless_worker::Worker) -> Result<(), forkless_worker::Error> {
