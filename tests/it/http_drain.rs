@@ -50,10 +50,10 @@ async fn serve(worker: Worker) -> Result<(), forkless::Error> {
 }
 
 #[derive(Default)]
-struct Counts {
-    answered: AtomicU64,
+pub(crate) struct Counts {
+    pub(crate) answered: AtomicU64,
     /// Answers with `Connection: close`, each followed by a new connection.
-    told_to_close: AtomicU64,
+    pub(crate) told_to_close: AtomicU64,
     connects: AtomicU64,
     connect_failed: AtomicU64,
     /// The request could not be written: the server had closed or reset.
@@ -66,7 +66,7 @@ struct Counts {
 }
 
 impl Counts {
-    fn failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         self.connect_failed.load(Relaxed)
             + self.send_failed.load(Relaxed)
             + self.unanswered.load(Relaxed)
@@ -133,7 +133,7 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<(String, bool), Stri
 
 /// One connection at a time, for as long as the server keeps it, with
 /// requests back to back.
-fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
+pub(crate) fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
     let mut conn: Option<Conn> = None;
     for _ in 0..MAX_REQUESTS {
         if stop.load(Relaxed) {
