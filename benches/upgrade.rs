@@ -7,8 +7,9 @@
 //! ```
 //!
 //! The bench starts itself again as the server (`BENCH_UPGRADE_SERVE`): a
-//! 2-worker cluster under `run`, answering `GET` with `ok` on a new
-//! connection per request; an upgrade starts this same binary anew. Four
+//! 2-worker cluster under `run`, answering `GET` with `ok` through
+//! `forkless::http::serve`; the clients open a new connection per request.
+//! An upgrade starts this same binary anew. Four
 //! client threads send requests all along. `BENCH_ROUNDS` (default 5)
 //! rounds, each: a rolling restart (`POST /restart`, done when every slot
 //! serves a new, ready generation), then an upgrade (`POST /upgrade`, done
@@ -25,7 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use forkless::Cluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::Response;
 
 const SERVE: &str = "BENCH_UPGRADE_SERVE";
 const CLIENTS: usize = 4;
@@ -38,7 +42,8 @@ fn main() {
     drive();
 }
 
-/// The server: answers each connection's request with `ok`.
+/// The server: answers every request with `ok`, through `forkless::http`
+/// (which finishes the requests in flight when a worker stops).
 fn serve(port: u16) {
     let report =
         Cluster::builder()
@@ -46,25 +51,18 @@ fn serve(port: u16) {
             .name("bench-upgrade")
             .run(move |worker| async move {
                 let listener = worker.listen(("127.0.0.1", port)).await?;
-                while let Some(conn) = listener.accept().await {
-                    let (mut stream, _) = conn?;
-                    tokio::task::spawn_local(async move {
-                        let mut buf = [0u8; 1024];
-                        let mut seen = Vec::new();
-                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => seen.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                        )
-                        .await;
-                    });
-                }
-                Ok::<(), forkless::Error>(())
+                forkless::http::serve(
+                    listener,
+                    |_peer| {
+                        service_fn(|_req| async {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        })
+                    },
+                    forkless::http::Options::default(),
+                )
+                .await
             });
     if let Err(e) = report {
         eprintln!("server: {e}");

@@ -386,3 +386,87 @@ fn a_retired_slots_queue_and_the_store_move_to_the_new_process() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Under systemd, the old process says `RELOADING=1` when the upgrade
+/// starts, and names the new process the main one with `READY=1` once it
+/// serves. Alone in a child process, which has `NOTIFY_SOCKET`.
+#[test]
+fn systemd_hears_reloading_then_the_new_main_pid() {
+    let dir = std::env::temp_dir().join(format!("forkless-upgrade-notify-{}", std::process::id()));
+    let path = dir.join("notify.sock");
+    if !common::alone_in_a_child(
+        module_path!(),
+        "systemd_hears_reloading_then_the_new_main_pid",
+        &[("NOTIFY_SOCKET", path.as_os_str())],
+    ) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let path = std::env::var_os("NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+    let dir = Path::new(&path).parent().expect("its directory").to_owned();
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _ = std::fs::remove_file(&path);
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+    socket.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let xdg = format!("XDG_RUNTIME_DIR={}", dir.display());
+    let hello = common::example_binary("hello")
+        .to_string_lossy()
+        .into_owned();
+    let port_arg = port.to_string();
+    let cluster = Cluster::builder()
+        .workers(1)
+        .control(false)
+        .upgrade_command(
+            "env",
+            [
+                xdg.as_str(),
+                "RUST_LOG=warn",
+                hello.as_str(),
+                "--port",
+                port_arg.as_str(),
+                "--workers",
+                "1",
+            ],
+        )
+        .start(move |worker: Worker| async move {
+            let _listener = worker.listen(("127.0.0.1", port)).await?;
+            worker.shutdown_signal().await;
+            Ok::<(), forkless::Error>(())
+        })
+        .expect("start");
+    // Every message until one has `wanted` (the new process notifies the
+    // same socket: its own READY=1 is ignored by systemd until it is main).
+    let until = |wanted: &str| -> String {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for {wanted:?}: {e}"));
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if message.contains(wanted) {
+                return message;
+            }
+        }
+    };
+    until("READY=1");
+    let pid = cluster.upgrade().expect("upgraded");
+    until("RELOADING=1");
+    let main = until("MAINPID=");
+    assert!(main.contains(&format!("MAINPID={pid}")), "{main:?}");
+    assert!(main.contains("READY=1"), "{main:?}");
+    cluster.join();
+    let pid_ = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+    rustix::process::kill_process(pid_, rustix::process::Signal::TERM).expect("SIGTERM");
+    let deadline = Instant::now() + PATIENCE;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new process {pid} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
