@@ -470,3 +470,58 @@ fn systemd_hears_reloading_then_the_new_main_pid() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// With the store on Redis there is nothing to move: the new process of
+/// `two_hosts` finds the counter where the old one left it. Alone in a
+/// child process, the subreaper of the new process.
+#[cfg(feature = "redis")]
+#[test]
+fn with_the_store_on_redis_the_counter_goes_on() {
+    let redis = common::redis::shared_url();
+    if !common::alone_in_a_child(
+        module_path!(),
+        "with_the_store_on_redis_the_counter_goes_on",
+        &[("FORKLESS_TEST_REDIS", redis.as_ref())],
+    ) {
+        return;
+    }
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
+    let dir = common::runtime_dir();
+    let prefix = common::redis::unique_prefix();
+    #[allow(clippy::zombie_processes)] // reaped by `reap`
+    let mut old = Command::new(common::example_binary("two_hosts"))
+        .args(["--host", "a", "--port", "0", "--workers", "2"])
+        .args(["--redis", redis.as_str(), "--prefix", prefix.as_str()])
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("FORKLESS_TEST_CHILD")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start two_hosts");
+    let mut stdout = BufReader::new(old.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the listening line");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    for n in 1..=2 {
+        let hits = get(addr, "/hits").expect("/hits");
+        assert!(hits.starts_with(&format!("hits {n} ")), "{hits:?}");
+    }
+    let new = post_upgrade(&dir.join("forkless-two_hosts.sock"));
+    assert_ne!(new, old.id());
+    assert!(reap(old.id()), "the old process exits 0");
+    let hits = get(addr, "/hits").expect("/hits");
+    assert!(hits.starts_with("hits 3 "), "the counter went on: {hits:?}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(new as i32).expect("pid"),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM");
+    assert!(reap(new), "the new process exits 0");
+    let _ = std::fs::remove_dir_all(dir);
+}
