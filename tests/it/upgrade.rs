@@ -162,7 +162,8 @@ fn reap(pid: u32) -> bool {
 
 /// The README's deploy, end to end: `hello` with 2 workers, clients that
 /// connect per request and keep-alive clients all along, and three upgrades
-/// in a row through the control socket. Every request is answered 200; the process that answers
+/// in a row through the control socket, each to a new file put at the
+/// program's path. Every request is answered 200; the process that answers
 /// changes each time, and each old one exits 0; the store's counter goes on
 /// without a gap or a repeat. Runs alone in a child process, which becomes
 /// the subreaper of hello's orphaned new processes to see them exit.
@@ -177,9 +178,19 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
     }
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
     let dir = common::runtime_dir();
+    // hello runs from a path of the test's, where each round puts a "new
+    // build" (a fresh copy: another file at the same path, as a deploy
+    // leaves it), so that the upgrade must start the file on disk.
+    let program = dir.join("hello");
+    let deploy = || {
+        let next = dir.join("hello.next");
+        std::fs::copy(common::example_binary("hello"), &next).expect("copy hello");
+        std::fs::rename(&next, &program).expect("put the new build in place");
+    };
+    deploy();
     // Reaped by `reap` with waitpid, like the processes that follow it.
     #[allow(clippy::zombie_processes)]
-    let mut first = Command::new(common::example_binary("hello"))
+    let mut first = Command::new(&program)
         .args(["--port", "0", "--workers", "2"])
         .env("XDG_RUNTIME_DIR", &dir)
         .env("RUST_LOG", "warn")
@@ -251,8 +262,11 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
     next_hit(&mut hits);
     for round in 0..3 {
         wait_for_answers(answered.load(Ordering::Relaxed) + 200);
+        deploy();
         let new = post_upgrade(&control);
         assert_ne!(new, pid, "round {round}: a new process");
+        let exe = std::fs::read_link(format!("/proc/{new}/exe")).expect("its program");
+        assert_eq!(exe, program, "round {round}: the file now at the path runs");
         assert!(reap(pid), "round {round}: the old process {pid} exits 0");
         pid = new;
         next_hit(&mut hits);
