@@ -539,3 +539,76 @@ fn with_the_store_on_redis_the_counter_goes_on() {
     assert!(reap(new), "the new process exits 0");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A socket systemd passed (socket activation) moves to the new process
+/// too: the new process serves on it (it could not bind that address
+/// itself: the socket has no `SO_REUSEPORT`). Alone in a child process, the
+/// subreaper of the new process.
+#[test]
+fn a_socket_from_systemd_moves_to_the_new_process() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: python3 is needed to play systemd's part");
+        return;
+    }
+    if !common::alone_in_a_child(
+        module_path!(),
+        "a_socket_from_systemd_moves_to_the_new_process",
+        &[],
+    ) {
+        return;
+    }
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
+    let dir = common::runtime_dir();
+    // Plays systemd: a listening socket on fd 3, LISTEN_FDS=1 and
+    // LISTEN_PID of the process it becomes, then exec.
+    let launcher = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+port = str(s.getsockname()[1])
+print(port, flush=True)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[1], [sys.argv[1], "--port", port, "--workers", "2"])
+"#;
+    #[allow(clippy::zombie_processes)] // reaped by `reap`
+    let mut old = Command::new("python3")
+        .args(["-c", launcher])
+        .arg(common::example_binary("hello"))
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("FORKLESS_TEST_CHILD")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the launcher");
+    let mut stdout = BufReader::new(old.stdout.take().expect("stdout"));
+    let mut port = String::new();
+    stdout.read_line(&mut port).expect("the port");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port.trim().parse().expect("a port")));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the listening line");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let whoami = get(addr, "/whoami").expect("/whoami");
+    assert!(
+        whoami.ends_with(&format!("pid {}\n", old.id())),
+        "{whoami:?}"
+    );
+
+    let new = post_upgrade(&dir.join("forkless-hello.sock"));
+    assert!(reap(old.id()), "the old process exits 0");
+    for _ in 0..8 {
+        let whoami = get(addr, "/whoami").expect("/whoami");
+        assert!(whoami.ends_with(&format!("pid {new}\n")), "{whoami:?}");
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(new as i32).expect("pid"),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM");
+    assert!(reap(new), "the new process exits 0");
+    let _ = std::fs::remove_dir_all(dir);
+}
