@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::mpsc;
 
-use crate::common::recv;
+use crate::common::{self, recv};
 use forkless::{Cluster, Exit};
 
 struct Seen {
@@ -165,4 +165,66 @@ fn join_from_an_own_worker_panics_instead_of_waiting_forever() {
         }
         other => panic!("expected a panic, got {other:?}"),
     }
+}
+
+#[test]
+fn ready_resolves_only_once_every_slot_listens() {
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let cluster = forkless::Cluster::builder()
+        .workers(2)
+        .start(move |worker: forkless::Worker| {
+            let (go_tx, addr_tx) = (go_tx.clone(), addr_tx.clone());
+            async move {
+                if worker.slot() == 1 {
+                    // Slot 1 listens only when the test says so.
+                    let (go, wait) = tokio::sync::oneshot::channel();
+                    go_tx.send(go).expect("test alive");
+                    let _ = wait.await;
+                }
+                let listener = worker.listen("127.0.0.1:0").await?;
+                addr_tx.send(listener.local_addr()?).expect("test alive");
+                worker.shutdown_signal().await;
+                Ok::<(), forkless::Error>(())
+            }
+        })
+        .expect("start");
+    let go = common::recv(&go_rx, "slot 1 waiting");
+    common::recv(&addr_rx, "slot 0 listening");
+    let waiting = {
+        let cluster = cluster.clone();
+        std::thread::spawn(move || cluster.wait_ready(common::PATIENCE))
+    };
+    // Slot 1 does not listen yet: a short wait times out, naming it.
+    let e = cluster
+        .wait_ready(std::time::Duration::from_millis(100))
+        .expect_err("slot 1 is not ready");
+    assert!(e.is_timeout() && e.to_string().contains("slot 1"), "{e}");
+    assert!(!waiting.is_finished());
+    go.send(()).expect("slot 1 alive");
+    waiting.join().expect("thread").expect("every slot ready");
+    common::recv(&addr_rx, "slot 1 listening");
+    // Ready already: both forms answer at once.
+    cluster.wait_ready(common::PATIENCE).expect("ready");
+    common::now(cluster.ready()).expect("ready");
+    common::stop(cluster);
+}
+
+#[test]
+fn ready_fails_naming_the_slot_whose_body_exits_at_start() {
+    let cluster = forkless::Cluster::builder()
+        .workers(2)
+        .start(|worker: forkless::Worker| async move {
+            if worker.slot() == 1 {
+                return Err(forkless::Error::from(std::io::Error::other("no config")));
+            }
+            let _listener = worker.listen("127.0.0.1:0").await?;
+            worker.shutdown_signal().await;
+            Ok::<(), forkless::Error>(())
+        })
+        .expect("start");
+    let e = common::done(cluster.ready()).expect_err("slot 1 exits");
+    assert!(e.is_not_ready(), "{e:?}");
+    assert!(e.to_string().contains("slot 1"), "{e}");
+    common::stop(cluster);
 }

@@ -35,6 +35,7 @@ enum Kind {
     Unavailable,
     Busy,
     UpgradeFailed,
+    NotReady,
 }
 
 impl Error {
@@ -158,6 +159,11 @@ impl Error {
         Error::new(Kind::Busy, message, None)
     }
 
+    /// A slot that exited or gave up before every slot was ready.
+    pub(crate) fn not_ready(message: impl Into<String>) -> Error {
+        Error::new(Kind::NotReady, message, None)
+    }
+
     /// An upgrade whose new process did not take over.
     pub(crate) fn upgrade_failed(message: impl Into<String>) -> Error {
         Error::new(Kind::UpgradeFailed, message, None)
@@ -267,6 +273,13 @@ impl Error {
     /// message says why.
     pub fn is_upgrade_failed(&self) -> bool {
         self.inner.kind == Kind::UpgradeFailed
+    }
+
+    /// Returns true if a wait for every slot to be ready
+    /// (`Cluster::ready`) ended because a slot's worker exited or gave up
+    /// first; the message names the slot and how it ended.
+    pub fn is_not_ready(&self) -> bool {
+        self.inner.kind == Kind::NotReady
     }
 }
 

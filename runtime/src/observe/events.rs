@@ -227,6 +227,18 @@ impl Hub {
             ended: false,
         }
     }
+
+    /// A stream of the events emitted from now on (no history).
+    pub(crate) fn subscribe_from_now(self: &Arc<Self>) -> Events {
+        let mut log = lock(&self.log);
+        log.next_reader += 1;
+        Events {
+            hub: self.clone(),
+            reader: log.next_reader,
+            next: log.first + log.events.len() as u64,
+            ended: false,
+        }
+    }
 }
 
 /// The cluster's events, from [`Cluster::events`](crate::Cluster::events):

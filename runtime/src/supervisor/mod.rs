@@ -24,6 +24,7 @@ pub(crate) mod cluster;
 mod generations;
 pub(crate) mod master;
 mod policy;
+mod ready;
 pub(crate) mod report;
 mod resize;
 mod roll;

@@ -63,6 +63,9 @@ pub trait Errors: sealed::Sealed {
 
     /// An upgrade whose new process did not take over.
     fn upgrade_failed(message: impl Into<String>) -> Error;
+
+    /// A slot that exited or gave up before every slot was ready.
+    fn not_ready(message: impl Into<String>) -> Error;
 }
 
 impl Errors for Error {
@@ -128,5 +131,9 @@ impl Errors for Error {
 
     fn upgrade_failed(message: impl Into<String>) -> Error {
         Error::upgrade_failed(message)
+    }
+
+    fn not_ready(message: impl Into<String>) -> Error {
+        Error::not_ready(message)
     }
 }
