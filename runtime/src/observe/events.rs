@@ -217,25 +217,28 @@ impl Hub {
         }
     }
 
+    /// A stream from the oldest event kept.
     pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
-        let mut log = lock(&self.log);
-        log.next_reader += 1;
-        Events {
-            hub: self.clone(),
-            reader: log.next_reader,
-            next: log.first,
-            ended: false,
-        }
+        self.reader(false)
     }
 
     /// A stream of the events emitted from now on (no history).
     pub(crate) fn subscribe_from_now(self: &Arc<Self>) -> Events {
+        self.reader(true)
+    }
+
+    fn reader(self: &Arc<Self>, from_now: bool) -> Events {
         let mut log = lock(&self.log);
         log.next_reader += 1;
+        let next = if from_now {
+            log.first + log.events.len() as u64
+        } else {
+            log.first
+        };
         Events {
             hub: self.clone(),
             reader: log.next_reader,
-            next: log.first + log.events.len() as u64,
+            next,
             ended: false,
         }
     }
