@@ -219,24 +219,12 @@ fn a_socket_inherited_from_systemd_is_used() {
         eprintln!("skipped: python3 is needed to play systemd's part");
         return;
     }
-    // Plays systemd: a listening socket on fd 3, LISTEN_FDS=1 and
-    // LISTEN_PID of the process it becomes, then exec.
-    let launcher = r#"
-import os, socket, sys
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(128)
-port = str(s.getsockname()[1])
-print(port, flush=True)
-if s.fileno() != 3:
-    os.dup2(s.fileno(), 3)
-os.set_inheritable(3, True)
-os.environ["LISTEN_FDS"] = "1"
-os.environ["LISTEN_PID"] = str(os.getpid())
-os.execv(sys.argv[1], [sys.argv[1], "--port", port, "--workers", "2"])
-"#;
     let mut child = Command::new("python3")
-        .args(["-c", launcher, &hello_binary().display().to_string()])
+        .args([
+            "-c",
+            common::SYSTEMD_LAUNCHER,
+            &hello_binary().display().to_string(),
+        ])
         .env("XDG_RUNTIME_DIR", runtime_dir())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

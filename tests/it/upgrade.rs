@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,6 +144,37 @@ fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
     }
 }
 
+/// Starts `command` (an example, or a launcher that becomes one) with its
+/// stdout piped; returns it with the `before` lines it prints first and the
+/// address of its `listening on http://` line. Its stdout is then read to
+/// the end on a thread: the processes its upgrades start inherit it, and
+/// print their first line too.
+fn spawn_example(command: &mut Command, before: usize) -> (Child, Vec<String>, SocketAddr) {
+    let mut child = command
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("FORKLESS_TEST_CHILD")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut lines = Vec::new();
+    for _ in 0..before {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("a line");
+        lines.push(line.trim().to_owned());
+    }
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .parse()
+        .expect("an address");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (child, lines, addr)
+}
+
 /// Waits for process `pid` (a child of this one, directly or as the
 /// subreaper of its orphans) and returns whether it exited 0.
 fn reap(pid: u32) -> bool {
@@ -190,27 +221,13 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
     deploy();
     // Reaped by `reap` with waitpid, like the processes that follow it.
     #[allow(clippy::zombie_processes)]
-    let mut first = Command::new(&program)
-        .args(["--port", "0", "--workers", "2"])
-        .env("XDG_RUNTIME_DIR", &dir)
-        .env("RUST_LOG", "warn")
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("FORKLESS_TEST_CHILD")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start hello");
-    // Its stdout stays read to the end: the new processes inherit it and
-    // print their first line too.
-    let mut stdout = BufReader::new(first.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("the listening line");
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("an address");
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let (first, _, addr) = spawn_example(
+        Command::new(&program)
+            .args(["--port", "0", "--workers", "2"])
+            .env("XDG_RUNTIME_DIR", &dir)
+            .env("RUST_LOG", "warn"),
+        0,
+    );
     let control = dir.join("forkless-hello.sock");
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
@@ -503,25 +520,14 @@ fn with_the_store_on_redis_the_counter_goes_on() {
     let dir = common::runtime_dir();
     let prefix = common::redis::unique_prefix();
     #[allow(clippy::zombie_processes)] // reaped by `reap`
-    let mut old = Command::new(common::example_binary("two_hosts"))
-        .args(["--host", "a", "--port", "0", "--workers", "2"])
-        .args(["--redis", redis.as_str(), "--prefix", prefix.as_str()])
-        .env("XDG_RUNTIME_DIR", &dir)
-        .env("RUST_LOG", "warn")
-        .env_remove("FORKLESS_TEST_CHILD")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start two_hosts");
-    let mut stdout = BufReader::new(old.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("the listening line");
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("an address");
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let (old, _, addr) = spawn_example(
+        Command::new(common::example_binary("two_hosts"))
+            .args(["--host", "a", "--port", "0", "--workers", "2"])
+            .args(["--redis", redis.as_str(), "--prefix", prefix.as_str()])
+            .env("XDG_RUNTIME_DIR", &dir)
+            .env("RUST_LOG", "warn"),
+        0,
+    );
     for n in 1..=2 {
         let hits = get(addr, "/hits").expect("/hits");
         assert!(hits.starts_with(&format!("hits {n} ")), "{hits:?}");
@@ -559,39 +565,16 @@ fn a_socket_from_systemd_moves_to_the_new_process() {
     }
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
     let dir = common::runtime_dir();
-    // Plays systemd: a listening socket on fd 3, LISTEN_FDS=1 and
-    // LISTEN_PID of the process it becomes, then exec.
-    let launcher = r#"
-import os, socket, sys
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(128)
-port = str(s.getsockname()[1])
-print(port, flush=True)
-if s.fileno() != 3:
-    os.dup2(s.fileno(), 3)
-os.set_inheritable(3, True)
-os.environ["LISTEN_FDS"] = "1"
-os.environ["LISTEN_PID"] = str(os.getpid())
-os.execv(sys.argv[1], [sys.argv[1], "--port", port, "--workers", "2"])
-"#;
+    // The launcher prints the port, then hello its listening line.
     #[allow(clippy::zombie_processes)] // reaped by `reap`
-    let mut old = Command::new("python3")
-        .args(["-c", launcher])
-        .arg(common::example_binary("hello"))
-        .env("XDG_RUNTIME_DIR", &dir)
-        .env("RUST_LOG", "warn")
-        .env_remove("FORKLESS_TEST_CHILD")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the launcher");
-    let mut stdout = BufReader::new(old.stdout.take().expect("stdout"));
-    let mut port = String::new();
-    stdout.read_line(&mut port).expect("the port");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port.trim().parse().expect("a port")));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("the listening line");
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let (old, _, addr) = spawn_example(
+        Command::new("python3")
+            .args(["-c", common::SYSTEMD_LAUNCHER])
+            .arg(common::example_binary("hello"))
+            .env("XDG_RUNTIME_DIR", &dir)
+            .env("RUST_LOG", "warn"),
+        1,
+    );
     let whoami = get(addr, "/whoami").expect("/whoami");
     assert!(
         whoami.ends_with(&format!("pid {}\n", old.id())),

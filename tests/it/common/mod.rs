@@ -297,6 +297,25 @@ pub fn alone_in_a_child(module: &str, test: &str, env: &[(&str, &std::ffi::OsStr
     false
 }
 
+/// Plays systemd's part for an example given as its first argument: a
+/// listening socket on fd 3, `LISTEN_FDS=1` and `LISTEN_PID` of the process
+/// it becomes; prints the socket's port, then execs the example with
+/// `--port <port> --workers 2`.
+pub const SYSTEMD_LAUNCHER: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+port = str(s.getsockname()[1])
+print(port, flush=True)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[1], [sys.argv[1], "--port", port, "--workers", "2"])
+"#;
+
 /// `target/<profile>/examples/<name>`, which `cargo test --workspace` builds.
 pub fn example_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

@@ -85,7 +85,7 @@ fn find<'a>(s: &'a Snapshot, name: &str, key: &str) -> &'a KeySnapshot {
 
 /// Waits (without sleeping) until `n` operations wait in `engine`'s hold.
 fn until_parked(engine: &Engine, n: usize) {
-    let give_up = Instant::now() + Duration::from_secs(120);
+    let give_up = crate::time::deadline::from_now(Duration::from_secs(120));
     while engine.core.hold.parked() < n {
         assert!(Instant::now() < give_up, "never parked {n} operations");
         std::thread::yield_now();
