@@ -42,7 +42,9 @@ mod socket;
 mod wire;
 
 pub use client::{Client, Error, EventStream};
-pub use socket::{default_socket, default_socket_place, effective_uid, peer_trusted, SocketPlace};
+pub use socket::{
+    default_socket, default_socket_place, discover, effective_uid, peer_trusted, SocketPlace,
+};
 pub use wire::{
     BackendStatus, ErrorBody, Event, ResizeAnswer, ResizeRequest, RestartAnswer, ShutdownAnswer,
     Status, UpgradeAnswer, WorkerState, WorkerStatus, Workers,

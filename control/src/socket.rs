@@ -70,6 +70,42 @@ pub fn default_socket_place(name: &str, uid: u32) -> SocketPlace {
     }
 }
 
+/// The control sockets of this user's clusters where clusters put them by
+/// default: files `forkless-*.sock` that are sockets owned by this uid, in
+/// the directory [`default_socket`] uses (`$XDG_RUNTIME_DIR`, or
+/// `{temp dir}/forkless-{uid}/`), sorted. Whether a cluster answers on each
+/// is for the caller to ask: a crashed cluster leaves its socket behind.
+pub fn discover() -> Vec<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let uid = effective_uid();
+    let Some(dir) = default_socket_place("x", uid)
+        .path
+        .parent()
+        .map(PathBuf::from)
+    else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("forkless-") && name.ends_with(".sock")
+        })
+        .filter(|e| {
+            // `symlink_metadata`: a link is not followed anywhere.
+            std::fs::symlink_metadata(e.path())
+                .is_ok_and(|m| m.file_type().is_socket() && m.uid() == uid)
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
 /// The uid this process acts as (its effective uid): the owner of the files
 /// it creates, and the uid its peers see.
 pub fn effective_uid() -> u32 {

@@ -17,6 +17,13 @@ pub struct Status {
     pub rolling: bool,
     /// Whether the cluster is stopping or has stopped.
     pub stopping: bool,
+    /// The process the cluster runs in (0 from a server that predates it).
+    #[serde(default)]
+    pub pid: u32,
+    /// Seconds since the cluster started (0 from a server that predates
+    /// it).
+    #[serde(default)]
+    pub uptime_secs: f64,
     /// One entry per slot, `0..size`.
     pub workers: Vec<WorkerStatus>,
     /// The store's and the bus's remote backends (Redis), if they have one;

@@ -9,6 +9,7 @@
 //! forkless-ctl stop                   # graceful stop
 //! forkless-ctl events                 # follow what the supervisor does
 //! forkless-ctl metrics                # Prometheus text
+//! forkless-ctl status                 # every cluster of this user that answers
 //! forkless-ctl --name api status      # the cluster named "api"
 //! forkless-ctl --socket /run/x.sock --json status
 //! ```
@@ -32,9 +33,12 @@ struct Args {
     /// The control socket [default: the one of the cluster named by --name].
     #[arg(long, global = true)]
     socket: Option<std::path::PathBuf>,
-    /// The cluster's name, which gives its default socket path.
-    #[arg(long, global = true, default_value = "forkless")]
-    name: String,
+    /// The cluster's name, which gives its default socket path. Without it
+    /// (and without --socket), `status` lists every cluster of this user
+    /// that answers, and the other commands steer the one cluster that
+    /// answers (or the one named "forkless").
+    #[arg(long, global = true)]
+    name: Option<String>,
     /// Print the control server's JSON as it is.
     #[arg(long, global = true)]
     json: bool,
@@ -86,10 +90,6 @@ impl From<forkless_control::Error> for Failure {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(|| forkless_control::default_socket(&args.name));
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -100,13 +100,112 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(&args, &Client::new(socket))) {
+    let chosen = args
+        .socket
+        .clone()
+        .or_else(|| args.name.as_deref().map(forkless_control::default_socket));
+    let result = rt.block_on(async {
+        match chosen {
+            Some(socket) => run(&args, &Client::new(socket)).await,
+            None => {
+                let answering = answering().await;
+                match (&args.command, answering.as_slice()) {
+                    (Command::Status, _) => list(&args, &answering),
+                    (_, [(socket, _)]) => run(&args, &Client::new(socket.clone())).await,
+                    (_, []) => {
+                        let socket = forkless_control::default_socket("forkless");
+                        run(&args, &Client::new(socket)).await
+                    }
+                    (_, several) => Err(Failure {
+                        code: 2,
+                        message: format!(
+                            "{} clusters answer ({}): choose one with --name",
+                            several.len(),
+                            several
+                                .iter()
+                                .map(|(_, s)| s.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }),
+                }
+            }
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("forkless-ctl: {}", f.message);
             ExitCode::from(f.code)
         }
     }
+}
+
+/// The clusters of this user whose control socket answers, with their
+/// status (a socket left by a crashed cluster, or one nobody trusted
+/// holds, is skipped).
+async fn answering() -> Vec<(std::path::PathBuf, Status)> {
+    let mut found = Vec::new();
+    for socket in forkless_control::discover() {
+        if let Ok(status) = Client::new(socket.clone()).status().await {
+            found.push((socket, status));
+        }
+    }
+    found
+}
+
+/// `status` without --name: a line per cluster, as `pm2 list` shows apps.
+fn list(args: &Args, clusters: &[(std::path::PathBuf, Status)]) -> Result<(), Failure> {
+    if clusters.is_empty() {
+        let place = forkless_control::default_socket("x");
+        let dir = place
+            .parent()
+            .map_or_else(String::new, |d| d.display().to_string());
+        return Err(Failure {
+            code: 2,
+            message: format!(
+                "no forkless cluster of this user answers (looked for forkless-*.sock in {dir})"
+            ),
+        });
+    }
+    if args.json {
+        let statuses: Vec<&Status> = clusters.iter().map(|(_, s)| s).collect();
+        let text = serde_json::to_string(&statuses).map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })?;
+        println!("{text}");
+        return Ok(());
+    }
+    print!("{}", clusters_table(clusters));
+    Ok(())
+}
+
+/// One line per cluster: name, pid, workers ready of all, uptime, restarts,
+/// the socket.
+fn clusters_table(clusters: &[(std::path::PathBuf, Status)]) -> String {
+    let mut out = format!(
+        "{:<20} {:>8} {:>8} {:>9} {:>8}  {}\n",
+        "name", "pid", "workers", "uptime", "restarts", "socket"
+    );
+    for (socket, s) in clusters {
+        let ready = s
+            .workers
+            .iter()
+            .filter(|w| w.state == forkless_control::WorkerState::Ready)
+            .count();
+        let restarts: u64 = s.workers.iter().map(|w| w.restarts).sum();
+        out.push_str(&format!(
+            "{:<20} {:>8} {:>8} {:>9} {:>8}  {}\n",
+            s.name,
+            s.pid,
+            format!("{ready}/{}", s.size),
+            uptime(s.uptime_secs),
+            restarts,
+            socket.display()
+        ));
+    }
+    out
 }
 
 /// Parses `body` as a `T` (so that an answer the protocol does not know is

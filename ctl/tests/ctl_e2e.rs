@@ -179,3 +179,90 @@ fn forkless_ctl_drives_a_running_cluster() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `hello` named `name` (through `FORKLESS_NAME`), one worker.
+fn start_named(dir: &Path, name: &str) -> Child {
+    let mut child = Command::new(hello_binary())
+        .args(["--port", "0", "--workers", "1"])
+        .env("XDG_RUNTIME_DIR", dir)
+        .env("FORKLESS_NAME", name)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hello");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    assert!(line.starts_with("listening on"), "{line:?}");
+    child
+}
+
+/// `forkless-ctl args` with neither --name nor --socket.
+fn ctl_any(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_forkless-ctl"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", dir)
+        .output()
+        .expect("run forkless-ctl")
+}
+
+#[test]
+fn status_without_a_name_lists_every_cluster_that_answers() {
+    let dir = std::env::temp_dir().join(format!("forkless-ctl-list-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let none = ctl_any(&dir, &["status"]);
+    assert_eq!(none.status.code(), Some(2), "{none:?}");
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("no forkless cluster of this user answers"),
+        "{none:?}"
+    );
+
+    let mut alpha = start_named(&dir, "alpha");
+    let mut beta = start_named(&dir, "beta");
+    let deadline = Instant::now() + PATIENCE;
+    let table = loop {
+        let out = ctl_any(&dir, &["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("alpha") && text.contains("beta") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "both clusters listed: {out:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for (name, child) in [("alpha", &alpha), ("beta", &beta)] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {table}"));
+        assert!(line.contains(&child.id().to_string()), "its pid: {line}");
+        assert!(line.contains(&format!("forkless-{name}.sock")), "{line}");
+    }
+    let json = ok(&ctl_any(&dir, &["--json", "status"]));
+    let list: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{json}");
+    // Two clusters: a command that steers one must be told which.
+    let two = ctl_any(&dir, &["restart"]);
+    assert_eq!(two.status.code(), Some(2), "{two:?}");
+    // --name still selects one.
+    assert!(ok(&ctl_any(&dir, &["--name", "beta", "status"])).contains("cluster beta"));
+
+    // A cluster killed leaves its socket: it answers no more, and is not
+    // listed.
+    alpha.kill().expect("kill alpha");
+    alpha.wait().expect("alpha");
+    let listed = ok(&ctl_any(&dir, &["status"]));
+    assert!(
+        !listed.contains("alpha") && listed.contains("beta"),
+        "{listed}"
+    );
+    // With one left, the other commands reach it without a name.
+    assert!(ok(&ctl_any(&dir, &["metrics"])).contains("forkless_workers 1"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &beta.id().to_string()])
+        .status();
+    assert!(beta.wait().expect("beta").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,6 +31,8 @@ pub(super) fn wire_status(status: &Status) -> wire::Status {
         size: status.size,
         rolling: status.rolling,
         stopping: status.stopping,
+        pid: status.pid,
+        uptime_secs: status.uptime.as_secs_f64(),
         workers: status
             .workers
             .iter()
@@ -170,6 +172,8 @@ mod tests {
                 "size": status.size,
                 "rolling": status.rolling,
                 "stopping": status.stopping,
+                "pid": status.pid,
+                "uptime_secs": status.uptime.as_secs_f64(),
                 "workers": status.workers.iter().map(|w| json!({
                     "slot": w.slot,
                     "generation": w.generation,
@@ -394,6 +398,8 @@ mod tests {
             size: 2,
             rolling: true,
             stopping: false,
+            pid: 4242,
+            uptime: Duration::from_millis(1500),
             workers: vec![
                 WorkerStatus {
                     slot: 0,

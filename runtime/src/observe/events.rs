@@ -410,6 +410,10 @@ pub struct Status {
     pub rolling: bool,
     /// Whether the cluster is stopping or has stopped.
     pub stopping: bool,
+    /// The process the cluster runs in.
+    pub pid: u32,
+    /// How long since the cluster started.
+    pub uptime: Duration,
     /// One entry per slot, `0..size`: its serving generation.
     pub workers: Vec<WorkerStatus>,
     /// The store's and the bus's remote backends (Redis), if they have one;
@@ -537,6 +541,8 @@ impl View {
             size: self.size,
             rolling: self.rolling,
             stopping: self.stopping,
+            pid: std::process::id(),
+            uptime: Duration::ZERO,
             backends: Vec::new(),
             workers: self
                 .slots

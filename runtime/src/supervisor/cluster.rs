@@ -125,6 +125,7 @@ impl Cluster {
             view.mark_stopped();
             status = view.status(&self.shared.name);
         }
+        status.uptime = self.shared.epoch.elapsed();
         let engines = [
             ("store", self.shared.store.health()),
             ("bus", self.shared.bus.health()),
