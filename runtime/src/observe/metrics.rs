@@ -397,6 +397,89 @@ mod tests {
         ports.iter().copied().collect()
     }
 
+    /// The Grafana dashboard in `docs/` reads only metrics this module
+    /// exports (each family given a sample, so that it is in the text).
+    #[test]
+    fn the_dashboard_reads_only_exported_metrics() {
+        let m = Metrics::new();
+        m.restarted(0);
+        m.exited(0, &Exit::Normal);
+        m.task_panicked(0);
+        m.observe_lag(0, Duration::from_micros(10));
+        let health = Some(crate::observe::Health {
+            reachable: true,
+            failures: 1,
+        });
+        let status = Status {
+            name: "x".to_owned(),
+            size: 0,
+            rolling: false,
+            stopping: false,
+            pid: 1,
+            uptime: Duration::ZERO,
+            workers: vec![crate::observe::events::WorkerStatus {
+                slot: 0,
+                generation: 1,
+                core: None,
+                state: crate::WorkerState::Ready,
+                started_at: None,
+                restarts: 1,
+                last_exit: None,
+                accepted: 1,
+                alive_tasks: 1,
+                busy_ratio: 0.5,
+                loop_lag: Duration::ZERO,
+            }],
+            backends: Vec::new(),
+        };
+        let text = m.scrape(
+            &status,
+            Figures {
+                active_connections: 0,
+                store_ops: 1,
+                store_lock_waits: 1,
+                bus_messages: 1,
+                store_health: health,
+                bus_health: health,
+                runtime_panics: vec![("forkless-master", 1)],
+            },
+        );
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/grafana-dashboard.json"
+        );
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard"))
+                .expect("the dashboard is JSON");
+        let exprs: Vec<&str> = dashboard["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+            .filter_map(|t| t["expr"].as_str())
+            .collect();
+        assert!(exprs.len() >= 12, "{exprs:?}");
+        let mut checked = 0;
+        for expr in exprs {
+            for (i, _) in expr.match_indices("forkless_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                let family = ["_bucket", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    text.contains(&format!("# TYPE {family} ")),
+                    "{name} (in {expr}) is not exported:\n{text}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "{checked}");
+    }
+
     #[test]
     fn counts_established_connections_on_the_ports_ipv4_and_ipv6() {
         let (_l4, p4, mut held4) = connections("127.0.0.1:0", "127.0.0.1", 3).expect("IPv4");
