@@ -13,7 +13,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
 
 use crate::common::{self, recv, PATIENCE};
 use forkless::http::{self, Options};
@@ -175,12 +174,7 @@ pub(crate) fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts:
 
 /// Waits until the clients have had `more` answers since now.
 fn more_answers(counts: &Counts, more: u64) {
-    let target = counts.answered.load(Relaxed) + more;
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while counts.answered.load(Relaxed) < target {
-        assert!(std::time::Instant::now() < deadline, "the clients stalled");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::more_counted(&counts.answered, more, "answers");
 }
 
 #[test]

@@ -175,6 +175,21 @@ fn spawn_example(command: &mut Command, before: usize) -> (Child, Vec<String>, S
     (child, lines, addr)
 }
 
+/// Asks process `pid` to stop gracefully.
+fn sigterm(pid: u32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+}
+
+/// Waits until process `pid` is gone (reaped by whoever is its parent).
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + PATIENCE;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "process {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits for process `pid` (a child of this one, directly or as the
 /// subreaper of its orphans) and returns whether it exited 0.
 fn reap(pid: u32) -> bool {
@@ -258,13 +273,6 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
             })
         })
         .collect();
-    let wait_for_answers = |at_least: u64| {
-        let deadline = Instant::now() + PATIENCE;
-        while answered.load(Ordering::Relaxed) < at_least {
-            assert!(Instant::now() < deadline, "the client got no answers");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
     let mut pid = first.id();
     let mut hits = 0u64;
     let next_hit = |expected: &mut u64| {
@@ -278,7 +286,7 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
     };
     next_hit(&mut hits);
     for round in 0..3 {
-        wait_for_answers(answered.load(Ordering::Relaxed) + 200);
+        common::more_counted(&answered, 200, "answers");
         deploy();
         let new = post_upgrade(&control);
         assert_ne!(new, pid, "round {round}: a new process");
@@ -288,7 +296,7 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
         pid = new;
         next_hit(&mut hits);
     }
-    wait_for_answers(answered.load(Ordering::Relaxed) + 200);
+    common::more_counted(&answered, 200, "answers");
     stop.store(true, Ordering::Relaxed);
     let failures: Vec<String> = loads
         .into_iter()
@@ -314,11 +322,7 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
         answered.load(Ordering::Relaxed) + failures.len() as u64,
         &failures[..failures.len().min(5)]
     );
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).expect("pid"),
-        rustix::process::Signal::TERM,
-    )
-    .expect("SIGTERM");
+    sigterm(pid);
     assert!(reap(pid), "the last process exits 0");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -405,16 +409,8 @@ fn a_retired_slots_queue_and_the_store_move_to_the_new_process() {
     assert_eq!(get(addr, "/hits").as_deref().map(str::trim), Ok("hits 42"));
     // The new process is this process's child: the cluster's upgrade reaps
     // it when it ends, so here it is enough to see it gone.
-    let pid_ = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-    rustix::process::kill_process(pid_, rustix::process::Signal::TERM).expect("SIGTERM");
-    let deadline = Instant::now() + PATIENCE;
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the new process {pid} did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sigterm(pid);
+    wait_gone(pid);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -490,16 +486,8 @@ fn systemd_hears_reloading_then_the_new_main_pid() {
     assert!(main.contains(&format!("MAINPID={pid}")), "{main:?}");
     assert!(main.contains("READY=1"), "{main:?}");
     cluster.join();
-    let pid_ = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-    rustix::process::kill_process(pid_, rustix::process::Signal::TERM).expect("SIGTERM");
-    let deadline = Instant::now() + PATIENCE;
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the new process {pid} did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sigterm(pid);
+    wait_gone(pid);
 }
 
 /// With the store on Redis there is nothing to move: the new process of
@@ -537,11 +525,7 @@ fn with_the_store_on_redis_the_counter_goes_on() {
     assert!(reap(old.id()), "the old process exits 0");
     let hits = get(addr, "/hits").expect("/hits");
     assert!(hits.starts_with("hits 3 "), "the counter went on: {hits:?}");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(new as i32).expect("pid"),
-        rustix::process::Signal::TERM,
-    )
-    .expect("SIGTERM");
+    sigterm(new);
     assert!(reap(new), "the new process exits 0");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -587,11 +571,7 @@ fn a_socket_from_systemd_moves_to_the_new_process() {
         let whoami = get(addr, "/whoami").expect("/whoami");
         assert!(whoami.ends_with(&format!("pid {new}\n")), "{whoami:?}");
     }
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(new as i32).expect("pid"),
-        rustix::process::Signal::TERM,
-    )
-    .expect("SIGTERM");
+    sigterm(new);
     assert!(reap(new), "the new process exits 0");
     let _ = std::fs::remove_dir_all(dir);
 }

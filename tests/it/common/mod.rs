@@ -176,6 +176,21 @@ pub fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
         .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
 }
 
+/// Waits until `counter` (counted by client threads) has grown by `more`
+/// since now; fails, naming `what`, if it stalls for [`PATIENCE`].
+pub fn more_counted(counter: &std::sync::atomic::AtomicU64, more: u64, what: &str) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let target = counter.load(Relaxed) + more;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while counter.load(Relaxed) < target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clients' {what} stalled"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Sends `"dropped"` when dropped: tells a test that a worker's future or
 /// task is gone (during unwinding, termination, or a normal end).
 pub struct SendOnDrop(pub std::sync::mpsc::Sender<&'static str>);
