@@ -450,6 +450,120 @@ fn messages_a_host_did_not_take_wait_for_its_next_start() {
     stop(b);
 }
 
+/// A TCP proxy to Redis that can swallow, from a moment on, every answer
+/// Redis sends on the connections open at that moment (a starved or broken
+/// link whose replies never arrive), while newer connections work.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    /// Connections with an id below this lose what Redis sends them.
+    swallow_below: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Blackhole {
+    fn to(redis_url: &str) -> Blackhole {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let target: String = redis_url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let swallow_below = Arc::new(AtomicUsize::new(0));
+        let next = Arc::new(AtomicUsize::new(0));
+        let (below, counter) = (swallow_below.clone(), next.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let id = counter.fetch_add(1, Ordering::SeqCst);
+                let (mut c_read, mut s_write) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_read, mut c_write, below) = (server, client, below.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        let n = match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if id < below.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Blackhole {
+            addr,
+            swallow_below,
+            next,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    /// From now on, what Redis answers on the connections open now is lost.
+    fn swallow_open_connections(&self) {
+        use std::sync::atomic::Ordering;
+        self.swallow_below
+            .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_message_whose_read_answer_is_lost_is_still_delivered() {
+    let prefix = unique_prefix();
+    let direct = RedisConfig::new(shared_url()).prefix(&prefix);
+    let proxy = Blackhole::to(&shared_url());
+    let through_proxy = RedisConfig::new(proxy.url())
+        .prefix(&prefix)
+        .timeout(Duration::from_millis(500));
+    let (seen_tx, seen) = mpsc::channel::<String>();
+    let b = Cluster::builder()
+        .workers(1)
+        .bus_backend(through_proxy.host("b"))
+        .start(move |worker: Worker| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let mut inbox = worker.inbox();
+                while let Some(envelope) = inbox.recv().await {
+                    let text = String::from_utf8_lossy(envelope.message()).into_owned();
+                    let _ = seen_tx.send(text);
+                }
+            }
+        })
+        .unwrap();
+    let a = idle(Cluster::builder().bus_backend(direct.host("a")));
+    send_when_up(&a, "b", 0, "one");
+    assert_eq!(recv(&seen, "b reads its list"), "one");
+    // b's reader waits on Redis for the next message, and its answer, the
+    // message, is lost on the way: b must read it again, not drop it.
+    proxy.swallow_open_connections();
+    done(a.bus().send_to("b", 0, "two")).unwrap();
+    assert_eq!(recv(&seen, "the message whose answer was lost"), "two");
+    done(a.bus().send_to("b", 0, "three")).unwrap();
+    assert_eq!(recv(&seen, "the next message, once"), "three");
+    stop(a);
+    stop(b);
+}
+
 #[test]
 fn waiters_listen_to_their_lock_and_a_release_tells_them() {
     let prefix = unique_prefix();

@@ -5,7 +5,9 @@
 //!
 //! - Each host announces itself with a key that expires unless renewed
 //!   (`{prefix}:b:host:{name}`, holding its number of slots), and reads a
-//!   list of its own (`{prefix}:b:in:{name}`) into its slots' inboxes. A
+//!   list of its own (`{prefix}:b:in:{name}`) into its slots' inboxes
+//!   (through a list of the reader's own, so that a read whose reply is
+//!   lost loses no message). A
 //!   send to another host checks that it is up and has the slot, and pushes
 //!   onto its list, in one script. Messages wait in the list while the host
 //!   is away (a restart with the same name finds them).
@@ -192,8 +194,30 @@ impl RedisBus {
     }
 
     /// Moves what other hosts sent to this one into its slots' inboxes.
+    ///
+    /// A frame is never popped outright: a pop whose reply is lost (a
+    /// response timeout on a starved thread, a broken connection) would lose
+    /// the message. `BLMOVE` moves it onto a list of this link's own
+    /// (`{prefix}:b:taken:{host}:{id}`), and it leaves that list only once
+    /// delivered. After a failure the head of that list, if any, was taken
+    /// but not delivered, unless this loop knows it delivered it and only its
+    /// removal is unconfirmed: so nothing is lost and nothing is delivered
+    /// twice while the process lives.
     async fn read_inbox(self: Arc<Self>) {
         let key = self.inbox_key(&self.host);
+        let taken = format!(
+            "{}:b:taken:{}:{}-{}",
+            self.prefix,
+            self.host,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        // The head of `taken` is delivered; its removal is not confirmed.
+        let mut delivered = false;
+        // A failure happened: the head of `taken` may be an undelivered frame.
+        let mut suspect = false;
         let mut pause = Duration::from_millis(50);
         while !self.router.is_closed() {
             let config = redis::AsyncConnectionConfig::new()
@@ -214,16 +238,52 @@ impl RedisBus {
             };
             pause = Duration::from_millis(50);
             while !self.router.is_closed() {
-                let mut cmd = redis::cmd("BLPOP");
-                cmd.arg(&key).arg(READ_WAIT.as_secs_f64());
-                let popped: Option<(Vec<u8>, Vec<u8>)> = match cmd.query_async(&mut conn).await {
-                    Ok(popped) => popped,
-                    Err(_) => break,
+                if delivered {
+                    let mut cmd = redis::cmd("LPOP");
+                    cmd.arg(&taken);
+                    if cmd.query_async::<()>(&mut conn).await.is_err() {
+                        break;
+                    }
+                    delivered = false;
+                }
+                let raw: Option<Vec<u8>> = if suspect {
+                    let mut cmd = redis::cmd("LINDEX");
+                    cmd.arg(&taken).arg(0);
+                    match cmd.query_async(&mut conn).await {
+                        Ok(None) => {
+                            suspect = false;
+                            continue;
+                        }
+                        Ok(raw) => raw,
+                        Err(_) => break,
+                    }
+                } else {
+                    // The expiry bounds what a process that dies between
+                    // the move and the delivery leaves behind.
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("BLMOVE")
+                        .arg(&key)
+                        .arg(&taken)
+                        .arg("LEFT")
+                        .arg("RIGHT")
+                        .arg(READ_WAIT.as_secs_f64())
+                        .cmd("PEXPIRE")
+                        .arg(&taken)
+                        .arg(KEEP_UNREAD.as_millis() as u64)
+                        .ignore();
+                    match pipe.query_async::<(Option<Vec<u8>>,)>(&mut conn).await {
+                        Ok((raw,)) => raw,
+                        Err(_) => {
+                            suspect = true;
+                            break;
+                        }
+                    }
                 };
-                if let Some((_, raw)) = popped {
+                if let Some(raw) = raw {
                     self.link
                         .caught("delivering a message from another host", self.deliver(&raw))
                         .await;
+                    delivered = true;
                 }
             }
         }
