@@ -215,8 +215,8 @@
 pub use forkless_runtime::RedisConfig;
 pub use forkless_runtime::{
     default_control_socket, Backend, BackendStatus, BodyResult, Builder, Cluster, Event, Events,
-    Exit, GenerationReport, Report, Restart, SlotReport, Status, TaskPanic, WorkerState,
-    WorkerStatus,
+    Exit, GenerationReport, Recycle, RecycleReason, Report, Restart, SlotReport, Status, TaskPanic,
+    WorkerState, WorkerStatus,
 };
 #[cfg(feature = "http")]
 pub use forkless_worker::http;

@@ -50,6 +50,12 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// How the slot's last generation to end ended, as text.
     pub last_exit: Option<String>,
+    /// How many times the slot was recycled.
+    #[serde(default)]
+    pub recycles: u64,
+    /// Why it was recycled last, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recycle: Option<String>,
     /// Connections this generation has accepted since it started: a
     /// cumulative count, not the connections open now.
     pub accepted: u64,
@@ -222,6 +228,26 @@ pub enum Event {
         restarted: usize,
         /// False if it stopped at a failure.
         completed: bool,
+    },
+    /// A worker was recycled: its slot's next generation serves, and the
+    /// old one was asked to stop.
+    Recycled {
+        /// The slot.
+        slot: usize,
+        /// Which limit: `"max_connections"`, `"max_age"` or `"requested"`.
+        kind: String,
+        /// Why, as text (the limit and the figure that reached it).
+        reason: String,
+    },
+    /// A recycle's new generation did not take over; the old one serves
+    /// on.
+    RecycleFailed {
+        /// The slot.
+        slot: usize,
+        /// The new generation that failed.
+        generation: u64,
+        /// Why.
+        reason: String,
     },
     /// An upgrade began: a new process of the program starts beside this
     /// one.
@@ -481,6 +507,16 @@ mod tests {
                 restarted: 3,
                 completed: true,
             },
+            Event::Recycled {
+                slot: 1,
+                kind: "max_age".to_owned(),
+                reason: "max_age: ran 1h of 1h".to_owned(),
+            },
+            Event::RecycleFailed {
+                slot: 1,
+                generation: 7,
+                reason: "not ready in time".to_owned(),
+            },
             Event::UpgradeStarted { pid: 4242 },
             Event::Upgraded { pid: 4242 },
             Event::UpgradeFailed {
@@ -504,6 +540,8 @@ mod tests {
                 | Event::RollStarted { .. }
                 | Event::RollFailed { .. }
                 | Event::RollFinished { .. }
+                | Event::Recycled { .. }
+                | Event::RecycleFailed { .. }
                 | Event::UpgradeStarted { .. }
                 | Event::Upgraded { .. }
                 | Event::UpgradeFailed { .. }
@@ -530,6 +568,8 @@ mod tests {
             "roll_started",
             "roll_failed",
             "roll_finished",
+            "recycled",
+            "recycle_failed",
             "upgrade_started",
             "upgraded",
             "upgrade_failed",

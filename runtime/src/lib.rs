@@ -47,10 +47,12 @@ mod launch;
 pub use config::backend::Backend;
 pub use config::body::BodyResult;
 pub use config::builder::{Builder, Restart, TaskPanic};
+pub use config::recycle::Recycle;
 #[cfg(feature = "redis")]
 pub use config::redis::RedisConfig;
 pub use control::default_control_socket;
 pub use fault::exit::Exit;
 pub use observe::events::{BackendStatus, Event, Events, Status, WorkerState, WorkerStatus};
+pub use observe::recycle::RecycleReason;
 pub use supervisor::cluster::Cluster;
 pub use supervisor::report::{GenerationReport, Report, SlotReport};

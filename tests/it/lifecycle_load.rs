@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 /// Most requests a client sends, whatever happens.
 const MAX_REQUESTS: u64 = 200_000;
 
-async fn serve(worker: Worker) -> Result<(), forkless::Error> {
+pub(crate) async fn serve(worker: Worker) -> Result<(), forkless::Error> {
     let listener = worker.listen("127.0.0.1:0").await?;
     let mut connections = tokio::task::JoinSet::new();
     while let Some(conn) = listener.accept().await {
@@ -48,16 +48,16 @@ async fn serve(worker: Worker) -> Result<(), forkless::Error> {
 }
 
 #[derive(Default)]
-struct Counts {
-    answered: AtomicU64,
+pub(crate) struct Counts {
+    pub(crate) answered: AtomicU64,
     connect_failed: AtomicU64,
     send_failed: AtomicU64,
     unanswered: AtomicU64,
-    reconnects: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
 }
 
 impl Counts {
-    fn failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         self.connect_failed.load(Relaxed)
             + self.send_failed.load(Relaxed)
             + self.unanswered.load(Relaxed)
@@ -106,7 +106,7 @@ fn request(
 }
 
 /// A new connection per request.
-fn one_shot_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
+pub(crate) fn one_shot_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
     for _ in 0..MAX_REQUESTS {
         if stop.load(Relaxed) {
             return;
@@ -118,7 +118,7 @@ fn one_shot_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>)
 }
 
 /// One connection for as long as the server keeps it.
-fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
+pub(crate) fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
     let mut conn = None;
     for _ in 0..MAX_REQUESTS {
         if stop.load(Relaxed) {
@@ -140,7 +140,7 @@ fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts
 }
 
 /// Waits until the clients have had `more` answers since now.
-fn more_answers(counts: &Counts, more: u64) {
+pub(crate) fn more_answers(counts: &Counts, more: u64) {
     common::more_counted(&counts.answered, more, "answers");
 }
 

@@ -34,6 +34,7 @@ mod lifecycle_load;
 mod listen_errors;
 mod listener_queue;
 mod macro_ui;
+mod recycle;
 #[cfg(feature = "redis")]
 mod redis_backend;
 #[cfg(feature = "redis")]

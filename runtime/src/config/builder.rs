@@ -112,6 +112,7 @@ pub struct Builder {
     pub(crate) bus_backend: Backend,
     /// What an upgrade starts; `None`: this program again, as it was started.
     pub(crate) upgrade_command: Option<(std::path::PathBuf, Vec<std::ffi::OsString>)>,
+    pub(crate) recycle: super::recycle::Recycle,
 }
 
 /// What a panic in a task that a worker spawned (`spawn_local`,
@@ -191,6 +192,7 @@ impl Default for Builder {
             store_backend: Backend::InProcess,
             bus_backend: Backend::InProcess,
             upgrade_command: None,
+            recycle: super::recycle::Recycle::new(),
         }
     }
 }
@@ -375,6 +377,15 @@ impl Builder {
         self
     }
 
+    /// When a healthy worker is replaced anyway (after so many connections,
+    /// or so long): see [`Recycle`](super::recycle::Recycle).
+    ///
+    /// The default recycles nothing.
+    pub fn recycle(mut self, recycle: super::recycle::Recycle) -> Builder {
+        self.recycle = recycle;
+        self
+    }
+
     /// What [`Cluster::upgrade`](crate::Cluster::upgrade) starts: `program`
     /// with `args`, in this process's environment and working directory.
     ///
@@ -511,6 +522,7 @@ impl Builder {
                 ));
             }
         }
+        self.recycle.check()?;
         if let Some(n) = self.workers.filter(|n| *n > super::MAX_WORKERS) {
             return Err(Error::config(format!(
                 "workers must be at most {}, got {n}",

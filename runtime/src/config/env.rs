@@ -28,6 +28,9 @@ pub(crate) const VARIABLES: &[&str] = &[
     "FORKLESS_STALL_TIMEOUT",
     "FORKLESS_TASK_PANIC",
     "FORKLESS_NOTIFY_SYSTEMD",
+    "FORKLESS_RECYCLE_MAX_CONNECTIONS",
+    "FORKLESS_RECYCLE_MAX_AGE",
+    "FORKLESS_RECYCLE_JITTER",
 ];
 
 /// Set by the runtime itself, for the process an upgrade starts (what it
@@ -137,6 +140,29 @@ pub(crate) fn apply(
                 })?
             }
             "FORKLESS_NOTIFY_SYSTEMD" => builder.notify_systemd = boolean(name, v)?,
+            "FORKLESS_RECYCLE_MAX_CONNECTIONS" => {
+                let expected = "not a number of connections (an integer, at least 1)";
+                let n: u64 = number(name, v, expected)?;
+                if n == 0 {
+                    return Err(bad(name, v, expected));
+                }
+                builder.recycle.max_connections = Some(n);
+            }
+            "FORKLESS_RECYCLE_MAX_AGE" => {
+                let age = duration(name, v)?;
+                if age < Duration::from_secs(1) {
+                    return Err(bad(name, v, "shorter than the least max_age (1s)"));
+                }
+                builder.recycle.max_age = Some(age);
+            }
+            "FORKLESS_RECYCLE_JITTER" => {
+                let expected = "not a jitter (a fraction from 0 to 1, like 0.1)";
+                let f: f64 = number(name, v, expected)?;
+                if !(0.0..=1.0).contains(&f) {
+                    return Err(bad(name, v, expected));
+                }
+                builder.recycle.jitter = f;
+            }
             _ => {}
         }
         tracing::info!(
@@ -193,8 +219,14 @@ mod tests {
             ("FORKLESS_TASK_PANIC", "crash-worker"),
             ("FORKLESS_NAME", "api"),
             ("FORKLESS_INBOX_CAPACITY", "64"),
+            ("FORKLESS_RECYCLE_MAX_CONNECTIONS", "10000"),
+            ("FORKLESS_RECYCLE_MAX_AGE", "6h"),
+            ("FORKLESS_RECYCLE_JITTER", "0.25"),
         ])
         .expect("valid");
+        assert_eq!(b.recycle.max_connections, Some(10_000));
+        assert_eq!(b.recycle.max_age, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(b.recycle.jitter, 0.25);
         assert_eq!(b.workers, Some(3));
         assert!(!b.pin_cores);
         assert_eq!(b.shutdown_timeout, Duration::from_secs(90));
@@ -220,6 +252,16 @@ mod tests {
             ("FORKLESS_SHUTDOWN_TIMEOUT", "100years"),
             ("FORKLESS_READY_TIMEOUT", "366days"),
             ("FORKLESS_MAX_BACKOFF", "584942417355years"),
+            ("FORKLESS_RECYCLE_MAX_CONNECTIONS", "0"),
+            ("FORKLESS_RECYCLE_MAX_CONNECTIONS", "lots"),
+            ("FORKLESS_RECYCLE_MAX_CONNECTIONS", "-3"),
+            ("FORKLESS_RECYCLE_MAX_AGE", "0s"),
+            ("FORKLESS_RECYCLE_MAX_AGE", "500ms"),
+            ("FORKLESS_RECYCLE_MAX_AGE", "2 fortnights"),
+            ("FORKLESS_RECYCLE_JITTER", "2"),
+            ("FORKLESS_RECYCLE_JITTER", "-0.5"),
+            ("FORKLESS_RECYCLE_JITTER", "NaN"),
+            ("FORKLESS_RECYCLE_JITTER", "a bit"),
         ] {
             let e = with(&[(name, value)]).expect_err(name);
             assert!(e.is_config(), "{e:?}");

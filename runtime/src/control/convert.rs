@@ -47,6 +47,8 @@ pub(super) fn wire_status(status: &Status) -> wire::Status {
                     .map(|d| d.as_secs_f64()),
                 restarts: w.restarts,
                 last_exit: w.last_exit.as_ref().map(ToString::to_string),
+                recycles: w.recycles,
+                last_recycle: w.last_recycle.as_ref().map(ToString::to_string),
                 accepted: w.accepted,
                 alive_tasks: w.alive_tasks,
                 busy_ratio: w.busy_ratio,
@@ -142,6 +144,20 @@ pub(super) fn wire_event(event: &Event) -> wire::Event {
             restarted,
             completed,
         },
+        Event::Recycled { slot, reason } => wire::Event::Recycled {
+            slot,
+            kind: reason.name().to_owned(),
+            reason: reason.to_string(),
+        },
+        Event::RecycleFailed {
+            slot,
+            generation,
+            reason,
+        } => wire::Event::RecycleFailed {
+            slot,
+            generation,
+            reason,
+        },
         Event::UpgradeStarted { pid } => wire::Event::UpgradeStarted { pid },
         Event::Upgraded { pid } => wire::Event::Upgraded { pid },
         Event::UpgradeFailed { reason } => wire::Event::UpgradeFailed { reason },
@@ -174,7 +190,7 @@ mod tests {
                 "stopping": status.stopping,
                 "pid": status.pid,
                 "uptime_secs": status.uptime.as_secs_f64(),
-                "workers": status.workers.iter().map(|w| json!({
+                "workers": status.workers.iter().map(|w| { let mut v = json!({
                     "slot": w.slot,
                     "generation": w.generation,
                     "core": w.core,
@@ -186,7 +202,12 @@ mod tests {
                     "alive_tasks": w.alive_tasks,
                     "busy_ratio": w.busy_ratio,
                     "loop_lag_ms": w.loop_lag.as_secs_f64() * 1000.0,
-                })).collect::<Vec<_>>(),
+                    "recycles": w.recycles,
+                });
+                if let Some(reason) = &w.last_recycle {
+                    v["last_recycle"] = json!(reason.to_string());
+                }
+                v }).collect::<Vec<_>>(),
                 "backends": status.backends.iter().map(|b| json!({
                     "name": b.name,
                     "kind": b.kind,
@@ -259,6 +280,16 @@ mod tests {
                     completed,
                 } => {
                     json!({"event": "roll_finished", "restarted": restarted, "completed": completed})
+                }
+                Event::Recycled { slot, reason } => {
+                    json!({"event": "recycled", "slot": slot, "kind": reason.name(), "reason": reason.to_string()})
+                }
+                Event::RecycleFailed {
+                    slot,
+                    generation,
+                    reason,
+                } => {
+                    json!({"event": "recycle_failed", "slot": slot, "generation": generation, "reason": reason})
                 }
                 Event::UpgradeStarted { pid } => json!({"event": "upgrade_started", "pid": pid}),
                 Event::Upgraded { pid } => json!({"event": "upgraded", "pid": pid}),
@@ -342,6 +373,29 @@ mod tests {
                 restarted: 3,
                 completed: true,
             },
+            Event::Recycled {
+                slot: 1,
+                reason: crate::RecycleReason::MaxConnections {
+                    limit: 100,
+                    accepted: 101,
+                },
+            },
+            Event::Recycled {
+                slot: 0,
+                reason: crate::RecycleReason::MaxAge {
+                    limit: Duration::from_secs(3600),
+                    age: Duration::from_secs(3601),
+                },
+            },
+            Event::Recycled {
+                slot: 0,
+                reason: crate::RecycleReason::Requested,
+            },
+            Event::RecycleFailed {
+                slot: 1,
+                generation: 9,
+                reason: "not ready in time".to_owned(),
+            },
             Event::UpgradeStarted { pid: 4242 },
             Event::Upgraded { pid: 4242 },
             Event::UpgradeFailed {
@@ -365,6 +419,8 @@ mod tests {
                 | Event::RollStarted { .. }
                 | Event::RollFailed { .. }
                 | Event::RollFinished { .. }
+                | Event::Recycled { .. }
+                | Event::RecycleFailed { .. }
                 | Event::UpgradeStarted { .. }
                 | Event::Upgraded { .. }
                 | Event::UpgradeFailed { .. }
@@ -409,6 +465,8 @@ mod tests {
                     started_at: None,
                     restarts: 3,
                     last_exit: Some(crate::Exit::Failed("no".to_owned())),
+                    recycles: 2,
+                    last_recycle: Some(crate::RecycleReason::Requested),
                     accepted: 10,
                     alive_tasks: 2,
                     busy_ratio: 0.25,
@@ -422,6 +480,8 @@ mod tests {
                     started_at: None,
                     restarts: 0,
                     last_exit: None,
+                    recycles: 0,
+                    last_recycle: None,
                     accepted: 0,
                     alive_tasks: 0,
                     busy_ratio: 0.0,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
+use crate::observe::recycle::RecycleReason;
 use crate::Exit;
 
 /// Something the cluster's supervisor did or saw, from
@@ -117,6 +118,26 @@ pub enum Event {
         restarted: usize,
         /// False if it stopped at a failure.
         completed: bool,
+    },
+    /// A worker was recycled ([`Recycle`](crate::Recycle)): its slot's
+    /// next generation is ready and serves, and the old one was asked to
+    /// stop.
+    Recycled {
+        /// The slot.
+        slot: usize,
+        /// Why.
+        reason: RecycleReason,
+    },
+    /// A recycle did not take over: the new generation exited, or was not
+    /// ready within `ready_timeout`. The old one serves on; the slot is not
+    /// recycled again for `ready_timeout`.
+    RecycleFailed {
+        /// The slot.
+        slot: usize,
+        /// The new generation that failed.
+        generation: u64,
+        /// Why: its exit, or that it was not ready in time.
+        reason: String,
     },
     /// An upgrade began ([`Cluster::upgrade`](crate::Cluster::upgrade)):
     /// a new process of the program starts beside this one, with this
@@ -454,6 +475,10 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// How the slot's last generation to end ended.
     pub last_exit: Option<Exit>,
+    /// How many times the slot was recycled ([`Recycle`](crate::Recycle)).
+    pub recycles: u64,
+    /// Why it was recycled last.
+    pub last_recycle: Option<RecycleReason>,
     /// Connections this generation accepted.
     pub accepted: u64,
     /// Tasks alive in its runtime, as tokio's stable metrics count them:
@@ -510,6 +535,8 @@ pub(crate) struct SlotView {
     pub(crate) started_at: Option<SystemTime>,
     pub(crate) restarts: u64,
     pub(crate) last_exit: Option<Exit>,
+    pub(crate) recycles: u64,
+    pub(crate) last_recycle: Option<RecycleReason>,
     pub(crate) stats: Option<Arc<forkless_worker::rt::host::WorkerStats>>,
 }
 
@@ -559,6 +586,8 @@ impl View {
                         started_at: s.started_at,
                         restarts: s.restarts,
                         last_exit: s.last_exit.clone(),
+                        recycles: s.recycles,
+                        last_recycle: s.last_recycle.clone(),
                         accepted: stat(|st| st.accepted.load(Relaxed)),
                         alive_tasks: stat(|st| st.alive_tasks.load(Relaxed)),
                         busy_ratio: stat(|st| st.busy_permille.load(Relaxed)) as f64 / 1000.0,

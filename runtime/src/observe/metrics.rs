@@ -40,6 +40,7 @@ pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     started: Instant,
     restarts: Family<Labels, Counter>,
+    recycles: Family<Labels, Counter>,
     exits: Family<Labels, Counter>,
     task_panics: Family<Labels, Counter>,
     loop_lag: Family<Labels, Histogram, fn() -> Histogram>,
@@ -75,6 +76,7 @@ impl Metrics {
             registry: Mutex::new(Registry::with_prefix("forkless")),
             started: Instant::now(),
             restarts: Family::default(),
+            recycles: Family::default(),
             exits: Family::default(),
             task_panics: Family::default(),
             loop_lag: Family::new_with_constructor(lag_histogram),
@@ -108,6 +110,11 @@ impl Metrics {
                 "worker_restarts",
                 "Starts of a slot after an exit",
                 m.restarts.clone(),
+            );
+            r.register(
+                "worker_recycles",
+                "Recycles of a slot's worker (replaced although healthy), by reason",
+                m.recycles.clone(),
             );
             r.register(
                 "worker_exits",
@@ -202,6 +209,12 @@ impl Metrics {
 
     pub(crate) fn restarted(&self, slot: usize) {
         self.restarts.get_or_create(&slot_label(slot)).inc();
+    }
+
+    pub(crate) fn recycled(&self, slot: usize, reason: &crate::RecycleReason) {
+        let mut labels = slot_label(slot);
+        labels.push(("reason".to_owned(), reason.name().to_owned()));
+        self.recycles.get_or_create(&labels).inc();
     }
 
     pub(crate) fn exited(&self, slot: usize, exit: &Exit) {
@@ -403,6 +416,7 @@ mod tests {
     fn the_dashboard_reads_only_exported_metrics() {
         let m = Metrics::new();
         m.restarted(0);
+        m.recycled(0, &crate::RecycleReason::Requested);
         m.exited(0, &Exit::Normal);
         m.task_panicked(0);
         m.observe_lag(0, Duration::from_micros(10));
@@ -425,6 +439,8 @@ mod tests {
                 started_at: None,
                 restarts: 1,
                 last_exit: None,
+                recycles: 1,
+                last_recycle: None,
                 accepted: 1,
                 alive_tasks: 1,
                 busy_ratio: 0.5,

@@ -11,7 +11,7 @@ use super::report::Report;
 use super::shared::{Msg, Shared};
 use crate::config::builder::Builder;
 use crate::config::MAX_WORKERS;
-use crate::observe::events::{Events, Status};
+use crate::observe::events::{Events, Status, WorkerState};
 use crate::observe::metrics::{active_connections, Figures};
 
 /// A handle to a running cluster: cheap to clone, `Send + Sync`, usable from
@@ -219,6 +219,43 @@ impl Cluster {
         }
         self.check_running("resize")?;
         let _ = self.shared.tx.send(Msg::Resize(workers));
+        Ok(())
+    }
+
+    /// Recycles slot `slot`'s worker now (see [`Recycle`](crate::Recycle)):
+    /// its next generation starts beside it, and it is asked to stop once
+    /// that one is ready; [`Event::Recycled`](crate::Event::Recycled) with
+    /// [`RecycleReason::Requested`](crate::RecycleReason::Requested) says
+    /// when. It waits for a rolling restart or another recycle under way, and
+    /// for the worker to be ready. `forkless-ctl recycle SLOT` and
+    /// `POST /recycle` do this.
+    ///
+    /// Returns at once; follow it with [`events`](Cluster::events).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_config`] for a slot the cluster does not have (or one
+    /// that has ended or gave up); [`Error::is_stopped`] once the cluster
+    /// is stopping.
+    pub fn recycle(&self, slot: usize) -> Result<(), Error> {
+        self.check_running("recycle")?;
+        let status = self.status();
+        match status.workers.get(slot) {
+            None => {
+                return Err(Error::config(format!(
+                    "recycle({slot}): the cluster has slots 0 to {}",
+                    status.size.saturating_sub(1)
+                )))
+            }
+            Some(w) if matches!(w.state, WorkerState::GaveUp | WorkerState::Stopped) => {
+                return Err(Error::config(format!(
+                    "recycle({slot}): the slot does not serve ({})",
+                    w.state
+                )))
+            }
+            Some(_) => {}
+        }
+        let _ = self.shared.tx.send(Msg::Recycle(slot));
         Ok(())
     }
 

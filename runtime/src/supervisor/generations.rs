@@ -84,31 +84,7 @@ impl Master {
             generation,
             after,
         });
-        let step_done = self
-            .roll
-            .as_ref()
-            .and_then(|r| r.step.as_ref())
-            .is_some_and(|s| s.slot == index && s.generation == generation);
-        if step_done {
-            if let Role::Candidate = role {
-                // The new generation serves: only now is the old one asked
-                // to stop.
-                let now = Instant::now();
-                let slot = &mut self.slots[index];
-                if let Some(mut old) = slot.current.take() {
-                    old.ask_to_stop(now, self.config.shutdown_timeout);
-                    slot.draining.push(old);
-                }
-                if let Some(candidate) = slot.candidate.take() {
-                    self.serve(index, candidate);
-                }
-            }
-            if let Some(roll) = &mut self.roll {
-                roll.restarted += 1;
-                roll.step = None;
-            }
-            self.next_roll_step();
-        }
+        self.replaced(index, generation, role);
         self.announce_ready();
     }
 
@@ -182,7 +158,8 @@ impl Master {
             Role::Current => {
                 let slot = &mut self.slots[index];
                 if let Some(candidate) = slot.candidate.take() {
-                    // Mid-roll: the new generation takes over at once.
+                    // Mid-replacement: the new generation takes over at
+                    // once.
                     self.serve(index, candidate);
                     return;
                 }
@@ -192,7 +169,7 @@ impl Master {
             }
             Role::Candidate => {
                 let reason = format!("it exited before it was ready: {exit}");
-                self.roll_failed(index, generation, reason);
+                self.replacement_failed(index, generation, reason);
             }
             Role::Draining => {}
         }
@@ -349,6 +326,7 @@ impl Master {
         });
         Ok(Live {
             generation,
+            limits: self.config.recycle.draw(),
             started: Instant::now(),
             started_at: SystemTime::now(),
             started_micros: micros(self.shared.epoch.elapsed()),

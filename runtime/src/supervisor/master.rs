@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
+use super::replace::Step;
 use super::roll::Roll;
 use super::slot::{Service, Slot};
 use crate::config::body::Factory;
@@ -64,6 +65,7 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
         size,
         phase: Phase::Running,
         roll: None,
+        step: None,
         systemd,
         announced_ready: false,
         next_check: now,
@@ -142,6 +144,8 @@ pub(super) struct Master {
     pub(super) size: usize,
     pub(super) phase: Phase,
     pub(super) roll: Option<Roll>,
+    /// The one gated replacement (of a roll or a recycle) under way.
+    pub(super) step: Option<Step>,
     pub(super) systemd: Systemd,
     pub(super) announced_ready: bool,
     /// When the stall watchdog looks next.
@@ -236,10 +240,7 @@ impl Master {
                     .slots
                     .iter()
                     .flat_map(|s| s.draining.iter().filter_map(|l| l.deadline.map(|d| d.0)));
-                let roll = self
-                    .roll
-                    .as_ref()
-                    .and_then(|r| r.step.as_ref().map(|s| s.deadline));
+                let roll = self.step.as_ref().map(|s| s.deadline);
                 let ping = self.systemd.watchdog_interval().map(|_| self.next_ping);
                 respawns
                     .chain(drains)
@@ -276,6 +277,7 @@ impl Master {
             }
             Msg::Restart => self.start_roll(),
             Msg::Resize(size) => self.resize(size),
+            Msg::Recycle(slot) => self.request_recycle(slot),
             Msg::Shutdown => match self.phase {
                 Phase::Running => self.begin_stop(false),
                 // A second request while stopping: stop waiting.
@@ -303,28 +305,10 @@ impl Master {
                     }
                 }
                 self.drain_timers(now);
-                let late = self
-                    .roll
-                    .as_ref()
-                    .and_then(|r| r.step.as_ref())
-                    .filter(|s| s.deadline <= now)
-                    .map(|s| (s.slot, s.generation));
-                if let Some((index, generation)) = late {
-                    let slot = &mut self.slots[index];
-                    if let Some(mut candidate) =
-                        slot.candidate.take_if(|c| c.generation == generation)
-                    {
-                        candidate.terminate(now, self.config.terminate_timeout);
-                        slot.draining.push(candidate);
-                    }
-                    let reason = format!(
-                        "it was not ready within ready_timeout ({:?})",
-                        self.config.ready_timeout
-                    );
-                    self.roll_failed(index, generation, reason);
-                }
+                self.replacement_timers(now);
                 if now >= self.next_check {
                     self.watch_stalls();
+                    self.check_recycles(now);
                     self.next_check = after(now, self.config.stall_timeout / 4);
                 }
                 self.ping_systemd(now);
@@ -364,6 +348,8 @@ impl Master {
                     started_at: live.map(|l| l.started_at),
                     restarts: s.restarts,
                     last_exit: s.last_exit.clone(),
+                    recycles: s.recycles,
+                    last_recycle: s.last_recycle.clone(),
                     stats: live.map(|l| l.stats.clone()),
                 }
             })

@@ -13,8 +13,11 @@
 //! - `slot`: a slot's service state (one enum) and its live generations.
 //! - `generations`: spawning a generation, ready, exit, respawn.
 //! - `policy`: the restart policy as a pure function, tested row by row.
-//! - `roll`, `resize`, `stop`, `watchdog`: the rolling restart, resizing,
-//!   the stop sequence, the stall watchdog (and systemd's).
+//! - `replace`: the gated replacement (candidate, then the old generation
+//!   stops), one at a time, that `roll` and `recycle` share.
+//! - `roll`, `recycle`, `resize`, `stop`, `watchdog`: the rolling restart,
+//!   recycling, resizing, the stop sequence, the stall watchdog (and
+//!   systemd's).
 //! - [`upgrade`]: a new process of the program takes over the sockets and
 //!   the store.
 //! - [`worker_thread`]: a slot's thread, running one generation at a time.
@@ -25,6 +28,8 @@ mod generations;
 pub(crate) mod master;
 mod policy;
 mod ready;
+mod recycle;
+mod replace;
 pub(crate) mod report;
 mod resize;
 mod roll;

@@ -41,22 +41,13 @@ impl Master {
             for index in (size..from).rev() {
                 let slot = &mut self.slots[index];
                 slot.service = Service::Retired;
+                slot.recycle_requested = false;
                 slot.respawn_at = None;
                 slot.idle = None;
                 slot.drain_all(now, self.config.shutdown_timeout);
                 let survivors = self.survivors(index);
                 self.shared.registry().retire_slot(index, &survivors);
-                let stepping = self
-                    .roll
-                    .as_ref()
-                    .and_then(|r| r.step.as_ref())
-                    .is_some_and(|s| s.slot == index);
-                if stepping {
-                    if let Some(roll) = &mut self.roll {
-                        roll.step = None;
-                    }
-                    self.next_roll_step();
-                }
+                self.slot_left(index);
             }
         }
         tracing::info!(from, to = size, "resized");

@@ -1,28 +1,19 @@
-//! The rolling restart: one slot at a time, the next generation starts
-//! beside the current one, and only once it is ready is the old one asked
-//! to stop. A candidate that exits or is not ready within `ready_timeout`
-//! stops the roll; the old generation serves on.
+//! The rolling restart: one slot at a time, each replaced the gated way
+//! ([`replace`](super::replace)): the next generation starts beside the
+//! current one, and only once it is ready is the old one asked to stop. A
+//! candidate that exits or is not ready within `ready_timeout` stops the
+//! roll; the old generation serves on.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use super::master::{Master, Phase};
+use super::replace::Purpose;
 use crate::observe::events::Event;
-use crate::time::deadline::from_now;
 
-/// A rolling restart under way.
+/// A rolling restart under way: the slots still to replace.
 pub(super) struct Roll {
     pub(super) pending: VecDeque<usize>,
-    pub(super) step: Option<Step>,
     pub(super) restarted: usize,
-}
-
-/// The slot being rolled: its candidate generation must be ready by
-/// `deadline`.
-pub(super) struct Step {
-    pub(super) slot: usize,
-    pub(super) generation: u64,
-    pub(super) deadline: Instant,
 }
 
 impl Master {
@@ -46,13 +37,17 @@ impl Master {
         self.systemd.reloading();
         self.roll = Some(Roll {
             pending,
-            step: None,
             restarted: 0,
         });
         self.next_roll_step();
     }
 
+    /// Replaces the next slot of the roll, once no replacement (a recycle
+    /// begun before the roll) is under way.
     pub(super) fn next_roll_step(&mut self) {
+        if self.step.is_some() {
+            return;
+        }
         loop {
             let Some(index) = self.roll.as_mut().and_then(|r| r.pending.pop_front()) else {
                 self.finish_roll(true);
@@ -66,25 +61,11 @@ impl Master {
             {
                 continue;
             }
-            match self.spawn_live(index) {
-                Ok(live) => {
-                    let generation = live.generation;
-                    self.slots[index].candidate = Some(live);
-                    if let Some(roll) = &mut self.roll {
-                        roll.step = Some(Step {
-                            slot: index,
-                            generation,
-                            deadline: from_now(self.config.ready_timeout),
-                        });
-                    }
-                    return;
-                }
-                Err(e) => {
-                    let generation = self.slots[index].next_generation - 1;
-                    self.roll_failed(index, generation, format!("cannot spawn it: {e}"));
-                    return;
-                }
+            if let Err(why) = self.replace(index, Purpose::Roll) {
+                let generation = self.slots[index].next_generation.saturating_sub(1);
+                self.roll_failed(index, generation, why);
             }
+            return;
         }
     }
 

@@ -90,6 +90,7 @@ pub(crate) enum Msg {
     },
     Restart,
     Resize(usize),
+    Recycle(usize),
     Shutdown,
     Terminate,
     /// Makes the master thread panic outside its guard, as a bug in the

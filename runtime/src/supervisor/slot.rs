@@ -10,8 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use forkless_worker::rt::host::WorkerStats;
 use tokio::sync::{oneshot, watch};
 
+use crate::config::recycle::Limits;
 use crate::fault::exit::Exit;
 use crate::fault::guard::Faults;
+use crate::observe::recycle::RecycleReason;
 use crate::supervisor::report::{GenerationReport, SlotReport};
 use crate::supervisor::worker_thread::Thread;
 use crate::time::deadline::after;
@@ -32,6 +34,13 @@ pub(super) struct Slot {
     pub(super) history: VecDeque<GenerationReport>,
     /// The thread of a generation that returned, waiting to run the next.
     pub(super) idle: Option<Thread>,
+    /// How many times it was recycled, and why last.
+    pub(super) recycles: u64,
+    pub(super) last_recycle: Option<RecycleReason>,
+    /// An operator asked to recycle it.
+    pub(super) recycle_requested: bool,
+    /// After a failed recycle: not again before then.
+    pub(super) recycle_after: Option<Instant>,
 }
 
 impl Slot {
@@ -50,6 +59,10 @@ impl Slot {
             last_exit: None,
             history: VecDeque::new(),
             idle: None,
+            recycles: 0,
+            last_recycle: None,
+            recycle_requested: false,
+            recycle_after: None,
         }
     }
 
@@ -114,6 +127,8 @@ pub(crate) enum Service {
 /// A running generation of a slot.
 pub(super) struct Live {
     pub(super) generation: u64,
+    /// Its recycle limits, jitter drawn.
+    pub(super) limits: Limits,
     pub(super) started: Instant,
     pub(super) started_at: SystemTime,
     /// Microseconds from the cluster's start, like heartbeats.

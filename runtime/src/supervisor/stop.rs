@@ -18,6 +18,7 @@ impl Master {
         let now = Instant::now();
         self.shared.stopping.store(true, Ordering::Release);
         self.finish_roll(false);
+        self.step = None;
         self.emit(Event::Stopping { terminate });
         self.systemd.stopping();
         // Threads waiting for a generation that will not come end now.

@@ -1,0 +1,216 @@
+//! [`Recycle`]: when a healthy worker is replaced anyway, the way gunicorn's
+//! `max_requests` and uWSGI's `max-worker-lifetime` and `reload-on-rss`
+//! replace theirs, and the per-generation limits drawn from it with jitter.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use forkless_worker::rt::Errors as _;
+use forkless_worker::Error;
+
+/// When a worker is recycled: replaced by the slot's next generation
+/// although it is healthy, to bound what a long-lived worker accumulates
+/// (fragmented or leaked memory, stale caches, connection imbalance).
+///
+/// A recycle is a one-slot rolling restart: the next generation starts on
+/// the same core and sockets, and the old one is asked to stop only once the
+/// new one is ready, so no connection is lost; one slot at a time in the
+/// whole cluster, so capacity never drops by more than one worker. It is not
+/// a failure: it counts neither towards the restart throttle nor towards
+/// giving up. Each recycle is an [`Event::Recycled`](crate::Event::Recycled)
+/// with its [`RecycleReason`](crate::RecycleReason), counted in the metrics
+/// (`forkless_worker_recycles_total{slot,reason}`) and shown in the status.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use forkless_runtime::{Cluster, Recycle};
+///
+/// let cluster = Cluster::builder()
+///     .recycle(
+///         Recycle::new()
+///             .max_connections(100_000)
+///             .max_age(Duration::from_secs(6 * 3600))
+///             .jitter(0.1),
+///     )
+///     .start(|worker| async move { worker.shutdown_signal().await })?;
+/// # Ok::<(), forkless_runtime::Error>(())
+/// ```
+///
+/// The variables `FORKLESS_RECYCLE_MAX_CONNECTIONS`,
+/// `FORKLESS_RECYCLE_MAX_AGE` and `FORKLESS_RECYCLE_JITTER` override it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recycle {
+    pub(crate) max_connections: Option<u64>,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) jitter: f64,
+}
+
+/// The shortest `max_age`: a generation must have time to get ready and
+/// serve before it is replaced again.
+const MIN_AGE: Duration = Duration::from_secs(1);
+
+impl Recycle {
+    /// No limit: nothing is recycled until a limit is set.
+    pub fn new() -> Recycle {
+        Recycle::default()
+    }
+
+    /// Recycles a generation once it has accepted `connections` connections
+    /// (at least 1).
+    pub fn max_connections(mut self, connections: u64) -> Recycle {
+        self.max_connections = Some(connections);
+        self
+    }
+
+    /// Recycles a generation once it has run for `age` (at least a second,
+    /// at most a year).
+    pub fn max_age(mut self, age: Duration) -> Recycle {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// Spreads the recycles: each generation's connection and age limits are
+    /// drawn at random between the limit and `(1 + fraction)` times it, so
+    /// slots under even load do not all reach theirs at once. From 0 (the
+    /// default: every generation gets the limit itself) to 1.
+    pub fn jitter(mut self, fraction: f64) -> Recycle {
+        self.jitter = fraction;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if self.max_connections == Some(0) {
+            return Err(Error::config(
+                "recycle: max_connections must be at least 1, got 0",
+            ));
+        }
+        if let Some(age) = self.max_age {
+            if age < MIN_AGE {
+                return Err(Error::config(format!(
+                    "recycle: max_age must be at least {MIN_AGE:?}, got {age:?}"
+                )));
+            }
+            crate::time::deadline::check_option("recycle: max_age", age)?;
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(Error::config(format!(
+                "recycle: jitter must be a fraction from 0 to 1, got {}",
+                self.jitter
+            )));
+        }
+        Ok(())
+    }
+
+    /// One generation's limits, with the jitter drawn.
+    pub(crate) fn draw(&self) -> Limits {
+        self.draw_with(random_fraction())
+    }
+
+    /// [`draw`](Recycle::draw) with `u` in `[0, 1)` as the random draw.
+    pub(crate) fn draw_with(&self, u: f64) -> Limits {
+        let stretch = 1.0 + self.jitter * u;
+        Limits {
+            // Float to integer casts saturate: no overflow at u64::MAX.
+            connections: self
+                .max_connections
+                .map(|n| ((n as f64) * stretch).max(n as f64) as u64),
+            age: self.max_age.map(|age| {
+                Duration::try_from_secs_f64(age.as_secs_f64() * stretch)
+                    .unwrap_or(age)
+                    .min(crate::time::deadline::MAX_OPTION.max(age))
+            }),
+        }
+    }
+}
+
+/// A generation's own limits: [`Recycle`]'s with its jitter drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Limits {
+    pub(crate) connections: Option<u64>,
+    pub(crate) age: Option<Duration>,
+}
+
+/// A number in `[0, 1)`, different each call (std's randomly seeded hasher:
+/// no random-number crate for one draw per generation).
+fn random_fraction() -> f64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_value_is_refused_with_its_name() {
+        for (recycle, said) in [
+            (Recycle::new().max_connections(0), "max_connections"),
+            (Recycle::new().max_age(Duration::ZERO), "max_age"),
+            (
+                Recycle::new().max_age(Duration::from_millis(999)),
+                "max_age",
+            ),
+            (Recycle::new().max_age(Duration::MAX), "max_age"),
+            (Recycle::new().jitter(-0.1), "jitter"),
+            (Recycle::new().jitter(1.5), "jitter"),
+            (Recycle::new().jitter(f64::NAN), "jitter"),
+            (Recycle::new().jitter(f64::INFINITY), "jitter"),
+        ] {
+            let e = recycle.check().expect_err(said);
+            assert!(e.is_config() && e.to_string().contains(said), "{e}");
+        }
+        Recycle::new()
+            .max_connections(1)
+            .max_age(Duration::from_secs(1))
+            .jitter(1.0)
+            .check()
+            .expect("the smallest values");
+        Recycle::new()
+            .max_connections(u64::MAX)
+            .max_age(crate::time::deadline::MAX_OPTION)
+            .check()
+            .expect("the largest values");
+        assert!(Recycle::new().jitter(0.5).check().is_ok());
+    }
+
+    #[test]
+    fn jitter_spreads_limits_between_the_limit_and_one_plus_the_fraction() {
+        let recycle = Recycle::new()
+            .max_connections(1000)
+            .max_age(Duration::from_secs(100))
+            .jitter(0.5);
+        assert_eq!(
+            recycle.draw_with(0.0),
+            Limits {
+                connections: Some(1000),
+                age: Some(Duration::from_secs(100)),
+            }
+        );
+        let high = recycle.draw_with(0.999_999);
+        assert_eq!(high.connections, Some(1499));
+        assert!(high.age.is_some_and(|a| a > Duration::from_secs(149)));
+        let drawn: Vec<Limits> = (0..64).map(|_| recycle.draw()).collect();
+        for limits in &drawn {
+            let n = limits.connections.expect("set");
+            assert!((1000..=1500).contains(&n), "{n}");
+            let age = limits.age.expect("set");
+            assert!(age >= Duration::from_secs(100) && age <= Duration::from_secs(150));
+        }
+        assert!(
+            drawn.iter().any(|l| l != &drawn[0]),
+            "64 draws are not all the same"
+        );
+        // No jitter: every generation gets the limit itself.
+        let exact = Recycle::new().max_connections(7);
+        assert!((0..16).all(|_| exact.draw().connections == Some(7)));
+        // The extremes neither overflow nor panic.
+        let huge = Recycle::new()
+            .max_connections(u64::MAX)
+            .max_age(crate::time::deadline::MAX_OPTION)
+            .jitter(1.0)
+            .draw_with(0.999);
+        assert_eq!(huge.connections, Some(u64::MAX));
+        assert_eq!(huge.age, Some(crate::time::deadline::MAX_OPTION));
+    }
+}
