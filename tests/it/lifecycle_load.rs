@@ -144,11 +144,11 @@ pub(crate) fn more_answers(counts: &Counts, more: u64) {
     common::more_counted(&counts.answered, more, "answers");
 }
 
-#[test]
-fn a_rolling_restart_and_a_shrink_then_grow_lose_no_connection_and_no_request() {
+/// Starts `builder`'s cluster of the line server ([`serve`]), and returns
+/// it with its port.
+pub(crate) fn start_line_server(builder: forkless::Builder) -> (Cluster, SocketAddr) {
     let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(2)
+    let cluster = builder
         .start(move |worker: Worker| {
             let tx = tx.clone();
             async move {
@@ -163,6 +163,12 @@ fn a_rolling_restart_and_a_shrink_then_grow_lose_no_connection_and_no_request() 
         })
         .expect("start");
     let addr: SocketAddr = recv(&rx, "the port");
+    (cluster, addr)
+}
+
+#[test]
+fn a_rolling_restart_and_a_shrink_then_grow_lose_no_connection_and_no_request() {
+    let (cluster, addr) = start_line_server(Cluster::builder().workers(2));
     let mut events = cluster.events();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -5,33 +5,19 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{self, recv};
-use crate::lifecycle_load::{keep_alive_client, more_answers, one_shot_client, serve, Counts};
+use crate::common;
+use crate::lifecycle_load::{
+    keep_alive_client, more_answers, one_shot_client, start_line_server, Counts,
+};
 use forkless::{Cluster, Event, Recycle, RecycleReason, Worker};
 
 /// A 2-worker cluster of the line server, recycled by `recycle`, with its
 /// port.
 fn start(recycle: Recycle) -> (Cluster, SocketAddr) {
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(2)
-        .recycle(recycle)
-        .start(move |worker: Worker| {
-            let tx = tx.clone();
-            async move {
-                if worker.slot() == 0 && worker.generation() == 0 {
-                    let listener = worker.listen("127.0.0.1:0").await?;
-                    let _ = tx.send(listener.local_addr()?);
-                }
-                serve(worker).await
-            }
-        })
-        .expect("start");
-    let addr = recv(&rx, "the port");
-    (cluster, addr)
+    start_line_server(Cluster::builder().workers(2).recycle(recycle))
 }
 
 /// Two clients of each kind on `addr`, until `stop`.
