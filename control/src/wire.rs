@@ -696,7 +696,10 @@ mod tests {
             RecycleAnswer { slot: 2 }
         );
         for bad in [r#"{"slot":-1}"#, r#"{"slot":"1"}"#, r#"{"slot":1.5}"#, "{}"] {
-            assert!(serde_json::from_str::<RecycleRequest>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<RecycleRequest>(bad).is_err(),
+                "{bad}"
+            );
         }
         assert_eq!(
             serde_json::to_string(&ErrorBody {

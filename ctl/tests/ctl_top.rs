@@ -278,3 +278,198 @@ fn top_needs_a_cluster_and_a_terminal() {
     assert!(hello.wait().expect("hello exits").success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A pseudo-terminal with `forkless-ctl` running in it, and a terminal
+/// emulator (vt100) that reads what it draws.
+struct Pty {
+    master: std::fs::File,
+    child: Child,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    screen: vt100::Parser,
+}
+
+impl Pty {
+    /// `forkless-ctl args` as the session leader of a new pseudo-terminal
+    /// of `rows` x `cols`, which is its stdin, stdout, stderr and
+    /// controlling terminal (so that `/dev/tty` is this terminal, not the
+    /// one the tests run in).
+    #[allow(unsafe_code)]
+    fn spawn(dir: &Path, args: &[&str], rows: u16, cols: u16) -> Pty {
+        use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+        use std::os::unix::process::CommandExt;
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let name = ptsname(&master, Vec::new()).expect("ptsname");
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().expect("a path"))
+            .expect("open the pty's slave");
+        rustix::termios::tcsetwinsize(
+            &master,
+            rustix::termios::Winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        )
+        .expect("window size");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_forkless-ctl"));
+        command
+            .args(args)
+            .env("XDG_RUNTIME_DIR", dir)
+            .env("TERM", "xterm-256color")
+            .stdin(slave.try_clone().expect("slave"))
+            .stdout(slave.try_clone().expect("slave"))
+            .stderr(slave);
+        // SAFETY: between fork and exec the closure makes two system calls
+        // (setsid, ioctl TIOCSCTTY) on a descriptor that is there (stdin,
+        // the slave), allocates nothing and takes no lock.
+        unsafe {
+            command.pre_exec(|| {
+                rustix::process::setsid()?;
+                rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start forkless-ctl in a pty");
+        drop(command); // closes this process's copies of the slave
+        let master = std::fs::File::from(master);
+        let mut reader = master.try_clone().expect("master");
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            // Ends with EIO once the child and its slave are gone.
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        Pty {
+            master,
+            child,
+            output,
+            screen: vt100::Parser::new(rows, cols, 0),
+        }
+    }
+
+    /// Reads what was drawn until the screen's text satisfies `done`.
+    fn until(&mut self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = self.screen.screen().contents();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {what}; the screen:\n{text}"
+            );
+            if let Ok(bytes) = self.output.recv_timeout(Duration::from_millis(50)) {
+                self.screen.process(&bytes);
+            }
+        }
+    }
+
+    fn keys(&mut self, keys: &str) {
+        self.master.write_all(keys.as_bytes()).expect("type");
+    }
+
+    fn resize(&mut self, rows: u16, cols: u16) {
+        self.screen.set_size(rows, cols);
+        rustix::termios::tcsetwinsize(
+            &self.master,
+            rustix::termios::Winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        )
+        .expect("window size");
+    }
+}
+
+/// The real `forkless-ctl top`, typed at in a pseudo-terminal: it draws
+/// the live cluster, its keys resize, recycle and restart it, it redraws
+/// at a new terminal size, says when the cluster is gone and finds it
+/// again, and `q` leaves the terminal as it found it.
+#[test]
+fn top_in_a_pseudo_terminal() {
+    let dir = scratch("pty");
+    let (mut hello, _) = start_hello(&dir, 1);
+    let rt = runtime();
+    let client = Client::new(dir.join("forkless-hello.sock"));
+    status_until(&rt, &client, "1 ready worker", |s| all_ready(s, 1));
+
+    let mut pty = Pty::spawn(&dir, &["--name", "hello", "top"], 30, 120);
+    pty.until("the table", |s| {
+        s.contains("cluster hello") && s.contains("1/1 ready") && s.contains("conn/s")
+    });
+    // The second refresh gives a rate.
+    pty.until("a rate", |s| !s.contains("now -"));
+
+    pty.keys("+");
+    pty.until("the resize", |s| {
+        s.contains("resizing: 1 -> 2 workers") && s.contains("2/2 ready")
+    });
+    pty.keys("jc");
+    pty.until("the recycle's outcome", |s| {
+        s.contains("recycling slot 1") || s.contains("recycle slot 1: 404")
+    });
+    pty.keys("r");
+    pty.until("the question", |s| s.contains("restart all 2 workers"));
+    pty.keys("y");
+    pty.until("the restart", |s| s.contains("rolling restart started"));
+
+    // A smaller terminal: drawn anew at its size.
+    pty.resize(20, 90);
+    pty.until("a redraw at 90 columns", |s| {
+        s.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with('┌') && l.chars().count() == 90 && l.ends_with('┐'))
+    });
+
+    // The cluster stops: unreachable, and asked again until it is back.
+    rt.block_on(client.shutdown()).expect("shutdown");
+    assert!(hello.wait().expect("hello exits").success());
+    pty.until("unreachable", |s| s.contains("UNREACHABLE"));
+    let (mut again, _) = start_hello(&dir, 1);
+    pty.until("the cluster back", |s| {
+        !s.contains("UNREACHABLE") && s.contains("1/1 ready")
+    });
+
+    pty.keys("q");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = pty.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "top did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    while let Ok(bytes) = pty.output.recv_timeout(Duration::from_secs(1)) {
+        pty.screen.process(&bytes);
+    }
+    assert!(
+        !pty.screen.screen().alternate_screen(),
+        "the alternate screen was left"
+    );
+    assert!(!pty.screen.screen().hide_cursor(), "the cursor is shown");
+    let modes = rustix::termios::tcgetattr(&pty.master).expect("termios");
+    assert!(
+        modes
+            .local_modes
+            .contains(rustix::termios::LocalModes::ICANON | rustix::termios::LocalModes::ECHO),
+        "raw mode was left: {:?}",
+        modes.local_modes
+    );
+
+    rt.block_on(client.shutdown()).expect("shutdown");
+    assert!(again.wait().expect("hello exits").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
