@@ -60,6 +60,17 @@ pub enum Action {
     Recycle(usize),
 }
 
+impl std::fmt::Display for Action {
+    /// `rolling restart`, `resize +1`, `recycle slot 2`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Restart => f.write_str("rolling restart"),
+            Action::Resize(w) => write!(f, "resize {w}"),
+            Action::Recycle(slot) => write!(f, "recycle slot {slot}"),
+        }
+    }
+}
+
 impl Action {
     /// Carries the action out with `client`: the line to show, or the
     /// error.
@@ -74,17 +85,17 @@ impl Action {
                 .restart()
                 .await
                 .map(|_| "rolling restart started".to_owned())
-                .map_err(|e| format!("restart: {e}")),
+                .map_err(|e| format!("{self}: {e}")),
             Action::Resize(workers) => client
                 .resize(workers)
                 .await
                 .map(|a| format!("resizing: {} -> {} workers", a.from, a.to))
-                .map_err(|e| format!("resize {workers}: {e}")),
+                .map_err(|e| format!("{self}: {e}")),
             Action::Recycle(slot) => client
                 .recycle(slot)
                 .await
                 .map(|a| format!("recycling slot {}", a.slot))
-                .map_err(|e| format!("recycle slot {slot}: {e}")),
+                .map_err(|e| format!("{self}: {e}")),
         }
     }
 }
@@ -273,12 +284,7 @@ impl App {
     }
 
     fn asked(&mut self, action: Action) -> Option<Action> {
-        let what = match action {
-            Action::Restart => "rolling restart".to_owned(),
-            Action::Resize(w) => format!("resize {w}"),
-            Action::Recycle(slot) => format!("recycle slot {slot}"),
-        };
-        self.say(&format!("{what}..."), false);
+        self.say(&format!("{action}..."), false);
         Some(action)
     }
 
@@ -643,7 +649,7 @@ fn talk(client: Client, asks: mpsc::Receiver<Ask>, told: mpsc::Sender<Told>) {
                     match tokio::time::timeout(PATIENCE, action.perform(&client)).await {
                         Ok(outcome) => outcome,
                         Err(_) => Err(format!(
-                            "{action:?}: no answer within {}s",
+                            "{action}: no answer within {}s",
                             PATIENCE.as_secs()
                         )),
                     },
