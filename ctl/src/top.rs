@@ -516,10 +516,16 @@ fn header(app: &App) -> Line<'static> {
 /// row highlighted), the sparkline of connections per second, the status
 /// line and the keys.
 pub fn render(app: &App, frame: &mut Frame<'_>) {
+    // The table as tall as its rows (borders and header: 3 lines), the
+    // sparkline below it taking the rest; on a short terminal the table
+    // gives way, and scrolls to keep the selected row in view.
+    let rows = u16::try_from(app.workers().len())
+        .unwrap_or(u16::MAX)
+        .saturating_add(3);
     let [top, table_area, spark_area, message_area, keys_area] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Min(4),
-        Constraint::Length(5),
+        Constraint::Length(rows),
+        Constraint::Min(5),
         Constraint::Length(1),
         Constraint::Length(1),
     ])
@@ -1145,6 +1151,22 @@ mod tests {
         for (w, h) in [(1, 1), (10, 3), (40, 8), (0, 0)] {
             screen(&app, w, h);
         }
+    }
+
+    /// More workers than lines: the sparkline keeps its place, and the
+    /// table scrolls to the selected row.
+    #[test]
+    fn many_workers_scroll_to_the_selected_one() {
+        let mut app = App::new("s");
+        let workers: Vec<(usize, u64, u64, &str)> = (0..64).map(|i| (i, 0, 0, "ready")).collect();
+        app.update(status(1, &workers), Instant::now());
+        for _ in 0..63 {
+            press(&mut app, KeyCode::Down);
+        }
+        assert_eq!(app.selected_slot(), Some(63));
+        let text = screen(&app, 120, 20);
+        assert!(text.lines().any(|l| l.starts_with("│> 63 ")), "{text}");
+        assert!(text.contains("connections accepted/s"), "{text}");
     }
 
     #[test]
