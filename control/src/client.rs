@@ -12,8 +12,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    effective_uid, peer_trusted, ErrorBody, Event, ResizeAnswer, ResizeRequest, RestartAnswer,
-    ShutdownAnswer, Status, UpgradeAnswer, Workers,
+    effective_uid, peer_trusted, ErrorBody, Event, RecycleAnswer, RecycleRequest, ResizeAnswer,
+    ResizeRequest, RestartAnswer, ShutdownAnswer, Status, UpgradeAnswer, Workers,
 };
 
 /// Talks to the control server of one cluster, on its Unix socket.
@@ -63,6 +63,29 @@ impl Client {
     /// `POST /restart`: starts a rolling restart.
     pub async fn restart(&self) -> Result<RestartAnswer, Error> {
         parse("/restart", &self.post("/restart", b"").await?)
+    }
+
+    /// `POST /recycle`: replaces the worker of one slot by a new
+    /// generation, as a rolling restart replaces each in turn (the new
+    /// generation is ready before the old one is asked to stop, so no
+    /// connection is lost). A slot out of range is [`Error::Refused`]; so
+    /// is a server that predates recycling (404).
+    ///
+    /// ```no_run
+    /// use forkless_control::{default_socket, Client};
+    ///
+    /// # async fn example() -> Result<(), forkless_control::Error> {
+    /// let answer = Client::new(default_socket("api")).recycle(1).await?;
+    /// println!("recycling slot {}", answer.slot);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recycle(&self, slot: usize) -> Result<RecycleAnswer, Error> {
+        let body = serde_json::to_vec(&RecycleRequest { slot }).map_err(|e| Error::Malformed {
+            what: "/recycle".to_owned(),
+            source: e,
+        })?;
+        parse("/recycle", &self.post("/recycle", &body).await?)
     }
 
     /// `POST /upgrade`: starts the program anew beside this process, hands
@@ -419,6 +442,47 @@ mod tests {
         let request = seen.await.expect("server");
         assert!(request.starts_with("POST /resize HTTP/1.1"), "{request}");
         assert!(request.ends_with(r#"{"workers":0}"#), "{request}");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_recycle_posts_the_slot_and_reads_the_answer() {
+        let path = scratch("recycle");
+        let body = r#"{"slot":1}"#;
+        let answer: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let seen = server(&path, answer).await;
+        let recycled = Client::new(&path).recycle(1).await.expect("recycle");
+        assert_eq!(recycled, RecycleAnswer { slot: 1 });
+        let request = seen.await.expect("server");
+        assert!(request.starts_with("POST /recycle HTTP/1.1"), "{request}");
+        assert!(request.ends_with(r#"{"slot":1}"#), "{request}");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    /// A server that predates recycling answers 404: an error with its
+    /// status, not a panic or a parse failure.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_recycle_refused_by_an_older_server_says_so() {
+        let path = scratch("recycle-404");
+        let body = r#"{"error":"no such path: /recycle"}"#;
+        let answer: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let seen = server(&path, answer).await;
+        let e = Client::new(&path).recycle(7).await.unwrap_err();
+        assert!(matches!(e, Error::Refused { status: 404, .. }), "{e:?}");
+        assert_eq!(e.to_string(), "404 Not Found: no such path: /recycle");
+        drop(seen.await);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 

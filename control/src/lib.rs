@@ -10,6 +10,7 @@
 //! | `GET /events` | one [`Event`] per line (newline-delimited JSON), until the cluster stops |
 //! | `POST /resize` | body [`ResizeRequest`]; answer [`ResizeAnswer`] |
 //! | `POST /restart` | [`RestartAnswer`]: a rolling restart began |
+//! | `POST /recycle` | body [`RecycleRequest`]; answer [`RecycleAnswer`]: one slot's worker is being replaced |
 //! | `POST /shutdown` | [`ShutdownAnswer`]: a graceful stop began |
 //! | `GET /metrics` | Prometheus metrics, in the text format |
 //!
@@ -46,6 +47,6 @@ pub use socket::{
     default_socket, default_socket_place, discover, effective_uid, peer_trusted, SocketPlace,
 };
 pub use wire::{
-    BackendStatus, ErrorBody, Event, ResizeAnswer, ResizeRequest, RestartAnswer, ShutdownAnswer,
-    Status, UpgradeAnswer, WorkerState, WorkerStatus, Workers,
+    BackendStatus, ErrorBody, Event, RecycleAnswer, RecycleRequest, ResizeAnswer, ResizeRequest,
+    RestartAnswer, ShutdownAnswer, Status, UpgradeAnswer, WorkerState, WorkerStatus, Workers,
 };

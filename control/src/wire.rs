@@ -415,6 +415,22 @@ impl RestartAnswer {
     }
 }
 
+/// The body of `POST /recycle`: `{"slot": 1}`, the slot whose worker is to
+/// be replaced by a new generation, as a rolling restart replaces one (the
+/// new generation is ready before the old one is asked to stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecycleRequest {
+    /// The slot, `0..size`.
+    pub slot: usize,
+}
+
+/// The answer to `POST /recycle`: `{"slot": 1}`, the slot being recycled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecycleAnswer {
+    /// The slot.
+    pub slot: usize,
+}
+
 /// The answer to `POST /upgrade`, once the new process serves:
 /// `{"upgraded": true, "pid": 1234}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -711,6 +727,20 @@ mod tests {
             serde_json::to_string(&ShutdownAnswer::started()).expect("json"),
             r#"{"shutdown":"started"}"#
         );
+        assert_eq!(
+            serde_json::to_string(&RecycleRequest { slot: 2 }).expect("json"),
+            r#"{"slot":2}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<RecycleAnswer>(r#"{"slot":2}"#).expect("answer"),
+            RecycleAnswer { slot: 2 }
+        );
+        for bad in [r#"{"slot":-1}"#, r#"{"slot":"1"}"#, r#"{"slot":1.5}"#, "{}"] {
+            assert!(
+                serde_json::from_str::<RecycleRequest>(bad).is_err(),
+                "{bad}"
+            );
+        }
         assert_eq!(
             serde_json::to_string(&ErrorBody {
                 error: "no".to_owned()

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! forkless-ctl status                 # a table of the workers
+//! forkless-ctl top                    # a live view, with keys to steer
 //! forkless-ctl resize 8               # or +2, -1
 //! forkless-ctl restart                # rolling restart
+//! forkless-ctl recycle 1              # a new generation for slot 1
 //! forkless-ctl upgrade                # start the program anew, hand it over
 //! forkless-ctl stop                   # graceful stop
 //! forkless-ctl events                 # follow what the supervisor does
@@ -57,8 +59,22 @@ enum Command {
         #[arg(allow_hyphen_values = true)]
         workers: String,
     },
+    /// A live view of the cluster, refreshed each second: per worker its
+    /// state, generation, connections accepted per second, busy ratio,
+    /// loop lag and restarts, and a sparkline of the cluster's connections
+    /// per second. Keys: up/down select a worker, c recycles its slot,
+    /// r a rolling restart (confirmed with y), +/- one worker more/fewer,
+    /// q or Esc quits.
+    Top,
     /// Restart every worker, one at a time, without dropping connections.
     Restart,
+    /// Replace the worker of one slot by a new generation, as a rolling
+    /// restart replaces each (the new one is ready before the old one
+    /// stops).
+    Recycle {
+        /// The slot, as `status` shows it.
+        slot: usize,
+    },
     /// Start the program anew (the binary on disk, the same arguments),
     /// hand it the listening sockets and the store, and stop this process
     /// once the new one serves. Exits non-zero with the reason if the new
@@ -111,6 +127,7 @@ fn main() -> ExitCode {
                 let answering = answering().await;
                 match (&args.command, answering.as_slice()) {
                     (Command::Status, _) => list(&args, &answering),
+                    (Command::Top, []) => Err(none_answers()),
                     (_, [(socket, _)]) => run(&args, &Client::new(socket.clone())).await,
                     (_, []) => {
                         let socket = forkless_control::default_socket("forkless");
@@ -157,16 +174,7 @@ async fn answering() -> Vec<(std::path::PathBuf, Status)> {
 /// `status` without --name: a line per cluster, as `pm2 list` shows apps.
 fn list(args: &Args, clusters: &[(std::path::PathBuf, Status)]) -> Result<(), Failure> {
     if clusters.is_empty() {
-        let place = forkless_control::default_socket("x");
-        let dir = place
-            .parent()
-            .map_or_else(String::new, |d| d.display().to_string());
-        return Err(Failure {
-            code: 2,
-            message: format!(
-                "no forkless cluster of this user answers (looked for forkless-*.sock in {dir})"
-            ),
-        });
+        return Err(none_answers());
     }
     if args.json {
         let statuses: Vec<&Status> = clusters.iter().map(|(_, s)| s).collect();
@@ -179,6 +187,20 @@ fn list(args: &Args, clusters: &[(std::path::PathBuf, Status)]) -> Result<(), Fa
     }
     print!("{}", clusters_table(clusters));
     Ok(())
+}
+
+/// Neither --name nor --socket, and no cluster found.
+fn none_answers() -> Failure {
+    let place = forkless_control::default_socket("x");
+    let dir = place
+        .parent()
+        .map_or_else(String::new, |d| d.display().to_string());
+    Failure {
+        code: 2,
+        message: format!(
+            "no forkless cluster of this user answers (looked for forkless-*.sock in {dir})"
+        ),
+    }
 }
 
 /// One line per cluster: name, pid, workers ready of all, uptime, restarts,
@@ -245,6 +267,34 @@ async fn run(args: &Args, client: &Client) -> Result<(), Failure> {
             } else {
                 let answer = client.resize(workers).await?;
                 println!("resizing: {} -> {} workers", answer.from, answer.to);
+            }
+        }
+        Command::Top => {
+            if args.json {
+                return Err(Failure {
+                    code: 2,
+                    message: "top draws a live view: --json is for the other commands".to_owned(),
+                });
+            }
+            let first = client.status().await?;
+            // The view blocks this thread until a quit key; it talks to the
+            // cluster from a thread (and a runtime) of its own.
+            forkless_ctl::top::run(client.clone(), first)
+                .map_err(|message| Failure { code: 1, message })?;
+        }
+        Command::Recycle { slot } => {
+            if args.json {
+                let body = serde_json::to_vec(&forkless_control::RecycleRequest { slot: *slot })
+                    .map_err(|e| Failure {
+                        code: 1,
+                        message: e.to_string(),
+                    })?;
+                let (_, raw): (forkless_control::RecycleAnswer, _) =
+                    typed("/recycle", &client.post("/recycle", &body).await?)?;
+                println!("{raw}");
+            } else {
+                let answer = client.recycle(*slot).await?;
+                println!("recycling slot {}", answer.slot);
             }
         }
         Command::Restart => {
