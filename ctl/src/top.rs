@@ -409,6 +409,11 @@ const COLUMNS: &[Column] = &[
         cell: |w, _| w.restarts.to_string(),
     },
     Column {
+        title: "recycles",
+        width: 8,
+        cell: |w, _| w.recycles.to_string(),
+    },
+    Column {
         title: "last exit",
         width: 24,
         cell: |w, _| w.last_exit.clone().unwrap_or_default(),

@@ -105,6 +105,7 @@ enum Route {
     Metrics,
     Resize,
     Restart,
+    Recycle,
     Upgrade,
     Shutdown,
 }
@@ -128,10 +129,13 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         (&Method::GET, "/metrics") => Ok(Route::Metrics),
         (&Method::POST, "/resize") => Ok(Route::Resize),
         (&Method::POST, "/restart") => Ok(Route::Restart),
+        (&Method::POST, "/recycle") => Ok(Route::Recycle),
         (&Method::POST, "/upgrade") => Ok(Route::Upgrade),
         (&Method::POST, "/shutdown") => Ok(Route::Shutdown),
         (_, "/status" | "/events" | "/metrics") => Err(NoRoute::Allow("GET")),
-        (_, "/resize" | "/restart" | "/upgrade" | "/shutdown") => Err(NoRoute::Allow("POST")),
+        (_, "/resize" | "/restart" | "/recycle" | "/upgrade" | "/shutdown") => {
+            Err(NoRoute::Allow("POST"))
+        }
         _ => Err(NoRoute::NotFound),
     }
 }
@@ -241,6 +245,7 @@ pub(super) async fn handle(
             Ok(()) => json_answer(StatusCode::ACCEPTED, &wire::RestartAnswer::started()),
             Err(e) => error(StatusCode::CONFLICT, e),
         },
+        Route::Recycle => recycle(cluster, &body),
         Route::Upgrade => upgrade(cluster).await,
         Route::Shutdown => {
             cluster.shutdown();
@@ -293,6 +298,24 @@ fn resize(cluster: &Cluster, body: &[u8]) -> Response<Answer> {
     }
 }
 
+/// `POST /recycle` with `{"slot": N}`: 202 with the slot, 422 for a slot
+/// the cluster does not have (or that does not serve), 409 once it stops.
+fn recycle(cluster: &Cluster, body: &[u8]) -> Response<Answer> {
+    let request: wire::RecycleRequest = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(e) if e.is_data() => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+    };
+    match cluster.recycle(request.slot) {
+        Ok(()) => json_answer(
+            StatusCode::ACCEPTED,
+            &wire::RecycleAnswer { slot: request.slot },
+        ),
+        Err(e) if e.is_stopped() => error(StatusCode::CONFLICT, e),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,7 +324,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    /// Only the seven endpoints route anywhere; the shutdown only from
+    /// Only the eight endpoints route anywhere; the shutdown only from
     /// `POST /shutdown` exactly.
     #[test]
     fn one_table_routes_and_nothing_unknown_reaches_an_action() {
@@ -311,6 +334,7 @@ mod tests {
             (Method::GET, "/metrics", Route::Metrics),
             (Method::POST, "/resize", Route::Resize),
             (Method::POST, "/restart", Route::Restart),
+            (Method::POST, "/recycle", Route::Recycle),
             (Method::POST, "/upgrade", Route::Upgrade),
             (Method::POST, "/shutdown", Route::Shutdown),
         ];
@@ -381,6 +405,68 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).expect("EOF");
         answer
+    }
+
+    /// `POST /recycle`: a slot the cluster has is recycled (202, then the
+    /// event); garbage, a missing slot and a stopping cluster are errors.
+    #[test]
+    fn recycle_answers_by_what_it_was_asked() {
+        let dir = scratch("recycle");
+        let socket = dir.join("control.sock");
+        let cluster = crate::Cluster::builder()
+            .name("control-recycle")
+            .workers(1)
+            .control_socket(&socket)
+            .start(|worker: forkless_worker::Worker| async move {
+                worker.ready();
+                worker.shutdown_signal().await;
+            })
+            .expect("start");
+        cluster.wait_ready(Duration::from_secs(60)).expect("ready");
+        let post = |body: &str| {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            write!(
+                stream,
+                "POST /recycle HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("send");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).expect("EOF");
+            answer
+        };
+        let mut events = cluster.events();
+        let answer = post(r#"{"slot":0}"#);
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        assert!(answer.ends_with(r#"{"slot":0}"#), "{answer}");
+        loop {
+            match events.recv_timeout(Duration::from_secs(60)) {
+                Ok(crate::Event::Recycled { slot: 0, .. }) => break,
+                Ok(_) => {}
+                Err(e) => panic!("no Recycled event: {e:?}"),
+            }
+        }
+        for (body, code) in [
+            ("", "400"),
+            ("{", "400"),
+            (r#"{"slot":-1}"#, "400"),
+            (r#"{"slot":"0"}"#, "400"),
+            (r#"{"slot":1}"#, "422"),
+            (r#"{"slot":18446744073709551615}"#, "422"),
+        ] {
+            let answer = post(body);
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {code}")),
+                "{body}: {answer}"
+            );
+        }
+        cluster.shutdown();
+        let answer = post(r#"{"slot":0}"#);
+        assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+        cluster.join();
     }
 
     /// The live server: `/status` parses into the typed `Status`; unknown
