@@ -4,27 +4,13 @@
 #![allow(missing_docs)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const PATIENCE: Duration = Duration::from_secs(60);
+mod common;
 
-/// `target/<profile>/examples/hello`, which `cargo test --workspace` builds.
-fn hello_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path = dir.join("examples").join("hello");
-    assert!(
-        path.exists(),
-        "{} is missing: run the whole suite (`cargo test --workspace`), which builds the examples",
-        path.display()
-    );
-    path
-}
+use common::{Hello, PATIENCE};
 
 fn ctl(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_forkless-ctl"))
@@ -70,28 +56,11 @@ fn all_ready(status: &serde_json::Value, size: u64, generation: u64) -> bool {
         })
 }
 
-fn start_hello(dir: &Path) -> Child {
-    let mut child = Command::new(hello_binary())
-        .args(["--port", "0", "--workers", "1"])
-        .env("XDG_RUNTIME_DIR", dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hello");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    assert!(line.starts_with("listening on"), "{line:?}");
-    child
-}
-
 #[test]
 fn forkless_ctl_drives_a_running_cluster() {
     let dir = std::env::temp_dir().join(format!("forkless-ctl-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let mut hello = start_hello(&dir);
+    let (mut hello, _) = Hello::start(&dir, 1, None);
     let socket = dir.join("forkless-hello.sock");
     let deadline = Instant::now() + PATIENCE;
     while !socket.exists() {
@@ -180,25 +149,6 @@ fn forkless_ctl_drives_a_running_cluster() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `hello` named `name` (through `FORKLESS_NAME`), one worker.
-fn start_named(dir: &Path, name: &str) -> Child {
-    let mut child = Command::new(hello_binary())
-        .args(["--port", "0", "--workers", "1"])
-        .env("XDG_RUNTIME_DIR", dir)
-        .env("FORKLESS_NAME", name)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hello");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    assert!(line.starts_with("listening on"), "{line:?}");
-    child
-}
-
 /// `forkless-ctl args` with neither --name nor --socket.
 fn ctl_any(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_forkless-ctl"))
@@ -220,8 +170,8 @@ fn status_without_a_name_lists_every_cluster_that_answers() {
         "{none:?}"
     );
 
-    let mut alpha = start_named(&dir, "alpha");
-    let mut beta = start_named(&dir, "beta");
+    let (mut alpha, _) = Hello::start(&dir, 1, Some("alpha"));
+    let (mut beta, _) = Hello::start(&dir, 1, Some("beta"));
     let deadline = Instant::now() + PATIENCE;
     let table = loop {
         let out = ctl_any(&dir, &["status"]);

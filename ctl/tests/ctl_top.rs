@@ -4,7 +4,7 @@
 //! cluster, or no terminal to draw on.
 #![allow(missing_docs)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -16,23 +16,9 @@ use forkless_ctl::top::{render, Action, App};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
-const PATIENCE: Duration = Duration::from_secs(60);
+mod common;
 
-/// `target/<profile>/examples/hello`, which `cargo test --workspace` builds.
-fn hello_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path = dir.join("examples").join("hello");
-    assert!(
-        path.exists(),
-        "{} is missing: run the whole suite (`cargo test --workspace`), which builds the examples",
-        path.display()
-    );
-    path
-}
+use common::{Hello, PATIENCE};
 
 /// A fresh directory for the control socket of the cluster under test.
 fn scratch(test: &str) -> PathBuf {
@@ -40,29 +26,6 @@ fn scratch(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     dir
-}
-
-/// `hello` with `workers` workers and its control socket in `dir`; its
-/// HTTP address.
-fn start_hello(dir: &Path, workers: usize) -> (Child, String) {
-    let mut child = Command::new(hello_binary())
-        .args(["--port", "0", "--workers", &workers.to_string()])
-        .env("XDG_RUNTIME_DIR", dir)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hello");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned();
-    (child, addr)
 }
 
 fn ctl(dir: &Path, args: &[&str]) -> Output {
@@ -152,7 +115,7 @@ fn get(addr: &str) {
 #[test]
 fn top_renders_the_table_of_a_live_cluster_and_steers_it() {
     let dir = scratch("live");
-    let (mut hello, addr) = start_hello(&dir, 2);
+    let (mut hello, addr) = Hello::start(&dir, 2, None);
     let rt = runtime();
     let client = Client::new(dir.join("forkless-hello.sock"));
     let mut app = App::new(client.socket().display().to_string());
@@ -236,7 +199,7 @@ fn top_needs_a_cluster_and_a_terminal() {
         "{named:?}"
     );
 
-    let (mut hello, _) = start_hello(&dir, 1);
+    let (mut hello, _) = Hello::start(&dir, 1, None);
     let rt = runtime();
     let client = Client::new(dir.join("forkless-hello.sock"));
     status_until(&rt, &client, "1 ready worker", |s| all_ready(s, 1));
@@ -282,6 +245,16 @@ struct Pty {
     child: Child,
     output: std::sync::mpsc::Receiver<Vec<u8>>,
     screen: vt100::Parser,
+}
+
+impl Drop for Pty {
+    /// A test that fails leaves no `forkless-ctl top` running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Pty {
@@ -396,7 +369,7 @@ impl Pty {
 #[test]
 fn top_in_a_pseudo_terminal() {
     let dir = scratch("pty");
-    let (mut hello, _) = start_hello(&dir, 1);
+    let (mut hello, _) = Hello::start(&dir, 1, None);
     let rt = runtime();
     let client = Client::new(dir.join("forkless-hello.sock"));
     status_until(&rt, &client, "1 ready worker", |s| all_ready(s, 1));
@@ -431,7 +404,7 @@ fn top_in_a_pseudo_terminal() {
     rt.block_on(client.shutdown()).expect("shutdown");
     assert!(hello.wait().expect("hello exits").success());
     pty.until("unreachable", |s| s.contains("UNREACHABLE"));
-    let (mut again, _) = start_hello(&dir, 1);
+    let (mut again, _) = Hello::start(&dir, 1, None);
     pty.until("the cluster back", |s| {
         !s.contains("UNREACHABLE") && s.contains("1/1 ready")
     });

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Tail latency when the load generator shares the server's cores (issue 17,
+# item 5): forkless with 2 workers beside tokio multi-thread, each on cores
+# 0-1 with `wrk -t2 -c128` on the same two cores, in alternating rounds; for
+# forkless, how the 128 keep-alive connections split between the slots
+# (from the control socket), to tell connection imbalance apart from CPU
+# sharing.
+#
+# Needs: Linux with 2 cores or more, wrk, curl, taskset; cargo to build.
+#
+#   apt-get install -y wrk curl && benches/uneven_load.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+cargo bench --bench http_per_core --no-run 2>/dev/null
+cargo build -p forkless-ctl --quiet
+bench=$(ls -t target/release/deps/http_per_core-* | grep -v '\.d$' | head -1)
+ctl=target/debug/forkless-ctl
+for round in $(seq "$rounds"); do
+  for kind in forkless tokio-mt; do
+    port=$((21000 + round * 10 + ${#kind}))
+    name="uneven-$$-$round"
+    FORKLESS_NAME=$name taskset -c 0,1 "$bench" --serve "$kind" "$port" >/dev/null 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+    taskset -c 0,1 wrk -t2 -c128 -d2s "http://127.0.0.1:$port/" >/dev/null
+    out=$(taskset -c 0,1 wrk -t2 -c128 -d8s --latency "http://127.0.0.1:$port/")
+    rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+    p99=$(echo "$out" | awk '/ 99%/{print $2}')
+    split=""
+    if [ "$kind" = forkless ]; then
+      split=$("$ctl" --name "$name" --json status |
+        python3 -c 'import json,sys; print("accepted per slot:", "/".join(str(w["accepted"]) for w in json.load(sys.stdin)["workers"]))')
+    fi
+    printf 'round %s %-9s %10s req/s  p99 %8s  %s\n' "$round" "$kind" "$rps" "$p99" "$split"
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+  done
+done
