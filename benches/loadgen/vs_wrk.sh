@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# loadgen beside wrk: the same server measured by both, in turns, in one run.
+# Needs bash, coreutils, taskset, wrk, and a DIR filled by
+# `benches/scaling.sh --build DIR` (DIR/servers, DIR/loadgen).
+#
+#   benches/loadgen/vs_wrk.sh DIR
+#
+# The server (VS_SERVER, default per-core; any name `servers --serve`
+# takes) on the first CPU this process may use; wrk -t1 and loadgen -t1,
+# VS_CONNECTIONS (64) connections each, on the second. VS_ROUNDS (5) rounds
+# of wrk then loadgen, each a VS_WARMUP (2) s warm-up then VS_SECS (10) s
+# measured (wrk: a separate warm-up run on the same server; loadgen: -w).
+# Prints each round's req/s and p99 and the ratio loadgen / wrk.
+set -euo pipefail
+[ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
+dir=$1
+for tool in wrk taskset; do
+  command -v "$tool" >/dev/null || { echo "vs_wrk.sh: needs $tool" >&2; exit 1; }
+done
+for f in servers loadgen; do
+  [ -x "$dir/$f" ] || { echo "vs_wrk.sh: $dir/$f is missing (benches/scaling.sh --build $dir)" >&2; exit 1; }
+done
+server=${VS_SERVER:-per-core}
+connections=${VS_CONNECTIONS:-64}
+rounds=${VS_ROUNDS:-5}
+warmup=${VS_WARMUP:-2}
+secs=${VS_SECS:-10}
+port=${VS_PORT:-24000}
+
+list=$(taskset -pc $$)
+list=${list##*: }
+cpus=()
+IFS=',' read -ra parts <<<"$list"
+for part in "${parts[@]}"; do
+  if [[ $part == *-* ]]; then
+    mapfile -t -O "${#cpus[@]}" cpus < <(seq "${part%-*}" "${part#*-}")
+  else
+    cpus+=("$part")
+  fi
+done
+[ "${#cpus[@]}" -ge 2 ] || { echo "vs_wrk.sh: needs 2 CPUs" >&2; exit 1; }
+server_cpu=${cpus[0]}
+load_cpu=${cpus[1]}
+
+while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+runtime_dir=$(mktemp -d)
+XDG_RUNTIME_DIR=$runtime_dir RUST_LOG=warn taskset -c "$server_cpu" "$dir/servers" --serve "$server" "$port" >/dev/null &
+server_pid=$!
+trap 'kill -TERM "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null; rm -rf "$runtime_dir"' EXIT
+for _ in $(seq 1 500); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.02
+done
+url=http://127.0.0.1:$port/
+echo "vs_wrk: $server server on CPU $server_cpu, load on CPU $load_cpu, -c$connections -t1, ${warmup}s warm-up + ${secs}s, $rounds rounds, $(uname -srm)"
+echo
+echo "| round | wrk req/s | loadgen req/s | loadgen / wrk | wrk p99 ms | loadgen p99 ms | wrk errors | loadgen errors |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+# wrk's latency ("850.00us", "1.23ms", "1.01s": two decimals) -> ms.
+to_ms() {
+  local v=$1 unit n whole frac us
+  unit=${v//[0-9.]/}
+  n=${v%"$unit"}
+  whole=${n%.*}
+  frac=${n#*.}
+  [ "$frac" = "$n" ] && frac=00
+  frac=${frac}00
+  local h=$((10#$whole * 100 + 10#${frac:0:2}))
+  case $unit in
+    us) us=$((h / 100)) ;;
+    ms) us=$((h * 10)) ;;
+    s) us=$((h * 10000)) ;;
+    *) echo "?"; return ;;
+  esac
+  printf '%d.%03d' $((us / 1000)) $((us % 1000))
+}
+sum_wrk=0 sum_lg=0
+for round in $(seq 1 "$rounds"); do
+  taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${warmup}s" "$url" >/dev/null
+  out=$(taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${secs}s" --latency "$url")
+  [[ $out =~ Requests/sec:\ *([0-9.]+) ]] || { echo "bad wrk output: $out" >&2; exit 1; }
+  wrk_rps=${BASH_REMATCH[1]}
+  [[ $out =~ \ 99%\ *([0-9.]+[a-z]+) ]] && wrk_p99=$(to_ms "${BASH_REMATCH[1]}") || wrk_p99=-
+  wrk_errors=0
+  [[ $out =~ Non-2xx\ or\ 3xx\ responses:\ *([0-9]+) ]] && wrk_errors=$((wrk_errors + BASH_REMATCH[1]))
+  if [[ $out =~ Socket\ errors:\ connect\ ([0-9]+),\ read\ ([0-9]+),\ write\ ([0-9]+),\ timeout\ ([0-9]+) ]]; then
+    wrk_errors=$((wrk_errors + BASH_REMATCH[1] + BASH_REMATCH[2] + BASH_REMATCH[3] + BASH_REMATCH[4]))
+  fi
+  json=$(taskset -c "$load_cpu" "$dir/loadgen" -t1 -c"$connections" -w "${warmup}s" -d "${secs}s" "$url")
+  [[ $json =~ \"requests_per_sec\":([0-9.]+) ]] || { echo "bad loadgen output: $json" >&2; exit 1; }
+  lg_rps=${BASH_REMATCH[1]}
+  [[ $json =~ \"p99\":([0-9.]+) ]] && lg_p99=${BASH_REMATCH[1]} || lg_p99=-
+  lg_errors=0
+  for kind in connect read_write non_2xx timeout; do
+    [[ $json =~ \"$kind\":([0-9]+) ]] && lg_errors=$((lg_errors + BASH_REMATCH[1]))
+  done
+  w=${wrk_rps%%.*} l=${lg_rps%%.*}
+  sum_wrk=$((sum_wrk + w)) sum_lg=$((sum_lg + l))
+  milli=$((l * 1000 / w))
+  printf '| %d | %d | %d | %d.%03dx | %s | %s | %d | %d |\n' "$round" "$w" "$l" \
+    $((milli / 1000)) $((milli % 1000)) "$wrk_p99" "$lg_p99" "$wrk_errors" "$lg_errors"
+done
+milli=$((sum_lg * 1000 / sum_wrk))
+printf '\nall rounds: wrk %d req/s, loadgen %d req/s (means), loadgen / wrk %d.%03dx\n' \
+  $((sum_wrk / rounds)) $((sum_lg / rounds)) $((milli / 1000)) $((milli % 1000))
