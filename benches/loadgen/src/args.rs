@@ -197,7 +197,11 @@ fn target(url: &str) -> Result<Target, String> {
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    let port = authority.port_u16().unwrap_or(80);
+    let port = match authority.port_u16() {
+        Some(port) => port,
+        None if authority.as_str() == host => 80,
+        None => return Err(bad("the port must be a number from 1 to 65535")),
+    };
     if port == 0 {
         return Err(bad("port 0"));
     }
@@ -264,6 +268,8 @@ mod tests {
             "http:///path",
             "http://127.0.0.1:0/",
             "http://127.0.0.1:99999/",
+            "http://127.0.0.1:/",
+            "http://127.0.0.1:x/",
             "http://u@127.0.0.1/",
             "",
         ] {
