@@ -8,9 +8,10 @@
 # The server (VS_SERVER, default per-core; any name `servers --serve`
 # takes) on the first CPU this process may use; wrk -t1 and loadgen -t1,
 # VS_CONNECTIONS (64) connections each, on the second. VS_ROUNDS (5) rounds
-# of wrk then loadgen, each a VS_WARMUP (2) s warm-up then VS_SECS (10) s
-# measured (wrk: a separate warm-up run on the same server; loadgen: -w).
-# Prints each round's req/s and p99 and the ratio loadgen / wrk.
+# of wrk then loadgen, each a VS_WARMUP (2) s run not counted, then a
+# VS_SECS (10) s run measured. Prints each round's req/s, p99, the ratio
+# loadgen / wrk, and the CPU time (user + system) each tool spent per
+# request in its measured run.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
 dir=$1
@@ -54,8 +55,8 @@ done
 url=http://127.0.0.1:$port/
 echo "vs_wrk: $server server on CPU $server_cpu, load on CPU $load_cpu, -c$connections -t1, ${warmup}s warm-up + ${secs}s, $rounds rounds, $(uname -srm)"
 echo
-echo "| round | wrk req/s | loadgen req/s | loadgen / wrk | wrk p99 ms | loadgen p99 ms | wrk errors | loadgen errors |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| round | wrk req/s | loadgen req/s | loadgen / wrk | wrk p99 ms | loadgen p99 ms | wrk CPU us/req (user+sys) | loadgen CPU us/req (user+sys) | errors wrk / loadgen |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 # wrk's latency ("850.00us", "1.23ms", "1.01s": two decimals) -> ms.
 to_ms() {
   local v=$1 unit n whole frac us
@@ -74,10 +75,26 @@ to_ms() {
   esac
   printf '%d.%03d' $((us / 1000)) $((us % 1000))
 }
+# Runs "$@" with its output in $out and its CPU time in $cpu_user and
+# $cpu_sys (ms).
+timed() {
+  local t TIMEFORMAT='%3U %3S'
+  { t=$( { time "$@" >"$runtime_dir/out" 2>/dev/null; } 2>&1 ); } || return 1
+  out=$(<"$runtime_dir/out")
+  read -r cpu_user cpu_sys <<<"$t"
+  cpu_user=$((10#${cpu_user/./})) cpu_sys=$((10#${cpu_sys/./}))
+}
+# CPU ms and req/s -> "user+sys" in us per request.
+per_request() {
+  local requests=$(( ${3%%.*} * secs ))
+  printf '%d.%d+%d.%d' $(( $1 * 1000 / requests )) $(( $1 * 10000 / requests % 10 )) \
+    $(( $2 * 1000 / requests )) $(( $2 * 10000 / requests % 10 ))
+}
 sum_wrk=0 sum_lg=0
 for round in $(seq 1 "$rounds"); do
   taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${warmup}s" "$url" >/dev/null
-  out=$(taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${secs}s" --latency "$url")
+  timed taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${secs}s" --latency "$url"
+  wrk_cpu_user=$cpu_user wrk_cpu_sys=$cpu_sys
   [[ $out =~ Requests/sec:\ *([0-9.]+) ]] || { echo "bad wrk output: $out" >&2; exit 1; }
   wrk_rps=${BASH_REMATCH[1]}
   [[ $out =~ \ 99%\ *([0-9.]+[a-z]+) ]] && wrk_p99=$(to_ms "${BASH_REMATCH[1]}") || wrk_p99=-
@@ -86,7 +103,9 @@ for round in $(seq 1 "$rounds"); do
   if [[ $out =~ Socket\ errors:\ connect\ ([0-9]+),\ read\ ([0-9]+),\ write\ ([0-9]+),\ timeout\ ([0-9]+) ]]; then
     wrk_errors=$((wrk_errors + BASH_REMATCH[1] + BASH_REMATCH[2] + BASH_REMATCH[3] + BASH_REMATCH[4]))
   fi
-  json=$(taskset -c "$load_cpu" "$dir/loadgen" -t1 -c"$connections" -w "${warmup}s" -d "${secs}s" "$url")
+  taskset -c "$load_cpu" "$dir/loadgen" -t1 -c"$connections" -d "${warmup}s" "$url" >/dev/null
+  timed taskset -c "$load_cpu" "$dir/loadgen" -t1 -c"$connections" -d "${secs}s" "$url"
+  json=$out
   [[ $json =~ \"requests_per_sec\":([0-9.]+) ]] || { echo "bad loadgen output: $json" >&2; exit 1; }
   lg_rps=${BASH_REMATCH[1]}
   [[ $json =~ \"p99\":([0-9.]+) ]] && lg_p99=${BASH_REMATCH[1]} || lg_p99=-
@@ -97,8 +116,10 @@ for round in $(seq 1 "$rounds"); do
   w=${wrk_rps%%.*} l=${lg_rps%%.*}
   sum_wrk=$((sum_wrk + w)) sum_lg=$((sum_lg + l))
   milli=$((l * 1000 / w))
-  printf '| %d | %d | %d | %d.%03dx | %s | %s | %d | %d |\n' "$round" "$w" "$l" \
-    $((milli / 1000)) $((milli % 1000)) "$wrk_p99" "$lg_p99" "$wrk_errors" "$lg_errors"
+  printf '| %d | %d | %d | %d.%03dx | %s | %s | %s | %s | %d / %d |\n' "$round" "$w" "$l" \
+    $((milli / 1000)) $((milli % 1000)) "$wrk_p99" "$lg_p99" \
+    "$(per_request "$wrk_cpu_user" "$wrk_cpu_sys" "$w")" \
+    "$(per_request "$cpu_user" "$cpu_sys" "$l")" "$wrk_errors" "$lg_errors"
 done
 milli=$((sum_lg * 1000 / sum_wrk))
 printf '\nall rounds: wrk %d req/s, loadgen %d req/s (means), loadgen / wrk %d.%03dx\n' \
