@@ -76,16 +76,26 @@ allowed_cpus() {
   done
 }
 
-# Waits (10 s at most) until something accepts on 127.0.0.1:$1.
+# Waits (10 s at most) until something accepts on 127.0.0.1:$1, while
+# process $2 runs.
 wait_listening() {
   local i
   for i in $(seq 1 500); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
       return 0
     fi
+    kill -0 "$2" 2>/dev/null || return 1
     sleep 0.02
   done
   return 1
+}
+
+# Exits with a message unless $2 is a whole number from $3 to $4.
+check_number() {
+  if ! [[ $2 =~ ^[0-9]+$ ]] || [ "$((10#$2))" -lt "$3" ] || [ "$((10#$2))" -gt "$4" ]; then
+    echo "scaling.sh: $1 must be a whole number from $3 to $4, not '$2'" >&2
+    exit 2
+  fi
 }
 
 # The server running now, stopped on exit; the --prebuilt run's temporary
@@ -107,6 +117,22 @@ prebuilt() {
   local warmup=${SCALING_WARMUP:-2}
   local servers=${SCALING_SERVERS:-per-core forkless tokio-mt actix-web}
   local port=${SCALING_PORT:-23000}
+  local n name
+  for n in $sizes; do check_number "SCALING_SIZES" "$n" 1 4096; done
+  [ -n "${sizes// /}" ] || { echo "scaling.sh: SCALING_SIZES is empty" >&2; exit 2; }
+  check_number SCALING_SECS "$secs" 1 3600
+  check_number SCALING_WARMUP "$warmup" 0 3600
+  check_number SCALING_PORT "$port" 1024 60000
+  for name in $servers; do
+    case $name in
+      per-core | forkless | tokio-mt | actix-web | fl-min | fl-sel) ;;
+      *)
+        echo "scaling.sh: SCALING_SERVERS: unknown server '$name' (per-core forkless tokio-mt actix-web)" >&2
+        exit 2
+        ;;
+    esac
+  done
+  [ -n "${servers// /}" ] || { echo "scaling.sh: SCALING_SERVERS is empty" >&2; exit 2; }
   local cpus
   mapfile -t cpus < <(allowed_cpus)
   runtime_dir=$(mktemp -d)
@@ -125,14 +151,13 @@ prebuilt() {
     if [ "$threads" -gt "$connections" ]; then threads=$connections; fi
     echo "== $n server core(s) ($server_cores), loadgen -t$threads -c$connections on $load_cores =="
     local names=() rps=() p99=() errors=()
-    local name
     for name in $servers; do
       port=$((port + 1))
       while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
       XDG_RUNTIME_DIR=$runtime_dir RUST_LOG=warn \
         taskset -c "$server_cores" "$dir/servers" --serve "$name" "$port" >/dev/null &
       server_pid=$!
-      if ! wait_listening "$port"; then
+      if ! wait_listening "$port" "$server_pid"; then
         echo "scaling.sh: $name did not start listening on $port" >&2
         exit 1
       fi
