@@ -134,8 +134,28 @@ fn closed_port() -> SocketAddr {
 fn measures_a_server_with_keep_alive() {
     let addr = server(StatusCode::OK, None);
     let url = format!("http://{addr}/");
-    let json = measure(&["-c", "4", "-t", "2", "-d", "1s", "--timeout", "60s", &url]);
+    // Both threads pinned to a core this process may use.
+    let core = core_affinity::get_core_ids().expect("cores")[0]
+        .id
+        .to_string();
+    let json = measure(&[
+        "-c",
+        "4",
+        "-t",
+        "2",
+        "--cores",
+        &core,
+        "-d",
+        "1s",
+        "--timeout",
+        "60s",
+        &url,
+    ]);
     assert_eq!(json["mode"], "keep-alive");
+    assert_eq!(
+        json["cores"],
+        serde_json::json!([core.parse::<u64>().unwrap()])
+    );
     assert_eq!(json["url"], url.as_str());
     assert_eq!(n(&json, &["connections"]), 4);
     assert_eq!(n(&json, &["threads"]), 2);
