@@ -47,13 +47,18 @@ while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); d
 runtime_dir=$(mktemp -d)
 XDG_RUNTIME_DIR=$runtime_dir RUST_LOG=warn taskset -c "$server_cpu" "$dir/servers" --serve "$server" "$port" >/dev/null &
 server_pid=$!
-trap 'kill -TERM "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null; rm -rf "$runtime_dir"' EXIT
+hog_pid=
+if [ "${VS_HOG:-0}" = 1 ]; then
+  taskset -c "$server_cpu" bash -c 'while :; do :; done' &
+  hog_pid=$!
+fi
+trap 'kill -TERM "$server_pid" $hog_pid 2>/dev/null; wait "$server_pid" 2>/dev/null; rm -rf "$runtime_dir"' EXIT
 for _ in $(seq 1 500); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.02
 done
 url=http://127.0.0.1:$port/
-echo "vs_wrk: $server server on CPU $server_cpu, load on CPU $load_cpu, -c$connections -t1, ${warmup}s warm-up + ${secs}s, $rounds rounds, $(uname -srm)"
+echo "vs_wrk: $server server on CPU $server_cpu${hog_pid:+ beside a busy loop}, load on CPU $load_cpu, -c$connections -t1, ${warmup}s warm-up + ${secs}s, $rounds rounds, $(uname -srm)"
 echo
 echo "| round | wrk req/s | loadgen req/s | loadgen / wrk | wrk p99 ms | loadgen p99 ms | wrk CPU us/req (user+sys) | loadgen CPU us/req (user+sys) | errors wrk / loadgen |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
