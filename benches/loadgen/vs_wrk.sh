@@ -11,7 +11,8 @@
 # of wrk then loadgen, each a VS_WARMUP (2) s run not counted, then a
 # VS_SECS (10) s run measured. Prints each round's req/s, p99, the ratio
 # loadgen / wrk, and the CPU time (user + system) each tool spent per
-# request in its measured run.
+# request in its measured run, and the server's: how busy its CPU was (its
+# user + system time over the run's length) and its CPU per request.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
 dir=$1
@@ -60,8 +61,8 @@ done
 url=http://127.0.0.1:$port/
 echo "vs_wrk: $server server on CPU $server_cpu${hog_pid:+ beside a busy loop}, load on CPU $load_cpu, -c$connections -t1, ${warmup}s warm-up + ${secs}s, $rounds rounds, $(uname -srm)"
 echo
-echo "| round | wrk req/s | loadgen req/s | loadgen / wrk | wrk p99 ms | loadgen p99 ms | wrk CPU us/req (user+sys) | loadgen CPU us/req (user+sys) | errors wrk / loadgen |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| round | wrk req/s | loadgen req/s | loadgen / wrk | wrk p99 ms | loadgen p99 ms | wrk CPU us/req (user+sys) | loadgen CPU us/req (user+sys) | server busy, under wrk / loadgen | server CPU us/req, under wrk / loadgen | errors wrk / loadgen |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 # wrk's latency ("850.00us", "1.23ms", "1.01s": two decimals) -> ms.
 to_ms() {
   local v=$1 unit n whole frac us
@@ -95,10 +96,24 @@ per_request() {
   printf '%d.%d+%d.%d' $(( $1 * 1000 / requests )) $(( $1 * 10000 / requests % 10 )) \
     $(( $2 * 1000 / requests )) $(( $2 * 10000 / requests % 10 ))
 }
+# The server's CPU time so far, in clock ticks (1/100 s).
+server_ticks() {
+  local stat
+  read -r -a stat <"/proc/$server_pid/stat"
+  echo $((stat[13] + stat[14]))
+}
+# Ticks over the measured run -> "busy %", and with req/s -> "us/req".
+server_use() {
+  local ticks=$1 requests=$(( ${2%%.*} * secs ))
+  busy="$((ticks / secs))%"
+  per_req=$(printf '%d.%d' $((ticks * 10000 / requests)) $((ticks * 100000 / requests % 10)))
+}
 sum_wrk=0 sum_lg=0
 for round in $(seq 1 "$rounds"); do
   taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${warmup}s" "$url" >/dev/null
+  t0=$(server_ticks)
   timed taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${secs}s" --latency "$url"
+  wrk_ticks=$(( $(server_ticks) - t0 ))
   wrk_cpu_user=$cpu_user wrk_cpu_sys=$cpu_sys
   [[ $out =~ Requests/sec:\ *([0-9.]+) ]] || { echo "bad wrk output: $out" >&2; exit 1; }
   wrk_rps=${BASH_REMATCH[1]}
@@ -109,7 +124,9 @@ for round in $(seq 1 "$rounds"); do
     wrk_errors=$((wrk_errors + BASH_REMATCH[1] + BASH_REMATCH[2] + BASH_REMATCH[3] + BASH_REMATCH[4]))
   fi
   taskset -c "$load_cpu" "$dir/loadgen" -t1 -c"$connections" -d "${warmup}s" "$url" >/dev/null
+  t0=$(server_ticks)
   timed taskset -c "$load_cpu" "$dir/loadgen" -t1 -c"$connections" -d "${secs}s" "$url"
+  lg_ticks=$(( $(server_ticks) - t0 ))
   json=$out
   [[ $json =~ \"requests_per_sec\":([0-9.]+) ]] || { echo "bad loadgen output: $json" >&2; exit 1; }
   lg_rps=${BASH_REMATCH[1]}
@@ -121,10 +138,14 @@ for round in $(seq 1 "$rounds"); do
   w=${wrk_rps%%.*} l=${lg_rps%%.*}
   sum_wrk=$((sum_wrk + w)) sum_lg=$((sum_lg + l))
   milli=$((l * 1000 / w))
-  printf '| %d | %d | %d | %d.%03dx | %s | %s | %s | %s | %d / %d |\n' "$round" "$w" "$l" \
+  server_use "$wrk_ticks" "$w"
+  wrk_busy=$busy wrk_per_req=$per_req
+  server_use "$lg_ticks" "$l"
+  printf '| %d | %d | %d | %d.%03dx | %s | %s | %s | %s | %s / %s | %s / %s | %d / %d |\n' "$round" "$w" "$l" \
     $((milli / 1000)) $((milli % 1000)) "$wrk_p99" "$lg_p99" \
     "$(per_request "$wrk_cpu_user" "$wrk_cpu_sys" "$w")" \
-    "$(per_request "$cpu_user" "$cpu_sys" "$l")" "$wrk_errors" "$lg_errors"
+    "$(per_request "$cpu_user" "$cpu_sys" "$l")" "$wrk_busy" "$busy" "$wrk_per_req" "$per_req" \
+    "$wrk_errors" "$lg_errors"
 done
 milli=$((sum_lg * 1000 / sum_wrk))
 printf '\nall rounds: wrk %d req/s, loadgen %d req/s (means), loadgen / wrk %d.%03dx\n' \
