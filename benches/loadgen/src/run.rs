@@ -170,8 +170,9 @@ fn load_thread(
     // Drops the connections, requests in flight with them: they ended
     // after the measurement.
     drop(local);
-    let stats = ctx.stats.replace(Stats::new()?);
-    Ok(stats)
+    let ctx =
+        Rc::try_unwrap(ctx).map_err(|_| "a connection outlived its load thread".to_string())?;
+    Ok(ctx.stats.into_inner())
 }
 
 /// How one request ended.
