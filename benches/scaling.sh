@@ -15,8 +15,9 @@
 #       per core, 64 connections per server core, 2 s warm-up, 5 s
 #       measured). Prints req/s and p99 per server, and each one's ratio to
 #       the per-core server. About 2 minutes on 16 cores.
-#   benches/scaling.sh                 (the first mode) needs cargo and wrk:
-#       the http_per_core bench with BENCH_WORKERS=N, wrk as the load.
+#   benches/scaling.sh                 (the original mode) needs cargo, wrk
+#       and 9 cores or more: the http_per_core bench with BENCH_WORKERS=N,
+#       wrk as the load.
 #
 # Settings (--prebuilt), in the environment: SCALING_SIZES (default
 # "1 2 4 8"), SCALING_SECS (5), SCALING_WARMUP (2), SCALING_SERVERS
@@ -25,7 +26,9 @@
 #
 # The load generator needs more CPU per request than a server: where the
 # load cores are fewer than, or as many as, the server cores, the load may be
-# what limits, and every server then shows the same figure.
+# what limits, and every server then shows the same figure. The figures are
+# the network stack's as much as the servers': on a sandbox's stack (gVisor)
+# they are not Linux's; say which beside them.
 set -euo pipefail
 
 usage() {
