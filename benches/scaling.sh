@@ -15,9 +15,9 @@
 #       per core, 64 connections per server core, 2 s warm-up, 5 s
 #       measured). Prints req/s and p99 per server, and each one's ratio to
 #       the per-core server. About 2 minutes on 16 cores.
-#   benches/scaling.sh                 (the original mode) needs cargo, wrk
-#       and 9 cores or more: the http_per_core bench with BENCH_WORKERS=N,
-#       wrk as the load.
+#   benches/scaling.sh                 (the original mode) needs cargo and wrk:
+#       the http_per_core bench with BENCH_WORKERS=N (clamped to the cores
+#       minus one), wrk as the load.
 #
 # Settings (--prebuilt), in the environment: SCALING_SIZES (default
 # "1 2 4 8"), SCALING_SECS (5), SCALING_WARMUP (2), SCALING_SERVERS
