@@ -13,6 +13,9 @@
 # loadgen / wrk, and the CPU time (user + system) each tool spent per
 # request in its measured run, and the server's: how busy its CPU was (its
 # user + system time over the run's length) and its CPU per request.
+# BENCH_WORK_US=n (passed to the server) makes each answer spin n us first,
+# so that the server, not the tool, is the limit: then both tools must
+# measure the same req/s.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
 dir=$1

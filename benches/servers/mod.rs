@@ -14,10 +14,27 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-/// Every Rust peer's answer.
+/// Every Rust peer's answer. With `BENCH_WORK_US=n` in the environment,
+/// it first spins for `n` microseconds: a server whose own work per request
+/// limits it, for comparing load generators against the same ceiling.
 pub(crate) async fn hello_world(
     _req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    static WORK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    let work = *WORK.get_or_init(|| {
+        Duration::from_micros(
+            std::env::var("BENCH_WORK_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        )
+    });
+    if !work.is_zero() {
+        let start = Instant::now();
+        while start.elapsed() < work {
+            std::hint::spin_loop();
+        }
+    }
     Ok(Response::new(Full::new(Bytes::from_static(
         b"Hello, World!",
     ))))
