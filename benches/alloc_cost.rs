@@ -2,12 +2,14 @@
 //! server (`benches/http_per_core.rs`: `hello` on one worker on core 0, wrk
 //! on core 1) and the store benchmark's forkless workloads
 //! (`benches/store.rs`: 2 workers, set+get pairs, sequential and 64 tasks
-//! per worker), each built twice: with the system allocator (this binary)
-//! and with `Counting<System>` around it (`benches/alloc_cost_counting.rs`).
+//! per worker), each built twice: with the system allocator as the global
+//! allocator (this binary) and with `Counting<System>` around it
+//! (`benches/alloc_cost_counting.rs`).
 //! A global allocator is chosen when a binary is built, so the two are two
 //! binaries running the same code (`benches/alloc/child.rs`); this one
-//! drives both as children, in turns (system, counting, system, ...), and
-//! reports the median round of each and their ratio.
+//! drives both as children, in turns (system then counting in even rounds,
+//! counting then system in odd ones), and reports the median round of each
+//! and their ratio.
 //!
 //! ```text
 //! cargo bench --bench alloc_cost --bench alloc_cost_counting --no-run
@@ -17,12 +19,22 @@
 //! `BENCH_SECS` (default 10) is each HTTP measurement's length (after 2 s
 //! of warm-up), `BENCH_STORE_SECS` (default 3) each store round's,
 //! `BENCH_ROUNDS` (default 3) how many rounds of each, `BENCH_PARTS`
-//! (default `http,store`) which parts run. The counting binary
+//! (default `http,store`) which parts run: `alloc` adds a loop of
+//! allocations and frees of 64 bytes on a worker, the wrapper's cost per
+//! call without the rest of a service around it. The counting binary
 //! is found beside this one (`target/release/deps/alloc_cost_counting-*`,
 //! the newest), or named by `BENCH_COUNTING_BIN`. The HTTP part needs wrk
 //! and 2 cores. Before measuring, each binary is asked whether it counts
 //! (`--check`): this one must not, the other must.
 #![allow(missing_docs)]
+
+// The system allocator, declared the way `Counting` is: without a
+// `#[global_allocator]`, allocations go through std's precompiled
+// `__rdl_alloc`, one call more than with either declared here (measured:
+// `BENCH_PARTS=alloc` made the counting binary the faster one by 0.5 ns a
+// call). Declared, the two binaries differ only by the count.
+#[global_allocator]
+static ALLOC: std::alloc::System = std::alloc::System;
 
 #[path = "alloc/child.rs"]
 mod child;
@@ -146,8 +158,8 @@ fn main() {
     let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
     for part in &parts {
         assert!(
-            ["http", "store"].contains(part),
-            "BENCH_PARTS: unknown part {part:?} (known: http, store)"
+            ["http", "store", "alloc"].contains(part),
+            "BENCH_PARTS: unknown part {part:?} (known: http, store, alloc)"
         );
     }
     let http = parts.contains(&"http") && benching && wrk_here && cores.len() >= 2;
@@ -172,10 +184,19 @@ fn main() {
             .expect("the row");
         row.1[v].push(figure);
     };
+    // Even rounds run the system allocator first, odd ones the counting
+    // one, so that neither always runs second.
+    let order = |round: usize| {
+        let mut both: Vec<(usize, &(&str, PathBuf))> = variants.iter().enumerate().collect();
+        if round % 2 == 1 {
+            both.reverse();
+        }
+        both
+    };
     for round in 0..rounds {
         if http {
             let (server_core, wrk_core) = (cores[0].id.to_string(), cores[1].id.to_string());
-            for (v, (name, bin)) in variants.iter().enumerate() {
+            for (v, (name, bin)) in order(round) {
                 let port = 21000 + (round * variants.len() + v) as u16;
                 let mut command = Command::new("taskset");
                 command
@@ -191,7 +212,7 @@ fn main() {
             }
         }
         for workload in ["sequential", "concurrent"].into_iter().filter(|_| store) {
-            for (v, (name, bin)) in variants.iter().enumerate() {
+            for (v, (name, bin)) in order(round) {
                 let text = output(bin, &["--store", workload, &store_secs.to_string()]);
                 let ops: f64 = text
                     .lines()
@@ -203,10 +224,25 @@ fn main() {
             }
         }
     }
+    if parts.contains(&"alloc") {
+        for round in 0..rounds {
+            for (v, (name, bin)) in order(round) {
+                let text = output(bin, &["--alloc-loop"]);
+                let ns: f64 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ns/op "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no ns/op in {text:?}"));
+                println!("  round {round} alloc+free 64 B {name:>8}: {ns:.2} ns");
+                record("alloc+free of 64 B on a worker, ns", v, ns);
+            }
+        }
+    }
     println!("\n| benchmark | system (median) | counting (median) | counting / system |");
     println!("|---|---:|---:|---:|");
     for (what, [system, counting]) in results {
         let (s, c) = (median(system), median(counting));
-        println!("| {what} | {s:.0} | {c:.0} | {:.3} |", c / s);
+        let digits = if s < 1000.0 { 2 } else { 0 };
+        println!("| {what} | {s:.digits$} | {c:.digits$} | {:.3} |", c / s);
     }
 }

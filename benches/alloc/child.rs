@@ -12,6 +12,9 @@ use forkless::{Cluster, Event, Worker};
 ///   (the driver allows one), as `benches/http_per_core.rs` serves it;
 /// - `--store sequential|concurrent SECS`: one round of `benches/store.rs`'s
 ///   forkless store workload; prints `ops/s N`;
+/// - `--alloc-loop`: on a worker, allocates and frees 64 bytes 20 million
+///   times; prints `ns/op` (one allocation and one free), the least of 5
+///   runs;
 /// - `--check`: prints `counted true` when a worker's memory is counted,
 ///   `counted false` when it is unknown.
 pub(crate) fn run(args: &[String]) -> bool {
@@ -36,6 +39,10 @@ pub(crate) fn run(args: &[String]) -> bool {
         };
         let secs: f64 = arg(i + 2).parse().expect("--store WORKLOAD SECS");
         println!("ops/s {}", crate::store::forkless_round(concurrent, secs));
+        return true;
+    }
+    if args.iter().any(|a| a == "--alloc-loop") {
+        println!("ns/op {}", alloc_loop());
         return true;
     }
     if args.iter().any(|a| a == "--check") {
@@ -68,4 +75,37 @@ fn counted() -> bool {
     cluster.shutdown();
     cluster.join();
     counted
+}
+
+/// Nanoseconds per allocation and free of 64 bytes, on a worker's thread
+/// (the counted one, under `Counting`).
+fn alloc_loop() -> f64 {
+    const N: u32 = 20_000_000;
+    let (tx, rx) = std::sync::mpsc::channel::<f64>();
+    let cluster = Cluster::builder()
+        .workers(1)
+        .start(move |worker: Worker| {
+            let tx = tx.clone();
+            async move {
+                let best = (0..5)
+                    .map(|_| {
+                        let start = Instant::now();
+                        for i in 0..N {
+                            let b = std::hint::black_box(Box::new([i as u8; 64]));
+                            drop(b);
+                        }
+                        start.elapsed().as_nanos() as f64 / f64::from(N)
+                    })
+                    .fold(f64::INFINITY, f64::min);
+                let _ = tx.send(best);
+                worker.shutdown_signal().await;
+            }
+        })
+        .expect("start");
+    let ns = rx
+        .recv_timeout(Duration::from_secs(300))
+        .expect("the worker's figure");
+    cluster.shutdown();
+    cluster.join();
+    ns
 }
