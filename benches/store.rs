@@ -302,6 +302,18 @@ fn round(backend: &Backend, workload: Workload, secs: f64) -> (f64, Vec<u32>) {
     (ops as f64 / elapsed, latencies)
 }
 
+/// One round of the forkless store (`worker.store()`) alone, in ops/s: for
+/// `benches/alloc_cost.rs`, which runs it under two global allocators.
+#[allow(dead_code)]
+pub(crate) fn forkless_round(concurrent: bool, secs: f64) -> f64 {
+    let workload = if concurrent {
+        Workload::Concurrent
+    } else {
+        Workload::Sequential
+    };
+    round(&Backend::Forkless, workload, secs).0
+}
+
 /// The `p` quantile of sorted nanoseconds, in microseconds; "-" if none.
 fn percentile(sorted: &[u32], p: f64) -> String {
     if sorted.is_empty() {

@@ -220,6 +220,27 @@ pub use forkless_runtime::{
 };
 #[cfg(feature = "http")]
 pub use forkless_worker::http;
+
+/// Per-worker memory: [`Counting`](alloc::Counting), a global allocator
+/// that counts each worker's live bytes for [`Cluster::status`],
+/// `forkless-ctl status` and the metrics (`forkless_worker_memory_bytes`).
+///
+/// It is opt-in, a line in the program, around the system allocator or any
+/// other (mimalloc, jemalloc):
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOC: forkless::alloc::Counting<std::alloc::System> =
+///     forkless::alloc::Counting::new(std::alloc::System);
+///
+/// # fn main() {}
+/// ```
+///
+/// Without it, a worker's memory is unknown: `WorkerStatus::memory` is
+/// `None`, `forkless-ctl status` shows `-`, and the metrics have no line.
+pub mod alloc {
+    pub use forkless_runtime::Counting;
+}
 pub use forkless_worker::{
     BlockingCollection, Bus, Bytes, Collection, CollectionOptions, Envelope, Error, Inbox, KeyLock,
     ListenAddr, Listener, LockOptions, ShutdownSignal, Store, Subscription, Worker,

@@ -67,6 +67,11 @@ pub struct WorkerStatus {
     /// How late its last heartbeat ran (the event loop's lag), in
     /// milliseconds.
     pub loop_lag_ms: f64,
+    /// The bytes its generation's thread holds, when the program counts
+    /// them (`forkless::alloc::Counting` as its global allocator); absent
+    /// when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
 }
 
 /// What a slot is doing, in a [`WorkerStatus`]. On the wire: `"starting"`,

@@ -355,13 +355,23 @@ fn table(status: &Status) -> String {
         if status.stopping { ", stopping" } else { "" },
     );
     out.push_str(&format!(
-        "{:>4} {:>4} {:>4} {:<10} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9}\n",
-        "slot", "gen", "core", "state", "uptime", "restarts", "accepted", "tasks", "busy", "lag"
+        "{:>4} {:>4} {:>4} {:<10} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9} {:>10}\n",
+        "slot",
+        "gen",
+        "core",
+        "state",
+        "uptime",
+        "restarts",
+        "accepted",
+        "tasks",
+        "busy",
+        "lag",
+        "memory"
     ));
     for w in &status.workers {
         let dash = || "-".to_owned();
         out.push_str(&format!(
-            "{:>4} {:>4} {:>4} {:<10} {:>9} {:>8} {:>8} {:>6} {:>5.0}% {:>7.2}ms\n",
+            "{:>4} {:>4} {:>4} {:<10} {:>9} {:>8} {:>8} {:>6} {:>5.0}% {:>7.2}ms {:>10}\n",
             w.slot,
             w.generation,
             w.core.map_or_else(dash, |c| c.to_string()),
@@ -372,6 +382,7 @@ fn table(status: &Status) -> String {
             w.alive_tasks,
             w.busy_ratio * 100.0,
             w.loop_lag_ms,
+            w.memory.map_or_else(dash, bytes),
         ));
     }
     for b in &status.backends {
@@ -388,6 +399,21 @@ fn table(status: &Status) -> String {
         ));
     }
     out
+}
+
+/// `512 B`, `12.3 MiB`: a worker's memory (unknown is `-`, not 0).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 fn uptime(secs: f64) -> String {
@@ -449,6 +475,32 @@ mod tests {
             "{text}"
         );
         assert!(lines[3].contains("starting"), "{text}");
+    }
+
+    /// Memory shows in binary units when the cluster counts it, and as
+    /// `-` (unknown, not 0) when it does not.
+    #[test]
+    fn the_memory_column_is_a_size_or_unknown() {
+        let status = serde_json::json!({
+            "name": "api", "size": 2, "rolling": false, "stopping": false,
+            "workers": [
+                {"slot": 0, "generation": 0, "core": 0, "state": "ready", "uptime_secs": 1.0,
+                 "restarts": 0, "accepted": 0, "alive_tasks": 1, "busy_ratio": 0.0,
+                 "loop_lag_ms": 0.0, "memory": 12_897_485},
+                {"slot": 1, "generation": 0, "core": 1, "state": "ready", "uptime_secs": 1.0,
+                 "restarts": 0, "accepted": 0, "alive_tasks": 1, "busy_ratio": 0.0,
+                 "loop_lag_ms": 0.0},
+            ]
+        });
+        let text = table(&serde_json::from_value(status).expect("a Status"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].trim_end().ends_with("memory"), "{text}");
+        assert!(lines[2].trim_end().ends_with("12.3 MiB"), "{text}");
+        assert!(lines[3].trim_end().ends_with(" -"), "{text}");
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(u64::MAX), "16384.0 PiB");
     }
 
     #[test]

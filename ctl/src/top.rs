@@ -404,6 +404,14 @@ const COLUMNS: &[Column] = &[
         cell: |w, _| lag(w.loop_lag_ms),
     },
     Column {
+        title: "mem",
+        width: 9,
+        cell: |w, _| {
+            w.memory
+                .map_or_else(dash, |b| format!("{:.1}M", b as f64 / 1_048_576.0))
+        },
+    },
+    Column {
         title: "restarts",
         width: 8,
         cell: |w, _| w.restarts.to_string(),

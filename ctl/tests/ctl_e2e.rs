@@ -82,6 +82,13 @@ fn forkless_ctl_drives_a_running_cluster() {
     let table = ok(&ctl(&dir, &["status"]));
     assert!(table.contains("cluster hello (1 workers)"), "{table}");
     assert!(table.contains("slot") && table.contains("ready"), "{table}");
+    // `hello` does not count memory (no `forkless::alloc::Counting`): it is
+    // unknown, `-`, and absent from the JSON.
+    let row = table.lines().find(|l| l.contains("ready")).unwrap_or("");
+    assert!(row.trim_end().ends_with(" -"), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&dir, &["--json", "status"]))).expect("status JSON");
+    assert!(json["workers"][0].get("memory").is_none(), "{json}");
 
     assert_eq!(
         ok(&ctl(&dir, &["resize", "+1"])).trim(),
@@ -107,6 +114,10 @@ fn forkless_ctl_drives_a_running_cluster() {
 
     let metrics = ok(&ctl(&dir, &["metrics"]));
     assert!(metrics.contains("forkless_workers 3"), "{metrics}");
+    assert!(
+        !metrics.contains("forkless_worker_memory_bytes{"),
+        "{metrics}"
+    );
 
     let bad = ctl(&dir, &["resize", "0"]);
     assert_eq!(bad.status.code(), Some(1));

@@ -18,6 +18,8 @@
 // before it (checked by `runtime/tests/layers.rs`; ARCHITECTURE.md draws
 // the map).
 //
+// Per-worker memory: the counting global allocator, per-generation counters.
+mod alloc;
 // Which cluster's worker runs on this thread.
 mod current;
 // Panics caught on the runtime's threads; how a generation ended.
@@ -44,6 +46,7 @@ mod control;
 // `Builder::start` and `run`: the supervisor, control and signals wired.
 mod launch;
 
+pub use alloc::Counting;
 pub use config::backend::Backend;
 pub use config::body::BodyResult;
 pub use config::builder::{Builder, Restart, TaskPanic};

@@ -16,6 +16,7 @@
 #[macro_use]
 mod common;
 
+mod alloc_unknown;
 mod bus;
 mod bus_conformance;
 mod chaos;

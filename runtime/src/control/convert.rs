@@ -53,6 +53,7 @@ pub(super) fn wire_status(status: &Status) -> wire::Status {
                 alive_tasks: w.alive_tasks,
                 busy_ratio: w.busy_ratio,
                 loop_lag_ms: millis(w.loop_lag),
+                memory: w.memory,
             })
             .collect(),
         backends: status
@@ -471,6 +472,7 @@ mod tests {
                     alive_tasks: 2,
                     busy_ratio: 0.25,
                     loop_lag: Duration::from_micros(500),
+                    memory: None,
                 },
                 WorkerStatus {
                     slot: 1,
@@ -486,6 +488,7 @@ mod tests {
                     alive_tasks: 0,
                     busy_ratio: 0.0,
                     loop_lag: Duration::ZERO,
+                    memory: None,
                 },
             ],
             backends: vec![BackendStatus {
@@ -497,6 +500,22 @@ mod tests {
         };
         let typed = serde_json::to_value(wire_status(&status)).expect("JSON");
         assert_eq!(typed, legacy::status_json(&status));
+        // A counted memory is one more field, which a peer that predates
+        // it ignores; one without it reads as unknown.
+        let mut counted = status.clone();
+        counted.workers[0].memory = Some(12 << 20);
+        let typed = serde_json::to_value(wire_status(&counted)).expect("JSON");
+        assert_eq!(typed["workers"][0]["memory"], 12 << 20);
+        assert!(typed["workers"][1].get("memory").is_none(), "{typed}");
+        let mut old = typed.clone();
+        old["workers"][0]
+            .as_object_mut()
+            .expect("a worker")
+            .remove("memory");
+        let old: wire::Status = serde_json::from_value(old).expect("typed");
+        assert_eq!(old.workers[0].memory, None);
+        let back: wire::Status = serde_json::from_value(typed).expect("typed");
+        assert_eq!(back.workers[0].memory, Some(12 << 20));
         for state in [
             WorkerState::Starting,
             WorkerState::Ready,

@@ -491,6 +491,11 @@ pub struct WorkerStatus {
     pub busy_ratio: f64,
     /// How late its last heartbeat ran: the event loop's lag.
     pub loop_lag: Duration,
+    /// The bytes this generation's thread holds (allocated and not freed
+    /// since the generation started), when the program's global allocator
+    /// is [`Counting`](crate::Counting); `None` (unknown) without it, or
+    /// while no generation runs.
+    pub memory: Option<u64>,
 }
 
 /// What a slot is doing, in a [`WorkerStatus`].
@@ -592,6 +597,7 @@ impl View {
                         alive_tasks: stat(|st| st.alive_tasks.load(Relaxed)),
                         busy_ratio: stat(|st| st.busy_permille.load(Relaxed)) as f64 / 1000.0,
                         loop_lag: Duration::from_micros(stat(|st| st.lag_micros.load(Relaxed))),
+                        memory: s.stats.as_deref().and_then(crate::alloc::live_bytes),
                     }
                 })
                 .collect(),

@@ -52,6 +52,7 @@ pub(crate) struct Metrics {
     worker_tasks: Family<Labels, Gauge>,
     worker_busy: Family<Labels, FloatGauge>,
     worker_stalled: Family<Labels, Gauge>,
+    worker_memory: Family<Labels, Gauge>,
     active_connections: Gauge,
     store_ops: Counter,
     store_lock_waits: Counter,
@@ -88,6 +89,7 @@ impl Metrics {
             worker_tasks: Family::default(),
             worker_busy: Family::default(),
             worker_stalled: Family::default(),
+            worker_memory: Family::default(),
             active_connections: Gauge::default(),
             store_ops: Counter::default(),
             store_lock_waits: Counter::default(),
@@ -160,6 +162,12 @@ impl Metrics {
                 "worker_stalled",
                 "1 while the worker's event loop does not turn",
                 m.worker_stalled.clone(),
+            );
+            r.register(
+                "worker_memory_bytes",
+                "Bytes the serving generation's thread holds, when the program's global \
+                 allocator is forkless::alloc::Counting (absent without it)",
+                m.worker_memory.clone(),
             );
             r.register(
                 "active_connections",
@@ -257,6 +265,17 @@ impl Metrics {
             self.worker_stalled
                 .get_or_create(&l)
                 .set(i64::from(w.state == crate::WorkerState::Stalled));
+            // Unknown memory has no line, rather than a 0.
+            match w.memory {
+                Some(bytes) => {
+                    self.worker_memory
+                        .get_or_create(&l)
+                        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                }
+                None => {
+                    self.worker_memory.remove(&l);
+                }
+            }
         }
         self.active_connections
             .set(figures.active_connections as i64);
@@ -410,21 +429,9 @@ mod tests {
         ports.iter().copied().collect()
     }
 
-    /// The Grafana dashboard in `docs/` reads only metrics this module
-    /// exports (each family given a sample, so that it is in the text).
-    #[test]
-    fn the_dashboard_reads_only_exported_metrics() {
-        let m = Metrics::new();
-        m.restarted(0);
-        m.recycled(0, &crate::RecycleReason::Requested);
-        m.exited(0, &Exit::Normal);
-        m.task_panicked(0);
-        m.observe_lag(0, Duration::from_micros(10));
-        let health = Some(crate::observe::Health {
-            reachable: true,
-            failures: 1,
-        });
-        let status = Status {
+    /// A one-worker status whose worker holds `memory`.
+    fn status(memory: Option<u64>) -> Status {
+        Status {
             name: "x".to_owned(),
             size: 0,
             rolling: false,
@@ -445,21 +452,56 @@ mod tests {
                 alive_tasks: 1,
                 busy_ratio: 0.5,
                 loop_lag: Duration::ZERO,
+                memory,
             }],
             backends: Vec::new(),
-        };
-        let text = m.scrape(
-            &status,
-            Figures {
-                active_connections: 0,
-                store_ops: 1,
-                store_lock_waits: 1,
-                bus_messages: 1,
-                store_health: health,
-                bus_health: health,
-                runtime_panics: vec![("forkless-master", 1)],
-            },
+        }
+    }
+
+    fn figures(health: Option<crate::observe::Health>) -> Figures {
+        Figures {
+            active_connections: 0,
+            store_ops: 1,
+            store_lock_waits: 1,
+            bus_messages: 1,
+            store_health: health,
+            bus_health: health,
+            runtime_panics: vec![("forkless-master", 1)],
+        }
+    }
+
+    /// A worker's memory is a line while it is known, and no line (rather
+    /// than 0) once it is not.
+    #[test]
+    fn worker_memory_is_exported_only_when_known() {
+        let m = Metrics::new();
+        let text = m.scrape(&status(None), figures(None));
+        assert!(!text.contains("forkless_worker_memory_bytes{"), "{text}");
+        let text = m.scrape(&status(Some(5 << 20)), figures(None));
+        assert!(
+            text.contains("forkless_worker_memory_bytes{slot=\"0\"} 5242880"),
+            "{text}"
         );
+        let text = m.scrape(&status(None), figures(None));
+        assert!(!text.contains("forkless_worker_memory_bytes{"), "{text}");
+    }
+
+    /// The Grafana dashboard in `docs/` reads only metrics this module
+    /// exports (each family given a sample, so that it is in the text).
+    #[test]
+    fn the_dashboard_reads_only_exported_metrics() {
+        let m = Metrics::new();
+        m.restarted(0);
+        m.recycled(0, &crate::RecycleReason::Requested);
+        m.exited(0, &Exit::Normal);
+        m.task_panicked(0);
+        m.observe_lag(0, Duration::from_micros(10));
+        let health = Some(crate::observe::Health {
+            reachable: true,
+            failures: 1,
+        });
+        let status = status(Some(1 << 20));
+        let text = m.scrape(&status, figures(health));
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../docs/grafana-dashboard.json"

@@ -122,6 +122,10 @@ fn run(mut g: Generation) -> Exit {
     crate::redis::forget_this_threads_connections();
     forkless_worker::rt::mark_tokio_timer_thread();
     crate::current::set_cluster(g.cluster);
+    // This generation's memory counts from here, until its body and its
+    // runtime are dropped (`run_body` returns): `Counting`, if it is the
+    // global allocator, adds this thread's allocations to it.
+    let _memory = crate::alloc::bind(g.stats.clone());
     let terminate = std::mem::replace(&mut g.terminate, oneshot::channel().1);
     run_body(&g, terminate)
 }
