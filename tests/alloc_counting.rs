@@ -224,3 +224,50 @@ fn a_new_generation_starts_from_zero() {
     cluster.shutdown();
     cluster.join();
 }
+
+/// `Recycle::max_memory`: slot 0 holds `HELD_MIB` MiB as it starts, slot 1
+/// nothing; with a 32 MiB ceiling, slot 0 is recycled (each generation
+/// again, as each holds as much) and slot 1 never.
+#[test]
+fn a_worker_past_max_memory_is_recycled_and_one_under_it_is_not() {
+    let cluster = Cluster::builder()
+        .name("alloc-recycle")
+        .workers(2)
+        .recycle(forkless::Recycle::new().max_memory(32 * MIB))
+        .start(|worker: Worker| async move {
+            let mut held: Vec<u8> = Vec::new();
+            if worker.slot() == 0 {
+                held.resize((HELD_MIB * MIB) as usize, 1);
+            }
+            worker.ready();
+            worker.shutdown_signal().await;
+            drop(held);
+        })
+        .expect("start");
+    let mut events = cluster.events();
+    for round in 0..2 {
+        let (slot, reason) = wait_event(&mut events, "a recycle by memory", |e| match e {
+            Event::Recycled { slot, reason } => Some((*slot, reason.clone())),
+            _ => None,
+        });
+        assert_eq!(slot, 0, "round {round}: {reason}");
+        match reason {
+            forkless::RecycleReason::MaxMemory { limit, bytes } => {
+                assert_eq!(limit, 32 * MIB);
+                assert!(bytes >= HELD_MIB * MIB, "{bytes}");
+            }
+            other => panic!("round {round}: {other}"),
+        }
+    }
+    let status = cluster.status();
+    assert!(status.workers[0].recycles >= 2, "{:?}", status.workers[0]);
+    assert_eq!(status.workers[1].recycles, 0, "{:?}", status.workers[1]);
+    assert_eq!(status.workers[1].generation, 0);
+    assert!(status.workers[1].memory.is_some_and(|m| m < 32 * MIB));
+    assert_eq!(
+        (status.workers[0].restarts, status.workers[1].restarts),
+        (0, 0)
+    );
+    cluster.shutdown();
+    cluster.join();
+}

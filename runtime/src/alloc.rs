@@ -253,6 +253,12 @@ impl Drop for Binding {
     }
 }
 
+/// Whether [`Counting`] is the global allocator (it has served an
+/// allocation).
+pub(crate) fn is_counting() -> bool {
+    COUNTING.load(Relaxed)
+}
+
 /// The live bytes of the generation that owns `stats`, while it runs:
 /// `None` when [`Counting`] is not the global allocator, when the
 /// generation is not running (or has not bound its counter yet), or when

@@ -245,3 +245,20 @@ fn a_new_generation_that_fails_leaves_the_old_one_serving_and_counts_no_failure(
     assert_eq!((worker.restarts, worker.recycles), (0, 0));
     common::stop(cluster);
 }
+
+/// Without `forkless::alloc::Counting` (this test binary has none), a
+/// worker's memory is unknown: `max_memory` is refused at start, saying
+/// what it needs.
+#[test]
+fn max_memory_without_the_counting_allocator_is_refused_at_start() {
+    let e = Cluster::builder()
+        .workers(1)
+        .recycle(Recycle::new().max_memory(1 << 30))
+        .start(|worker: Worker| async move { worker.shutdown_signal().await })
+        .expect_err("no counting allocator");
+    assert!(e.is_config(), "{e}");
+    assert!(
+        e.to_string().contains("max_memory") && e.to_string().contains("Counting"),
+        "{e}"
+    );
+}

@@ -31,6 +31,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "FORKLESS_RECYCLE_MAX_CONNECTIONS",
     "FORKLESS_RECYCLE_MAX_AGE",
     "FORKLESS_RECYCLE_JITTER",
+    "FORKLESS_RECYCLE_MAX_MEMORY",
 ];
 
 /// Set by the runtime itself, for the process an upgrade starts (what it
@@ -163,6 +164,16 @@ pub(crate) fn apply(
                 }
                 builder.recycle.jitter = f;
             }
+            "FORKLESS_RECYCLE_MAX_MEMORY" => {
+                let bytes = crate::config::recycle::parse_bytes(v).ok_or_else(|| {
+                    bad(
+                        name,
+                        v,
+                        "not a size (bytes, or with a binary suffix: 512MiB, 1.5G, 64k)",
+                    )
+                })?;
+                builder.recycle.max_memory = Some(bytes);
+            }
             _ => {}
         }
         tracing::info!(
@@ -222,11 +233,13 @@ mod tests {
             ("FORKLESS_RECYCLE_MAX_CONNECTIONS", "10000"),
             ("FORKLESS_RECYCLE_MAX_AGE", "6h"),
             ("FORKLESS_RECYCLE_JITTER", "0.25"),
+            ("FORKLESS_RECYCLE_MAX_MEMORY", "512MiB"),
         ])
         .expect("valid");
         assert_eq!(b.recycle.max_connections, Some(10_000));
         assert_eq!(b.recycle.max_age, Some(Duration::from_secs(6 * 3600)));
         assert_eq!(b.recycle.jitter, 0.25);
+        assert_eq!(b.recycle.max_memory, Some(512 << 20));
         assert_eq!(b.workers, Some(3));
         assert!(!b.pin_cores);
         assert_eq!(b.shutdown_timeout, Duration::from_secs(90));
@@ -262,6 +275,9 @@ mod tests {
             ("FORKLESS_RECYCLE_JITTER", "-0.5"),
             ("FORKLESS_RECYCLE_JITTER", "NaN"),
             ("FORKLESS_RECYCLE_JITTER", "a bit"),
+            ("FORKLESS_RECYCLE_MAX_MEMORY", "0"),
+            ("FORKLESS_RECYCLE_MAX_MEMORY", "lots"),
+            ("FORKLESS_RECYCLE_MAX_MEMORY", "5 parsecs"),
         ] {
             let e = with(&[(name, value)]).expect_err(name);
             assert!(e.is_config(), "{e:?}");

@@ -37,12 +37,14 @@ use forkless_worker::Error;
 /// ```
 ///
 /// The variables `FORKLESS_RECYCLE_MAX_CONNECTIONS`,
-/// `FORKLESS_RECYCLE_MAX_AGE` and `FORKLESS_RECYCLE_JITTER` override it.
+/// `FORKLESS_RECYCLE_MAX_AGE`, `FORKLESS_RECYCLE_JITTER` and
+/// `FORKLESS_RECYCLE_MAX_MEMORY` override it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Recycle {
     pub(crate) max_connections: Option<u64>,
     pub(crate) max_age: Option<Duration>,
     pub(crate) jitter: f64,
+    pub(crate) max_memory: Option<u64>,
 }
 
 /// The shortest `max_age`: a generation must have time to get ready and
@@ -98,7 +100,34 @@ impl Recycle {
                 self.jitter
             )));
         }
+        match self.max_memory {
+            Some(0) => {
+                return Err(Error::config(
+                    "recycle: max_memory must be at least 1 byte, got 0",
+                ))
+            }
+            Some(_) if !crate::alloc::is_counting() => {
+                return Err(Error::config(
+                    "recycle: max_memory needs forkless::alloc::Counting as the global allocator \
+                     (#[global_allocator] static ALLOC: forkless::alloc::Counting<std::alloc::System> \
+                     = forkless::alloc::Counting::new(std::alloc::System);): without it a worker's \
+                     memory is unknown",
+                ))
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// Recycles a worker whose generation holds more than `bytes` of heap
+    /// (at least 1): what its thread allocated and has not freed, as
+    /// [`Counting`](crate::Counting) counts it. Needs `Counting` as the
+    /// program's global allocator: without it a worker's memory is unknown,
+    /// and [`start`](crate::Builder::start) refuses this limit. No jitter
+    /// applies: it is a ceiling.
+    pub fn max_memory(mut self, bytes: u64) -> Recycle {
+        self.max_memory = Some(bytes);
+        self
     }
 
     /// One generation's limits, with the jitter drawn.
@@ -138,6 +167,32 @@ fn random_fraction() -> f64 {
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Parses a size in bytes: `"512"`, `"64k"`, `"512MiB"`, `"1.5G"`. The
+/// suffixes are binary (`k` = 1024), with or without `iB`/`B`.
+pub(crate) fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let scale: f64 = match unit {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * scale;
+    (bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +211,9 @@ mod tests {
             (Recycle::new().jitter(1.5), "jitter"),
             (Recycle::new().jitter(f64::NAN), "jitter"),
             (Recycle::new().jitter(f64::INFINITY), "jitter"),
+            (Recycle::new().max_memory(0), "max_memory"),
+            // The unit tests run under the system allocator.
+            (Recycle::new().max_memory(1 << 30), "Counting"),
         ] {
             let e = recycle.check().expect_err(said);
             assert!(e.is_config() && e.to_string().contains(said), "{e}");
@@ -212,5 +270,17 @@ mod tests {
             .draw_with(0.999);
         assert_eq!(huge.connections, Some(u64::MAX));
         assert_eq!(huge.age, Some(crate::time::deadline::MAX_OPTION));
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes_and_garbage_does_not() {
+        assert_eq!(parse_bytes("512"), Some(512));
+        assert_eq!(parse_bytes("64k"), Some(65_536));
+        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes(" 2 GB "), Some(2 << 30));
+        assert_eq!(parse_bytes("1.5g"), Some(3 << 29));
+        for garbage in ["", "0", "-5", "abc", "12 parsecs", "1e400", "99999999999T"] {
+            assert_eq!(parse_bytes(garbage), None, "{garbage:?}");
+        }
     }
 }

@@ -23,6 +23,14 @@ pub enum RecycleReason {
         /// How long it had run.
         age: Duration,
     },
+    /// Its generation held more heap than `max_memory` (counted by
+    /// [`Counting`](crate::Counting)).
+    MaxMemory {
+        /// `max_memory`.
+        limit: u64,
+        /// What it held.
+        bytes: u64,
+    },
     /// [`Cluster::recycle`](crate::Cluster::recycle) asked for it (or
     /// `forkless-ctl recycle`, `POST /recycle`).
     Requested,
@@ -30,11 +38,12 @@ pub enum RecycleReason {
 
 impl RecycleReason {
     /// A short name for metrics labels and logs: `"max_connections"`,
-    /// `"max_age"` or `"requested"`.
+    /// `"max_age"`, `"max_memory"` or `"requested"`.
     pub fn name(&self) -> &'static str {
         match self {
             RecycleReason::MaxConnections { .. } => "max_connections",
             RecycleReason::MaxAge { .. } => "max_age",
+            RecycleReason::MaxMemory { .. } => "max_memory",
             RecycleReason::Requested => "requested",
         }
     }
@@ -52,6 +61,9 @@ impl fmt::Display for RecycleReason {
                 humantime::format_duration(Duration::from_secs(age.as_secs())),
                 humantime::format_duration(Duration::from_secs(limit.as_secs()))
             ),
+            RecycleReason::MaxMemory { limit, bytes } => {
+                write!(f, "max_memory: held {bytes} bytes of {limit}")
+            }
             RecycleReason::Requested => f.write_str("requested"),
         }
     }

@@ -1,5 +1,5 @@
 //! Recycling ([`Recycle`](crate::Recycle)): a ready worker past one of its
-//! generation's limits (connections accepted, age), or one an operator
+//! generation's limits (connections accepted, age, memory), or one an operator
 //! asked for, is replaced the way a roll replaces it. One slot at a time and
 //! never during a roll; a recycle is not a failure (no restart is counted,
 //! nothing towards giving up). A candidate that fails leaves the old
@@ -67,6 +67,13 @@ impl Master {
             let age = now.saturating_duration_since(live.started);
             if age >= limit {
                 return Some(RecycleReason::MaxAge { limit, age });
+            }
+        }
+        if let Some(limit) = self.config.recycle.max_memory {
+            if let Some(bytes) = crate::alloc::live_bytes(&live.stats) {
+                if bytes > limit {
+                    return Some(RecycleReason::MaxMemory { limit, bytes });
+                }
             }
         }
         None
