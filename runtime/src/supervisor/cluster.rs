@@ -145,9 +145,10 @@ impl Cluster {
     }
 
     /// The cluster's metrics in Prometheus' text format (OpenMetrics): per
-    /// worker, generation, uptime, restarts, exits by kind, accepted
-    /// connections, alive tasks, busy ratio, stalls, task panics and a
-    /// histogram of event-loop lag; for the cluster, its size and uptime,
+    /// worker, generation, uptime, restarts, recycles by reason, exits by
+    /// kind, accepted connections, alive tasks, busy ratio, stalls, task
+    /// panics, a histogram of event-loop lag, and its heap bytes when
+    /// [`Counting`](crate::Counting) is the global allocator; for the cluster, its size and uptime,
     /// established connections on its ports, store operations and lock
     /// waits, bus messages, whether a Redis backend answers and how many of
     /// its commands failed, and the process's resident memory and CPU time.
