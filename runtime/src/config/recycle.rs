@@ -33,7 +33,7 @@ use forkless_worker::Error;
 ///             .jitter(0.1),
 ///     )
 ///     .start(|worker| async move { worker.shutdown_signal().await })?;
-/// # Ok::<(), forkless_runtime::Error>(())
+/// # Ok::<(), forkless_worker::Error>(())
 /// ```
 ///
 /// The variables `FORKLESS_RECYCLE_MAX_CONNECTIONS`,
