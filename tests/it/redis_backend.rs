@@ -661,3 +661,87 @@ fn a_redis_that_stops_answering_gives_errors_not_a_hang() {
     }
     stop(cluster);
 }
+
+/// This cluster's count of store operations that waited behind a lock.
+fn lock_waits(cluster: &Cluster) -> u64 {
+    let text = cluster.metrics();
+    text.lines()
+        .find_map(|l| l.strip_prefix("forkless_store_lock_waits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no forkless_store_lock_waits_total in:\n{text}"))
+}
+
+#[test]
+fn plain_operations_wait_for_a_lock_another_host_holds_and_a_lapsed_lock_keeps_the_value() {
+    // Get, set, del and incr run as plain Redis commands that fail on a
+    // locked key: none may go through while host "a" holds the lock.
+    let redis = RedisConfig::new(shared_url()).prefix(unique_prefix());
+    let a = idle(Cluster::builder().store_backend(redis.clone().host("a")));
+    let b = idle(Cluster::builder().store_backend(redis.host("b")));
+    let (ca, cb) = (
+        a.store().collection("plain").blocking(),
+        b.store().collection("plain").blocking(),
+    );
+    type Plain = fn(&forkless::BlockingCollection) -> String;
+    let ops: [(&str, Plain); 4] = [
+        ("get", |c| format!("{:?}", c.get("k").unwrap())),
+        ("set", |c| format!("{:?}", c.set("k", "20").unwrap())),
+        ("del", |c| format!("{:?}", c.del("k").unwrap())),
+        ("incr", |c| format!("{:?}", c.incr("k", 1).unwrap())),
+    ];
+    for (name, op) in ops {
+        ca.set("k", "1").unwrap();
+        let mut lock = ca.acquire("k").unwrap();
+        let waits = lock_waits(&b);
+        let (tx, rx) = mpsc::channel();
+        let cb2 = cb.clone();
+        let other = std::thread::spawn(move || tx.send(op(&cb2)).unwrap());
+        let deadline = Instant::now() + PATIENCE;
+        while lock_waits(&b) == waits {
+            assert!(
+                rx.try_recv().is_err(),
+                "{name} went through a lock held by another host"
+            );
+            assert!(Instant::now() < deadline, "{name} never waited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lock.set("10");
+        lock.release_blocking().unwrap();
+        let answer = recv(&rx, name);
+        other.join().unwrap();
+        let (want, then) = match name {
+            "get" => ("Some(b\"10\")", Some("10")),
+            "set" => ("()", Some("20")),
+            "del" => ("true", None),
+            _ => ("11", Some("11")),
+        };
+        assert_eq!(answer, want, "{name} ran after the release");
+        assert_eq!(ca.get("k").unwrap().as_deref(), then.map(str::as_bytes));
+    }
+
+    // A lock whose lease lapses leaves the value as it was; a key locked
+    // without a value is free again.
+    ca.set("kept", "before").unwrap();
+    let mut late = ca
+        .acquire_with(
+            "kept",
+            forkless::LockOptions::new().lease(Duration::from_millis(50)),
+        )
+        .unwrap();
+    late.set("late");
+    let empty = ca
+        .acquire_with(
+            "empty",
+            forkless::LockOptions::new().lease(Duration::from_millis(50)),
+        )
+        .unwrap();
+    assert_eq!(cb.get("kept").unwrap().as_deref(), Some(&b"before"[..]));
+    cb.set("empty", "now").unwrap();
+    assert_eq!(ca.get("empty").unwrap().as_deref(), Some(&b"now"[..]));
+    assert!(late.release_blocking().unwrap_err().is_lock_lost());
+    assert!(empty.release_blocking().unwrap_err().is_lock_lost());
+    assert_eq!(ca.get("kept").unwrap().as_deref(), Some(&b"before"[..]));
+    assert_eq!(cb.len().unwrap(), 3, "k, kept and empty");
+    stop(a);
+    stop(b);
+}

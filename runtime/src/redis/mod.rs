@@ -253,6 +253,26 @@ impl Link {
         self.note(result.await)
     }
 
+    /// Runs a command on `via`'s connection, within the timeout, and gives
+    /// Redis's answer as it is: an error reply is a `Value::ServerError`,
+    /// not an `Err` (which says Redis did not answer).
+    pub(crate) async fn answer_via(
+        &self,
+        via: &Via,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<redis::Value, Error> {
+        use redis::aio::ConnectionLike as _;
+        let result = async {
+            let mut conn = self.connection(via).await?;
+            tokio::time::timeout(self.config.timeout, conn.req_packed_command(cmd))
+                .await
+                .map_err(|_| self.late(what))?
+                .map_err(|e| self.failed(what, &e))
+        };
+        self.note(result.await)
+    }
+
     /// Runs a command, within the timeout.
     pub(crate) async fn command<T: FromRedisValue>(
         &self,

@@ -71,7 +71,8 @@ impl RColl {
             }
             let attempt = match &op {
                 Op::Acquire { lease, .. } => self.acquire(owner, &key, *lease, &answer).await,
-                other => self.once(&Via::Link, &key, other).await,
+                // A key seen locked is looked at with its script only.
+                other => self.once(&Via::Link, &key, other, waiter.is_none()).await,
             };
             match attempt {
                 Err(e) => {
@@ -132,7 +133,7 @@ impl RColl {
     async fn run_here(self: Arc<Self>, via: Via, key: String, op: Op) -> Result<Outcome, Error> {
         let mut waiter = None;
         loop {
-            if let Attempt::Done(outcome) = self.once(&via, &key, &op).await? {
+            if let Attempt::Done(outcome) = self.once(&via, &key, &op, waiter.is_none()).await? {
                 // An operation that waited behind a lock and ran while the
                 // store closed (the close releases the locks this host still
                 // holds) reports the stop, as every waiting operation does:
@@ -152,9 +153,17 @@ impl RColl {
         }
     }
 
-    /// One look at an unlocked-key operation.
-    async fn once(&self, via: &Via, key: &str, op: &Op) -> Result<Attempt, Error> {
-        let (vkey, lkey, ttl) = (self.value_key(key), self.lock_key(key), self.ttl());
+    /// One look at an unlocked-key operation: its plain command first if
+    /// `plain` and it has one, then its script if that fails.
+    async fn once(&self, via: &Via, key: &str, op: &Op, plain: bool) -> Result<Attempt, Error> {
+        let vkey = self.value_key(key);
+        let ttl = self.ttl();
+        if plain {
+            if let Some(outcome) = self.plain(via, &vkey, op, &ttl).await? {
+                return Ok(Attempt::Done(outcome));
+            }
+        }
+        let lkey = self.lock_key(key);
         let (script, what): (&Script, &str) = match op {
             Op::Get => (&GET, "get"),
             Op::Set(_) => (&SET, "set"),
@@ -214,6 +223,72 @@ impl RColl {
             Op::Acquire { .. } => unreachable!("acquire has a path of its own"),
         };
         Ok(Attempt::Done(outcome))
+    }
+
+    /// The operation as one plain command, where one does it atomically
+    /// and fails on a locked key: while a key is locked its value key holds
+    /// a hash (see `store_acquire.lua`), and `GET`, `GETEX`, `SET ... GET`,
+    /// `GETDEL` and `INCRBY` answer `WRONGTYPE` on a hash instead of
+    /// reading or writing it. `None`: the command failed (the key is
+    /// locked, or its lock's lease ran out and left the hash, or this Redis
+    /// is older than 6.2), or the operation has none: run its script, which
+    /// tells these apart.
+    async fn plain(
+        &self,
+        via: &Via,
+        vkey: &str,
+        op: &Op,
+        ttl: &str,
+    ) -> Result<Option<Outcome>, Error> {
+        let expire = ttl != "0";
+        let (cmd, what) = match op {
+            Op::Get if expire => {
+                let mut cmd = redis::cmd("GETEX");
+                cmd.arg(vkey).arg("PX").arg(ttl);
+                (cmd, "get")
+            }
+            Op::Get => {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(vkey);
+                (cmd, "get")
+            }
+            Op::Set(v) => {
+                // `GET` makes the set fail on a hash; the old value it
+                // answers with is dropped.
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(vkey).arg(v.as_ref());
+                if expire {
+                    cmd.arg("PX").arg(ttl);
+                }
+                cmd.arg("GET");
+                (cmd, "set")
+            }
+            Op::Del => {
+                let mut cmd = redis::cmd("GETDEL");
+                cmd.arg(vkey);
+                (cmd, "del")
+            }
+            // With a time to live, the increment and the expiry are one
+            // script: a PEXPIRE after a failed INCRBY would touch a lock's
+            // hash.
+            Op::Incr(by) if !expire => {
+                let mut cmd = redis::cmd("INCRBY");
+                cmd.arg(vkey).arg(*by);
+                (cmd, "incr")
+            }
+            _ => return Ok(None),
+        };
+        let answer = self.link().answer_via(via, what, &cmd).await?;
+        if matches!(answer, redis::Value::ServerError(_)) {
+            return Ok(None);
+        }
+        let found = !matches!(answer, redis::Value::Nil);
+        Ok(Some(match op {
+            Op::Get => Outcome::Value(if found { Some(bytes_of(answer)?) } else { None }),
+            Op::Set(_) => Outcome::Done,
+            Op::Del => Outcome::Removed(found),
+            _ => Outcome::Int(int_of(&answer)?),
+        }))
     }
 
     async fn count_now(&self) -> Result<Outcome, Error> {
