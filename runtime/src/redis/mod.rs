@@ -213,10 +213,14 @@ impl Link {
             Via::Link => &self.conn,
             Via::Local(cell) => &**cell,
         };
+        if let Some(conn) = cell.get() {
+            return Ok(conn.clone());
+        }
+        // No response timeout of its own: each call here has one, and a
+        // second timer per command costs.
         let connect = || {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(self.config.connect_timeout)
-                .set_response_timeout(self.config.timeout)
                 .set_number_of_retries(1)
                 .set_max_delay(self.config.connect_timeout.as_millis() as u64);
             ConnectionManager::new_with_config(self.client.clone(), config)

@@ -20,7 +20,7 @@ use crate::store::checks::{check_options, check_sizes, shorten, too_large};
 use crate::time::deadline;
 
 use super::scripts::{
-    answer_of, bytes_of, int_of, millis, CAS, DEL, GET, INCR, LOCKED, REFUSED, SET, VALUE,
+    answer_of, bytes_of, int_of, CAS, DEL, GET, INCR, LOCKED, REFUSED, SET, VALUE,
 };
 use super::{lock, Answer, Attempt, RColl};
 
@@ -48,11 +48,9 @@ impl RColl {
     }
 
     /// The time to live of the collection's keys, in ms as the scripts take
-    /// it ("0": none).
-    pub(super) fn ttl(&self) -> String {
-        lock(&self.options)
-            .expire_keys
-            .map_or_else(|| "0".to_owned(), |d| millis(d).to_string())
+    /// it (0: none).
+    pub(super) fn ttl(&self) -> u64 {
+        self.limits.ttl_ms.load(Ordering::Relaxed)
     }
 
     /// Runs `op` until it is done, waiting while the key is locked, and
@@ -159,7 +157,7 @@ impl RColl {
         let vkey = self.value_key(key);
         let ttl = self.ttl();
         if plain {
-            if let Some(outcome) = self.plain(via, &vkey, op, &ttl).await? {
+            if let Some(outcome) = self.plain(via, &vkey, op, ttl).await? {
                 return Ok(Attempt::Done(outcome));
             }
         }
@@ -176,13 +174,13 @@ impl RColl {
         call.key(&vkey).key(&lkey);
         match op {
             Op::Get | Op::Del => {
-                call.arg(&ttl);
+                call.arg(ttl);
             }
             Op::Set(v) => {
-                call.arg(v.as_ref()).arg(&ttl);
+                call.arg(v.as_ref()).arg(ttl);
             }
             Op::Incr(by) => {
-                call.arg(*by).arg(&ttl);
+                call.arg(*by).arg(ttl);
             }
             Op::CompareAndSwap { expected, new } => {
                 let flag = |v: &Option<Bytes>| if v.is_some() { "1" } else { "0" };
@@ -191,7 +189,7 @@ impl RColl {
                     .arg(bytes(expected))
                     .arg(flag(new))
                     .arg(bytes(new))
-                    .arg(&ttl);
+                    .arg(ttl);
             }
             Op::Acquire { .. } => {}
         }
@@ -238,9 +236,9 @@ impl RColl {
         via: &Via,
         vkey: &str,
         op: &Op,
-        ttl: &str,
+        ttl: u64,
     ) -> Result<Option<Outcome>, Error> {
-        let expire = ttl != "0";
+        let expire = ttl != 0;
         let (cmd, what) = match op {
             Op::Get if expire => {
                 let mut cmd = redis::cmd("GETEX");
@@ -350,7 +348,9 @@ impl CollectionBackend for RColl {
                 self.name
             ))));
         }
-        *lock(&self.options) = options.clone();
+        let mut current = lock(&self.options);
+        *current = options.clone();
+        self.limits.set(options);
         Reply::Ready(Ok(Outcome::Done))
     }
 
@@ -363,10 +363,8 @@ impl CollectionBackend for RColl {
             return Reply::Ready(Err(self.stopped()));
         }
         self.core.ops.fetch_add(1, Ordering::Relaxed);
-        let (max_key, max_value) = {
-            let o = lock(&self.options);
-            (o.max_key_size, o.max_value_size)
-        };
+        let max_key = self.limits.max_key.load(Ordering::Relaxed);
+        let max_value = self.limits.max_value.load(Ordering::Relaxed);
         if let Err(e) = check_sizes(&self.name, key, &op, max_key, max_value) {
             return Reply::Ready(Err(e));
         }
@@ -396,7 +394,7 @@ impl CollectionBackend for RColl {
             return Reply::Ready(Err(self.stopped()));
         }
         self.core.forget(token);
-        let max_value = lock(&self.options).max_value_size;
+        let max_value = self.limits.max_value.load(Ordering::Relaxed);
         let (change, refused) = match change {
             Change::Set(v) if v.len() > max_value => (
                 Change::Keep,

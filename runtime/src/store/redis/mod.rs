@@ -27,7 +27,7 @@ mod scripts;
 mod wait;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
 use forkless_worker::rt::store::{Change, CollectionBackend, Outcome, StoreBackend};
@@ -80,7 +80,39 @@ struct RColl {
     /// What every key of the collection starts with.
     base: String,
     options: Mutex<CollectionOptions>,
+    /// What every operation reads of `options`, without its mutex.
+    limits: Limits,
     core: Arc<Core>,
+}
+
+/// A copy of a collection's options that every operation reads: the two
+/// workers of a cluster share the collection, and would share its options'
+/// mutex on each operation.
+struct Limits {
+    /// The keys' time to live in ms as the scripts take it (0: none).
+    ttl_ms: AtomicU64,
+    max_key: AtomicUsize,
+    max_value: AtomicUsize,
+}
+
+impl Limits {
+    fn of(options: &CollectionOptions) -> Limits {
+        let limits = Limits {
+            ttl_ms: AtomicU64::new(0),
+            max_key: AtomicUsize::new(0),
+            max_value: AtomicUsize::new(0),
+        };
+        limits.set(options);
+        limits
+    }
+
+    fn set(&self, options: &CollectionOptions) {
+        let ttl = options.expire_keys.map_or(0, scripts::millis);
+        self.ttl_ms.store(ttl, Ordering::Relaxed);
+        self.max_key.store(options.max_key_size, Ordering::Relaxed);
+        self.max_value
+            .store(options.max_value_size, Ordering::Relaxed);
+    }
 }
 
 /// How one look at the key went.
@@ -143,6 +175,7 @@ impl StoreBackend for RedisStore {
                 me: me.clone(),
                 base,
                 options: Mutex::new(CollectionOptions::default()),
+                limits: Limits::of(&CollectionOptions::default()),
                 core: self.core.clone(),
             })
         });
