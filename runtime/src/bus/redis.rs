@@ -51,6 +51,14 @@ use crate::redis::MAX_RETRY;
 
 static SEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/bus_send.lua")));
 
+/// Moves what else waits in a host's list onto a batch's list (`EVAL`:
+/// it runs in a pipeline, where a `NOSCRIPT` could not be retried; Redis
+/// keeps its compiled form).
+const TAKE: &str = include_str!("scripts/bus_take.lua");
+/// The most frames, and bytes, one read takes (at least one frame).
+const BATCH: usize = 64;
+const BATCH_BYTES: usize = 1 << 20;
+
 /// What a frame is.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]
 enum Kind {
@@ -197,15 +205,21 @@ impl RedisBus {
     ///
     /// A frame is never popped outright: a pop whose reply is lost (a
     /// response timeout on a starved thread, a broken connection) would lose
-    /// the message. `BLMOVE` moves it onto a list of this link's own
-    /// (`{prefix}:b:taken:{host}:{id}`), and it leaves that list only once
-    /// delivered. After a failure the head of that list, if any, was taken
-    /// but not delivered, unless this loop knows it delivered it and only its
-    /// removal is unconfirmed: so nothing is lost and nothing is delivered
-    /// twice while the process lives.
+    /// the message. Each batch moves frames onto a list of this reader's own
+    /// for that batch (`{prefix}:b:taken:{host}:{id}:{batch}`): `BLMOVE`
+    /// waits for the first, and `bus_take.lua`, run at once after it in the
+    /// same round trip, moves what else is waiting (up to [`BATCH`] frames,
+    /// [`BATCH_BYTES`]). Once the batch is delivered its list is deleted,
+    /// in the round trip that takes the next batch; a delete is idempotent,
+    /// so one whose answer is lost is sent again. After a failure the
+    /// batch's list holds frames taken but not delivered (all of them: the
+    /// list of the last batch delivered is another one), which are read
+    /// back with `LRANGE`: nothing is lost and nothing is delivered twice
+    /// while the process lives. (The failed read is over on Redis by then:
+    /// its wait is shorter than the connection's response timeout.)
     async fn read_inbox(self: Arc<Self>) {
         let key = self.inbox_key(&self.host);
-        let taken = format!(
+        let base = format!(
             "{}:b:taken:{}:{}-{}",
             self.prefix,
             self.host,
@@ -214,9 +228,11 @@ impl RedisBus {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         );
-        // The head of `taken` is delivered; its removal is not confirmed.
-        let mut delivered = false;
-        // A failure happened: the head of `taken` may be an undelivered frame.
+        let mut batch: u64 = 0;
+        // The list of a batch that is delivered; its deletion is not
+        // confirmed.
+        let mut finished: Option<String> = None;
+        // A failure happened: this batch's list may hold undelivered frames.
         let mut suspect = false;
         let mut pause = Duration::from_millis(50);
         while !self.router.is_closed() {
@@ -238,53 +254,61 @@ impl RedisBus {
             };
             pause = Duration::from_millis(50);
             while !self.router.is_closed() {
-                if delivered {
-                    let mut cmd = redis::cmd("LPOP");
-                    cmd.arg(&taken);
-                    if cmd.query_async::<()>(&mut conn).await.is_err() {
-                        break;
-                    }
-                    delivered = false;
+                let taken = format!("{base}:{batch}");
+                let mut pipe = redis::pipe();
+                if let Some(done) = &finished {
+                    pipe.cmd("DEL").arg(done).ignore();
                 }
-                let raw: Option<Vec<u8>> = if suspect {
-                    let mut cmd = redis::cmd("LINDEX");
-                    cmd.arg(&taken).arg(0);
-                    match cmd.query_async(&mut conn).await {
-                        Ok(None) => {
-                            suspect = false;
-                            continue;
-                        }
-                        Ok(raw) => raw,
+                let frames = if suspect {
+                    pipe.cmd("LRANGE").arg(&taken).arg(0).arg(-1);
+                    match pipe.query_async::<(Vec<Vec<u8>>,)>(&mut conn).await {
+                        Ok((frames,)) => frames,
                         Err(_) => break,
                     }
                 } else {
                     // The expiry bounds what a process that dies between
                     // the move and the delivery leaves behind.
-                    let mut pipe = redis::pipe();
                     pipe.cmd("BLMOVE")
                         .arg(&key)
                         .arg(&taken)
                         .arg("LEFT")
                         .arg("RIGHT")
                         .arg(READ_WAIT.as_secs_f64())
+                        .cmd("EVAL")
+                        .arg(TAKE)
+                        .arg(2)
+                        .arg(&key)
+                        .arg(&taken)
+                        .arg(BATCH - 1)
+                        .arg(BATCH_BYTES)
                         .cmd("PEXPIRE")
                         .arg(&taken)
                         .arg(KEEP_UNREAD.as_millis() as u64)
                         .ignore();
-                    match pipe.query_async::<(Option<Vec<u8>>,)>(&mut conn).await {
-                        Ok((raw,)) => raw,
+                    match pipe
+                        .query_async::<(Option<Vec<u8>>, Vec<Vec<u8>>)>(&mut conn)
+                        .await
+                    {
+                        Ok((first, more)) => first.into_iter().chain(more).collect(),
                         Err(_) => {
                             suspect = true;
                             break;
                         }
                     }
                 };
-                if let Some(raw) = raw {
-                    self.link
-                        .caught("delivering a message from another host", self.deliver(&raw))
-                        .await;
-                    delivered = true;
+                finished = None;
+                suspect = false;
+                if frames.is_empty() {
+                    // Nothing was taken: the next batch uses the same list.
+                    continue;
                 }
+                for raw in &frames {
+                    self.link
+                        .caught("delivering a message from another host", self.deliver(raw))
+                        .await;
+                }
+                finished = Some(taken);
+                batch = batch.wrapping_add(1);
             }
         }
     }
