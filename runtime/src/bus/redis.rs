@@ -16,7 +16,10 @@
 //! - Topics are Redis pub/sub channels (`{prefix}:b:t:{topic}`), subscribed
 //!   while the host has a subscriber.
 //!
-//! A frame is a JSON header line, then the message's bytes.
+//! A frame is a JSON header line, then the message's bytes. The reading of
+//! a host's list is in [`read`].
+
+mod read;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,32 +35,24 @@ use forkless_worker::rt::Owner;
 use forkless_worker::{Envelope, Error};
 use redis::Script;
 use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::router::Router;
 use crate::bus::BusEngine;
 use crate::config::RedisConfig;
-use crate::redis::{follow, Follow, Link};
+use crate::redis::{follow, Follow, Link, Via};
 
 /// How long a host's presence lasts unless renewed, and how often it is.
 const PRESENCE: Duration = Duration::from_secs(6);
 const RENEW_PRESENCE: Duration = Duration::from_secs(2);
 /// How long one blocking read of the host's list waits.
-const READ_WAIT: Duration = Duration::from_secs(1);
+pub(super) const READ_WAIT: Duration = Duration::from_secs(1);
 /// How long messages wait in a host's list for a host that is away (one
 /// that never comes back leaves nothing behind for longer).
-const KEEP_UNREAD: Duration = Duration::from_secs(3600);
-use crate::redis::MAX_RETRY;
+pub(super) const KEEP_UNREAD: Duration = Duration::from_secs(3600);
 
 static SEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/bus_send.lua")));
-
-/// Moves what else waits in a host's list onto a batch's list (`EVAL`:
-/// it runs in a pipeline, where a `NOSCRIPT` could not be retried; Redis
-/// keeps its compiled form).
-const TAKE: &str = include_str!("scripts/bus_take.lua");
-/// The most frames, and bytes, one read takes (at least one frame).
-const BATCH: usize = 64;
-const BATCH_BYTES: usize = 1 << 20;
 
 /// What a frame is.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]
@@ -158,7 +153,7 @@ impl RedisBus {
         format!("{}:b:host:{host}", self.prefix)
     }
 
-    fn inbox_key(&self, host: &str) -> String {
+    pub(super) fn inbox_key(&self, host: &str) -> String {
         format!("{}:b:in:{host}", self.prefix)
     }
 
@@ -201,120 +196,8 @@ impl RedisBus {
         }
     }
 
-    /// Moves what other hosts sent to this one into its slots' inboxes.
-    ///
-    /// A frame is never popped outright: a pop whose reply is lost (a
-    /// response timeout on a starved thread, a broken connection) would lose
-    /// the message. Each batch moves frames onto a list of this reader's own
-    /// for that batch (`{prefix}:b:taken:{host}:{id}:{batch}`): `BLMOVE`
-    /// waits for the first, and `bus_take.lua`, run at once after it in the
-    /// same round trip, moves what else is waiting (up to [`BATCH`] frames,
-    /// [`BATCH_BYTES`]). Once the batch is delivered its list is deleted,
-    /// in the round trip that takes the next batch; a delete is idempotent,
-    /// so one whose answer is lost is sent again. After a failure the
-    /// batch's list holds frames taken but not delivered (all of them: the
-    /// list of the last batch delivered is another one), which are read
-    /// back with `LRANGE`: nothing is lost and nothing is delivered twice
-    /// while the process lives. (The failed read is over on Redis by then:
-    /// its wait is shorter than the connection's response timeout.)
-    async fn read_inbox(self: Arc<Self>) {
-        let key = self.inbox_key(&self.host);
-        let base = format!(
-            "{}:b:taken:{}:{}-{}",
-            self.prefix,
-            self.host,
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        );
-        let mut batch: u64 = 0;
-        // The list of a batch that is delivered; its deletion is not
-        // confirmed.
-        let mut finished: Option<String> = None;
-        // A failure happened: this batch's list may hold undelivered frames.
-        let mut suspect = false;
-        let mut pause = Duration::from_millis(50);
-        while !self.router.is_closed() {
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(self.link.config.connect_timeout)
-                .set_response_timeout(READ_WAIT + self.link.config.timeout);
-            let mut conn = match self
-                .link
-                .client()
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
-                Ok(conn) => conn,
-                Err(_) => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_RETRY);
-                    continue;
-                }
-            };
-            pause = Duration::from_millis(50);
-            while !self.router.is_closed() {
-                let taken = format!("{base}:{batch}");
-                let mut pipe = redis::pipe();
-                if let Some(done) = &finished {
-                    pipe.cmd("DEL").arg(done).ignore();
-                }
-                let frames = if suspect {
-                    pipe.cmd("LRANGE").arg(&taken).arg(0).arg(-1);
-                    match pipe.query_async::<(Vec<Vec<u8>>,)>(&mut conn).await {
-                        Ok((frames,)) => frames,
-                        Err(_) => break,
-                    }
-                } else {
-                    // The expiry bounds what a process that dies between
-                    // the move and the delivery leaves behind.
-                    pipe.cmd("BLMOVE")
-                        .arg(&key)
-                        .arg(&taken)
-                        .arg("LEFT")
-                        .arg("RIGHT")
-                        .arg(READ_WAIT.as_secs_f64())
-                        .cmd("EVAL")
-                        .arg(TAKE)
-                        .arg(2)
-                        .arg(&key)
-                        .arg(&taken)
-                        .arg(BATCH - 1)
-                        .arg(BATCH_BYTES)
-                        .cmd("PEXPIRE")
-                        .arg(&taken)
-                        .arg(KEEP_UNREAD.as_millis() as u64)
-                        .ignore();
-                    match pipe
-                        .query_async::<(Option<Vec<u8>>, Vec<Vec<u8>>)>(&mut conn)
-                        .await
-                    {
-                        Ok((first, more)) => first.into_iter().chain(more).collect(),
-                        Err(_) => {
-                            suspect = true;
-                            break;
-                        }
-                    }
-                };
-                finished = None;
-                suspect = false;
-                if frames.is_empty() {
-                    // Nothing was taken: the next batch uses the same list.
-                    continue;
-                }
-                for raw in &frames {
-                    self.link
-                        .caught("delivering a message from another host", self.deliver(raw))
-                        .await;
-                }
-                finished = Some(taken);
-                batch = batch.wrapping_add(1);
-            }
-        }
-    }
-
     /// Delivers one frame from the host's list.
-    async fn deliver(&self, raw: &[u8]) {
+    pub(super) async fn deliver(&self, raw: &[u8]) {
         let Some((header, message)) = unframe(raw) else {
             tracing::warn!(host = %self.host, "dropped a bus frame this version cannot read");
             return;
@@ -464,7 +347,12 @@ impl RedisBus {
         }
     }
 
-    async fn send_now(self: Arc<Self>, send: RemoteSend, id: Option<u64>) -> Result<(), Error> {
+    async fn send_now(
+        self: Arc<Self>,
+        via: &Via,
+        send: RemoteSend,
+        id: Option<u64>,
+    ) -> Result<(), Error> {
         let header = Header {
             k: if id.is_some() {
                 Kind::Request
@@ -489,8 +377,10 @@ impl RedisBus {
                 .arg(self.list_limit(self.router.mailboxes().len()))
                 .arg(&raw[..])
                 .arg(KEEP_UNREAD.as_millis() as u64);
-            let (code, slots): (i64, usize) =
-                self.link.script("send to another host", &call).await?;
+            let (code, slots): (i64, usize) = self
+                .link
+                .script_via(via, "send to another host", &call)
+                .await?;
             match code {
                 0 => return Ok(()),
                 1 => {
@@ -519,17 +409,20 @@ impl RedisBus {
         }
     }
 
-    async fn exchange(self: Arc<Self>, send: RemoteSend) -> Result<Option<Bytes>, Error> {
+    async fn exchange(self: Arc<Self>, via: Via, send: RemoteSend) -> Result<Option<Bytes>, Error> {
         let SendMode::Request(timeout) = send.mode else {
-            return self.send_now(send, None).await.map(|()| None);
+            return self.send_now(&via, send, None).await.map(|()| None);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
+        // Forgets the request however this ends: on a worker's runtime,
+        // this future is dropped with the worker.
+        let _forget = Forget(&self.pending, id);
         let (host, slot) = (send.host.clone(), send.slot);
         let this = self.clone();
-        let result = tokio::time::timeout(timeout, async move {
-            this.send_now(send, Some(id)).await?;
+        tokio::time::timeout(timeout, async move {
+            this.send_now(&via, send, Some(id)).await?;
             rx.await.map_err(|_| Error::stopped("bus"))?
         })
         .await
@@ -537,9 +430,16 @@ impl RedisBus {
             Err(Error::timeout(format!(
                 "no reply from slot {slot} of host {host:?} within {timeout:?}"
             )))
-        });
-        lock(&self.pending).remove(&id);
-        result
+        })
+    }
+}
+
+/// Removes a request from those waiting for a reply when dropped.
+struct Forget<'a>(&'a Mutex<HashMap<u64, ReplyTo>>, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.0).remove(&self.1);
     }
 }
 
@@ -608,8 +508,16 @@ impl BusBackend for RedisBus {
             let _ = tx.send(Err(Error::stopped("bus")));
             return rx;
         };
+        // From a worker, on its own connection and runtime: no trip to the
+        // link's thread and back.
+        if let (Some(via), Ok(here)) = (self.link.local(), Handle::try_current()) {
+            here.spawn(async move {
+                let _ = tx.send(me.exchange(via, send).await);
+            });
+            return rx;
+        }
         self.link.spawn(async move {
-            let _ = tx.send(me.exchange(send).await);
+            let _ = tx.send(me.exchange(Via::Link, send).await);
         });
         rx
     }
