@@ -1,9 +1,17 @@
-//! The store on Redis: each operation is one Lua script, so it is atomic in
-//! Redis, and checks the key's lock there.
+//! The store on Redis: each operation is one command or one Lua script, so
+//! it is atomic in Redis, and checks the key's lock there, whichever host
+//! took it.
 //!
 //! A collection's keys are `{prefix}:s:{len}:{name}:v:{key}` (the value) and
 //! `...:l:{key}` (the lock, holding its token, with a lease). The name's
-//! length keeps two collections apart whatever their names hold.
+//! length keeps two collections apart whatever their names hold. While a
+//! key is locked its value key holds a hash (`l`, and `v`: the value, if
+//! any), not a string: so `get`, `set`, `del` and `incr` run as plain
+//! commands (`GET`/`GETEX`, `SET ... GET`, `GETDEL`, `INCRBY`) that fail
+//! with `WRONGTYPE` on a locked key instead of bypassing its lock, and run
+//! their script only then (one round trip, and no Lua, in the common case).
+//! Hosts of this version must not share a prefix with older ones, whose
+//! locks leave the value a string.
 //!
 //! Durations a worker passes (leases, timeouts, times to live) become
 //! deadlines with [`deadline::from_now`] and Redis milliseconds with
