@@ -745,3 +745,54 @@ fn plain_operations_wait_for_a_lock_another_host_holds_and_a_lapsed_lock_keeps_t
     stop(a);
     stop(b);
 }
+
+#[test]
+fn a_batch_whose_read_answer_is_lost_is_delivered_whole_and_once() {
+    // As above, with three frames pushed at once: the reader takes them in
+    // one batch, whose answer is lost.
+    let prefix = unique_prefix();
+    let proxy = Blackhole::to(&shared_url());
+    let through_proxy = RedisConfig::new(proxy.url())
+        .prefix(&prefix)
+        .timeout(Duration::from_millis(500));
+    let (seen_tx, seen) = mpsc::channel::<String>();
+    let b = Cluster::builder()
+        .workers(1)
+        .bus_backend(through_proxy.host("b"))
+        .start(move |worker: Worker| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let mut inbox = worker.inbox();
+                while let Some(envelope) = inbox.recv().await {
+                    let text = String::from_utf8_lossy(envelope.message()).into_owned();
+                    let _ = seen_tx.send(text);
+                }
+            }
+        })
+        .unwrap();
+    let a = idle(
+        Cluster::builder().bus_backend(RedisConfig::new(shared_url()).prefix(&prefix).host("a")),
+    );
+    send_when_up(&a, "b", 0, "one");
+    assert_eq!(recv(&seen, "b reads its list"), "one");
+    proxy.swallow_open_connections();
+    let frame = |text: &str| format!("{{\"k\":\"m\",\"h\":\"a\",\"s\":0}}\n{text}");
+    let mut conn = redis::Client::open(shared_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(format!("{prefix}:b:in:b"))
+        .arg(frame("two"))
+        .arg(frame("three"))
+        .arg(frame("four"))
+        .query(&mut conn)
+        .unwrap();
+    for text in ["two", "three", "four"] {
+        assert_eq!(recv(&seen, text), text);
+    }
+    done(a.bus().send_to("b", 0, "five")).unwrap();
+    assert_eq!(recv(&seen, "the next message, once"), "five");
+    stop(a);
+    stop(b);
+}

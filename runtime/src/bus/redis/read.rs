@@ -27,7 +27,8 @@ impl RedisBus {
     /// for that batch (`{prefix}:b:taken:{host}:{id}:{batch}`): `BLMOVE`
     /// waits for the first, and `bus_take.lua`, run at once after it in the
     /// same round trip, moves what else is waiting (up to [`BATCH`] frames,
-    /// [`BATCH_BYTES`]). Once the batch is delivered its list is deleted,
+    /// [`BATCH_BYTES`], and no more than the slots' inboxes have room for:
+    /// see [`room`](RedisBus::room)). Once the batch is delivered its list is deleted,
     /// in the round trip that takes the next batch; a delete is idempotent,
     /// so one whose answer is lost is sent again. After a failure the
     /// batch's list holds frames taken but not delivered (all of them: the
@@ -97,7 +98,7 @@ impl RedisBus {
                         .arg(2)
                         .arg(&key)
                         .arg(&taken)
-                        .arg(BATCH - 1)
+                        .arg(self.room() - 1)
                         .arg(BATCH_BYTES)
                         .cmd("PEXPIRE")
                         .arg(&taken)
@@ -129,5 +130,20 @@ impl RedisBus {
                 batch = batch.wrapping_add(1);
             }
         }
+    }
+
+    /// How many frames the next read takes at most: [`BATCH`], or fewer if
+    /// an inbox has less room (but at least one). What a host took off its
+    /// list is on a list of this process's own until delivered, and a
+    /// process that stops leaves it there: so it takes no more than its
+    /// inboxes can hold at once, as a reader of one frame at a time would.
+    fn room(&self) -> usize {
+        let free = self
+            .router
+            .mailboxes()
+            .iter()
+            .map(|m| m.tx.capacity())
+            .min();
+        free.unwrap_or(BATCH).clamp(1, BATCH)
     }
 }
