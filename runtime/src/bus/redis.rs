@@ -6,8 +6,8 @@
 //! - Each host announces itself with a key that expires unless renewed
 //!   (`{prefix}:b:host:{name}`, holding its number of slots), and reads a
 //!   list of its own (`{prefix}:b:in:{name}`) into its slots' inboxes
-//!   (through a list of the reader's own, so that a read whose reply is
-//!   lost loses no message). A
+//!   in batches (through a list of each batch's own, so that a read whose
+//!   reply is lost loses no message). A
 //!   send to another host checks that it is up and has the slot, and pushes
 //!   onto its list, in one script. Messages wait in the list while the host
 //!   is away (a restart with the same name finds them).
