@@ -25,6 +25,7 @@
 //! ```text
 //! cargo bench --bench store
 //! BENCH_SECS=3 BENCH_ROUNDS=3 cargo bench --bench store
+//! BENCH_BACKENDS=redis,forkless-redis cargo bench --bench store --features redis
 //! ```
 #![allow(missing_docs)]
 
@@ -374,6 +375,11 @@ fn main() {
         }
         None => println!("redis: skipped (no redis-server on the PATH, no BENCH_REDIS)"),
     }
+    // `BENCH_BACKENDS=redis,forkless-redis` measures only those.
+    if let Ok(only) = std::env::var("BENCH_BACKENDS") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        backends.retain(|b| only.contains(&b.name()));
+    }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "store benchmark: {WORKERS} workers, {secs} s x {rounds} rounds per figure, {cores} cores"
@@ -415,20 +421,27 @@ fn main() {
                 rates[rates.len() / 2]
             })
             .collect();
-        let redis_rate = backends
-            .iter()
-            .position(|b| matches!(b, Backend::Redis(_)))
-            .map(|i| medians[i]);
+        let rate_of = |name: &str| {
+            backends
+                .iter()
+                .position(|b| b.name() == name)
+                .map(|i| medians[i])
+        };
+        let ratio = |rate: f64, base: Option<f64>, digits: usize| {
+            base.map_or("-".to_owned(), |r| format!("{:.digits$}x", rate / r))
+        };
+        let (mutex_rate, sharded_rate) = (rate_of("mutex"), rate_of("sharded"));
+        let redis_rate = rate_of("redis");
         for (b, backend) in backends.iter().enumerate() {
             let lat = &mut results[b].1;
             lat.sort_unstable();
             println!(
-                "{:<15} {:>14.0} {:>10.3}x {:>10.3}x {:>11} {:>10} {:>10}",
+                "{:<15} {:>14.0} {:>11} {:>11} {:>11} {:>10} {:>10}",
                 backend.name(),
                 medians[b],
-                medians[b] / medians[1],
-                medians[b] / medians[2],
-                redis_rate.map_or("-".to_owned(), |r| format!("{:.2}x", medians[b] / r)),
+                ratio(medians[b], mutex_rate, 3),
+                ratio(medians[b], sharded_rate, 3),
+                ratio(medians[b], redis_rate, 2),
                 percentile(lat, 0.50),
                 percentile(lat, 0.99),
             );

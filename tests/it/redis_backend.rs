@@ -661,3 +661,138 @@ fn a_redis_that_stops_answering_gives_errors_not_a_hang() {
     }
     stop(cluster);
 }
+
+/// This cluster's count of store operations that waited behind a lock.
+fn lock_waits(cluster: &Cluster) -> u64 {
+    let text = cluster.metrics();
+    text.lines()
+        .find_map(|l| l.strip_prefix("forkless_store_lock_waits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no forkless_store_lock_waits_total in:\n{text}"))
+}
+
+#[test]
+fn plain_operations_wait_for_a_lock_another_host_holds_and_a_lapsed_lock_keeps_the_value() {
+    // Get, set, del and incr run as plain Redis commands that fail on a
+    // locked key: none may go through while host "a" holds the lock.
+    let redis = RedisConfig::new(shared_url()).prefix(unique_prefix());
+    let a = idle(Cluster::builder().store_backend(redis.clone().host("a")));
+    let b = idle(Cluster::builder().store_backend(redis.host("b")));
+    let (ca, cb) = (
+        a.store().collection("plain").blocking(),
+        b.store().collection("plain").blocking(),
+    );
+    type Plain = fn(&forkless::BlockingCollection) -> String;
+    let ops: [(&str, Plain); 4] = [
+        ("get", |c| format!("{:?}", c.get("k").unwrap())),
+        ("set", |c| format!("{:?}", c.set("k", "20").unwrap())),
+        ("del", |c| format!("{:?}", c.del("k").unwrap())),
+        ("incr", |c| format!("{:?}", c.incr("k", 1).unwrap())),
+    ];
+    for (name, op) in ops {
+        ca.set("k", "1").unwrap();
+        let mut lock = ca.acquire("k").unwrap();
+        let waits = lock_waits(&b);
+        let (tx, rx) = mpsc::channel();
+        let cb2 = cb.clone();
+        let other = std::thread::spawn(move || tx.send(op(&cb2)).unwrap());
+        let deadline = Instant::now() + PATIENCE;
+        while lock_waits(&b) == waits {
+            assert!(
+                rx.try_recv().is_err(),
+                "{name} went through a lock held by another host"
+            );
+            assert!(Instant::now() < deadline, "{name} never waited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lock.set("10");
+        lock.release_blocking().unwrap();
+        let answer = recv(&rx, name);
+        other.join().unwrap();
+        let (want, then) = match name {
+            "get" => ("Some(b\"10\")", Some("10")),
+            "set" => ("()", Some("20")),
+            "del" => ("true", None),
+            _ => ("11", Some("11")),
+        };
+        assert_eq!(answer, want, "{name} ran after the release");
+        assert_eq!(ca.get("k").unwrap().as_deref(), then.map(str::as_bytes));
+    }
+
+    // A lock whose lease lapses leaves the value as it was; a key locked
+    // without a value is free again.
+    ca.set("kept", "before").unwrap();
+    let mut late = ca
+        .acquire_with(
+            "kept",
+            forkless::LockOptions::new().lease(Duration::from_millis(50)),
+        )
+        .unwrap();
+    late.set("late");
+    let empty = ca
+        .acquire_with(
+            "empty",
+            forkless::LockOptions::new().lease(Duration::from_millis(50)),
+        )
+        .unwrap();
+    assert_eq!(cb.get("kept").unwrap().as_deref(), Some(&b"before"[..]));
+    cb.set("empty", "now").unwrap();
+    assert_eq!(ca.get("empty").unwrap().as_deref(), Some(&b"now"[..]));
+    assert!(late.release_blocking().unwrap_err().is_lock_lost());
+    assert!(empty.release_blocking().unwrap_err().is_lock_lost());
+    assert_eq!(ca.get("kept").unwrap().as_deref(), Some(&b"before"[..]));
+    assert_eq!(cb.len().unwrap(), 3, "k, kept and empty");
+    stop(a);
+    stop(b);
+}
+
+#[test]
+fn a_batch_whose_read_answer_is_lost_is_delivered_whole_and_once() {
+    // As above, with three frames pushed at once: the reader takes them in
+    // one batch, whose answer is lost.
+    let prefix = unique_prefix();
+    let proxy = Blackhole::to(&shared_url());
+    let through_proxy = RedisConfig::new(proxy.url())
+        .prefix(&prefix)
+        .timeout(Duration::from_millis(500));
+    let (seen_tx, seen) = mpsc::channel::<String>();
+    let b = Cluster::builder()
+        .workers(1)
+        .bus_backend(through_proxy.host("b"))
+        .start(move |worker: Worker| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let mut inbox = worker.inbox();
+                while let Some(envelope) = inbox.recv().await {
+                    let text = String::from_utf8_lossy(envelope.message()).into_owned();
+                    let _ = seen_tx.send(text);
+                }
+            }
+        })
+        .unwrap();
+    let a = idle(
+        Cluster::builder().bus_backend(RedisConfig::new(shared_url()).prefix(&prefix).host("a")),
+    );
+    send_when_up(&a, "b", 0, "one");
+    assert_eq!(recv(&seen, "b reads its list"), "one");
+    proxy.swallow_open_connections();
+    let frame = |text: &str| format!("{{\"k\":\"m\",\"h\":\"a\",\"s\":0}}\n{text}");
+    let mut conn = redis::Client::open(shared_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(format!("{prefix}:b:in:b"))
+        .arg(frame("two"))
+        .arg(frame("three"))
+        .arg(frame("four"))
+        .query(&mut conn)
+        .unwrap();
+    for text in ["two", "three", "four"] {
+        assert_eq!(recv(&seen, text), text);
+    }
+    done(a.bus().send_to("b", 0, "five")).unwrap();
+    assert_eq!(recv(&seen, "the next message, once"), "five");
+    stop(a);
+    stop(b);
+}

@@ -6,8 +6,8 @@
 //! - Each host announces itself with a key that expires unless renewed
 //!   (`{prefix}:b:host:{name}`, holding its number of slots), and reads a
 //!   list of its own (`{prefix}:b:in:{name}`) into its slots' inboxes
-//!   (through a list of the reader's own, so that a read whose reply is
-//!   lost loses no message). A
+//!   in batches (through a list of each batch's own, so that a read whose
+//!   reply is lost loses no message). A
 //!   send to another host checks that it is up and has the slot, and pushes
 //!   onto its list, in one script. Messages wait in the list while the host
 //!   is away (a restart with the same name finds them).
@@ -16,7 +16,10 @@
 //! - Topics are Redis pub/sub channels (`{prefix}:b:t:{topic}`), subscribed
 //!   while the host has a subscriber.
 //!
-//! A frame is a JSON header line, then the message's bytes.
+//! A frame is a JSON header line, then the message's bytes. The reading of
+//! a host's list is in [`read`].
+
+mod read;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,22 +35,22 @@ use forkless_worker::rt::Owner;
 use forkless_worker::{Envelope, Error};
 use redis::Script;
 use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::router::Router;
 use crate::bus::BusEngine;
 use crate::config::RedisConfig;
-use crate::redis::{follow, Follow, Link};
+use crate::redis::{follow, Follow, Link, Via};
 
 /// How long a host's presence lasts unless renewed, and how often it is.
 const PRESENCE: Duration = Duration::from_secs(6);
 const RENEW_PRESENCE: Duration = Duration::from_secs(2);
 /// How long one blocking read of the host's list waits.
-const READ_WAIT: Duration = Duration::from_secs(1);
+pub(super) const READ_WAIT: Duration = Duration::from_secs(1);
 /// How long messages wait in a host's list for a host that is away (one
 /// that never comes back leaves nothing behind for longer).
-const KEEP_UNREAD: Duration = Duration::from_secs(3600);
-use crate::redis::MAX_RETRY;
+pub(super) const KEEP_UNREAD: Duration = Duration::from_secs(3600);
 
 static SEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/bus_send.lua")));
 
@@ -150,7 +153,7 @@ impl RedisBus {
         format!("{}:b:host:{host}", self.prefix)
     }
 
-    fn inbox_key(&self, host: &str) -> String {
+    pub(super) fn inbox_key(&self, host: &str) -> String {
         format!("{}:b:in:{host}", self.prefix)
     }
 
@@ -193,104 +196,8 @@ impl RedisBus {
         }
     }
 
-    /// Moves what other hosts sent to this one into its slots' inboxes.
-    ///
-    /// A frame is never popped outright: a pop whose reply is lost (a
-    /// response timeout on a starved thread, a broken connection) would lose
-    /// the message. `BLMOVE` moves it onto a list of this link's own
-    /// (`{prefix}:b:taken:{host}:{id}`), and it leaves that list only once
-    /// delivered. After a failure the head of that list, if any, was taken
-    /// but not delivered, unless this loop knows it delivered it and only its
-    /// removal is unconfirmed: so nothing is lost and nothing is delivered
-    /// twice while the process lives.
-    async fn read_inbox(self: Arc<Self>) {
-        let key = self.inbox_key(&self.host);
-        let taken = format!(
-            "{}:b:taken:{}:{}-{}",
-            self.prefix,
-            self.host,
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        );
-        // The head of `taken` is delivered; its removal is not confirmed.
-        let mut delivered = false;
-        // A failure happened: the head of `taken` may be an undelivered frame.
-        let mut suspect = false;
-        let mut pause = Duration::from_millis(50);
-        while !self.router.is_closed() {
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(self.link.config.connect_timeout)
-                .set_response_timeout(READ_WAIT + self.link.config.timeout);
-            let mut conn = match self
-                .link
-                .client()
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
-                Ok(conn) => conn,
-                Err(_) => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_RETRY);
-                    continue;
-                }
-            };
-            pause = Duration::from_millis(50);
-            while !self.router.is_closed() {
-                if delivered {
-                    let mut cmd = redis::cmd("LPOP");
-                    cmd.arg(&taken);
-                    if cmd.query_async::<()>(&mut conn).await.is_err() {
-                        break;
-                    }
-                    delivered = false;
-                }
-                let raw: Option<Vec<u8>> = if suspect {
-                    let mut cmd = redis::cmd("LINDEX");
-                    cmd.arg(&taken).arg(0);
-                    match cmd.query_async(&mut conn).await {
-                        Ok(None) => {
-                            suspect = false;
-                            continue;
-                        }
-                        Ok(raw) => raw,
-                        Err(_) => break,
-                    }
-                } else {
-                    // The expiry bounds what a process that dies between
-                    // the move and the delivery leaves behind.
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("BLMOVE")
-                        .arg(&key)
-                        .arg(&taken)
-                        .arg("LEFT")
-                        .arg("RIGHT")
-                        .arg(READ_WAIT.as_secs_f64())
-                        .cmd("PEXPIRE")
-                        .arg(&taken)
-                        .arg(KEEP_UNREAD.as_millis() as u64)
-                        .ignore();
-                    match pipe.query_async::<(Option<Vec<u8>>,)>(&mut conn).await {
-                        Ok((raw,)) => raw,
-                        Err(_) => {
-                            suspect = true;
-                            break;
-                        }
-                    }
-                };
-                if let Some(raw) = raw {
-                    self.link
-                        .caught("delivering a message from another host", self.deliver(&raw))
-                        .await;
-                    delivered = true;
-                }
-            }
-        }
-    }
-
     /// Delivers one frame from the host's list.
-    async fn deliver(&self, raw: &[u8]) {
+    pub(super) async fn deliver(&self, raw: &[u8]) {
         let Some((header, message)) = unframe(raw) else {
             tracing::warn!(host = %self.host, "dropped a bus frame this version cannot read");
             return;
@@ -440,7 +347,12 @@ impl RedisBus {
         }
     }
 
-    async fn send_now(self: Arc<Self>, send: RemoteSend, id: Option<u64>) -> Result<(), Error> {
+    async fn send_now(
+        self: Arc<Self>,
+        via: &Via,
+        send: RemoteSend,
+        id: Option<u64>,
+    ) -> Result<(), Error> {
         let header = Header {
             k: if id.is_some() {
                 Kind::Request
@@ -465,8 +377,10 @@ impl RedisBus {
                 .arg(self.list_limit(self.router.mailboxes().len()))
                 .arg(&raw[..])
                 .arg(KEEP_UNREAD.as_millis() as u64);
-            let (code, slots): (i64, usize) =
-                self.link.script("send to another host", &call).await?;
+            let (code, slots): (i64, usize) = self
+                .link
+                .script_via(via, "send to another host", &call)
+                .await?;
             match code {
                 0 => return Ok(()),
                 1 => {
@@ -495,17 +409,20 @@ impl RedisBus {
         }
     }
 
-    async fn exchange(self: Arc<Self>, send: RemoteSend) -> Result<Option<Bytes>, Error> {
+    async fn exchange(self: Arc<Self>, via: Via, send: RemoteSend) -> Result<Option<Bytes>, Error> {
         let SendMode::Request(timeout) = send.mode else {
-            return self.send_now(send, None).await.map(|()| None);
+            return self.send_now(&via, send, None).await.map(|()| None);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
+        // Forgets the request however this ends: on a worker's runtime,
+        // this future is dropped with the worker.
+        let _forget = Forget(&self.pending, id);
         let (host, slot) = (send.host.clone(), send.slot);
         let this = self.clone();
-        let result = tokio::time::timeout(timeout, async move {
-            this.send_now(send, Some(id)).await?;
+        tokio::time::timeout(timeout, async move {
+            this.send_now(&via, send, Some(id)).await?;
             rx.await.map_err(|_| Error::stopped("bus"))?
         })
         .await
@@ -513,9 +430,16 @@ impl RedisBus {
             Err(Error::timeout(format!(
                 "no reply from slot {slot} of host {host:?} within {timeout:?}"
             )))
-        });
-        lock(&self.pending).remove(&id);
-        result
+        })
+    }
+}
+
+/// Removes a request from those waiting for a reply when dropped.
+struct Forget<'a>(&'a Mutex<HashMap<u64, ReplyTo>>, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.0).remove(&self.1);
     }
 }
 
@@ -584,8 +508,16 @@ impl BusBackend for RedisBus {
             let _ = tx.send(Err(Error::stopped("bus")));
             return rx;
         };
+        // From a worker, on its own connection and runtime: no trip to the
+        // link's thread and back.
+        if let (Some(via), Ok(here)) = (self.link.local(), Handle::try_current()) {
+            here.spawn(async move {
+                let _ = tx.send(me.exchange(via, send).await);
+            });
+            return rx;
+        }
         self.link.spawn(async move {
-            let _ = tx.send(me.exchange(send).await);
+            let _ = tx.send(me.exchange(Via::Link, send).await);
         });
         rx
     }

@@ -15,8 +15,8 @@ use forkless_worker::Error;
 ///
 /// # What differs from the in-process backend
 ///
-/// - **Latency**: every store operation is a round trip to Redis (a Lua
-///   script, so each one is atomic there). Messages between the slots of one
+/// - **Latency**: every store operation is a round trip to Redis (one
+///   command or one Lua script, so each one is atomic there). Messages between the slots of one
 ///   cluster still go in-process; only [`Bus::send_to`] another host,
 ///   [`Bus::request_to`] and topics go through Redis.
 /// - **Locks** are a Redis key set with `NX` and a lease, holding a token

@@ -213,10 +213,14 @@ impl Link {
             Via::Link => &self.conn,
             Via::Local(cell) => &**cell,
         };
+        if let Some(conn) = cell.get() {
+            return Ok(conn.clone());
+        }
+        // No response timeout of its own: each call here has one, and a
+        // second timer per command costs.
         let connect = || {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(self.config.connect_timeout)
-                .set_response_timeout(self.config.timeout)
                 .set_number_of_retries(1)
                 .set_max_delay(self.config.connect_timeout.as_millis() as u64);
             ConnectionManager::new_with_config(self.client.clone(), config)
@@ -246,6 +250,26 @@ impl Link {
         let result = async {
             let mut conn = self.connection(via).await?;
             tokio::time::timeout(self.config.timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| self.late(what))?
+                .map_err(|e| self.failed(what, &e))
+        };
+        self.note(result.await)
+    }
+
+    /// Runs a command on `via`'s connection, within the timeout, and gives
+    /// Redis's answer as it is: an error reply is a `Value::ServerError`,
+    /// not an `Err` (which says Redis did not answer).
+    pub(crate) async fn answer_via(
+        &self,
+        via: &Via,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<redis::Value, Error> {
+        use redis::aio::ConnectionLike as _;
+        let result = async {
+            let mut conn = self.connection(via).await?;
+            tokio::time::timeout(self.config.timeout, conn.req_packed_command(cmd))
                 .await
                 .map_err(|_| self.late(what))?
                 .map_err(|e| self.failed(what, &e))

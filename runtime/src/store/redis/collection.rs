@@ -20,7 +20,7 @@ use crate::store::checks::{check_options, check_sizes, shorten, too_large};
 use crate::time::deadline;
 
 use super::scripts::{
-    answer_of, bytes_of, int_of, millis, CAS, DEL, GET, INCR, LOCKED, REFUSED, SET, VALUE,
+    answer_of, bytes_of, int_of, CAS, DEL, GET, INCR, LOCKED, REFUSED, SET, VALUE,
 };
 use super::{lock, Answer, Attempt, RColl};
 
@@ -48,11 +48,9 @@ impl RColl {
     }
 
     /// The time to live of the collection's keys, in ms as the scripts take
-    /// it ("0": none).
-    pub(super) fn ttl(&self) -> String {
-        lock(&self.options)
-            .expire_keys
-            .map_or_else(|| "0".to_owned(), |d| millis(d).to_string())
+    /// it (0: none).
+    pub(super) fn ttl(&self) -> u64 {
+        self.limits.ttl_ms.load(Ordering::Relaxed)
     }
 
     /// Runs `op` until it is done, waiting while the key is locked, and
@@ -71,7 +69,8 @@ impl RColl {
             }
             let attempt = match &op {
                 Op::Acquire { lease, .. } => self.acquire(owner, &key, *lease, &answer).await,
-                other => self.once(&Via::Link, &key, other).await,
+                // A key seen locked is looked at with its script only.
+                other => self.once(&Via::Link, &key, other, waiter.is_none()).await,
             };
             match attempt {
                 Err(e) => {
@@ -132,7 +131,7 @@ impl RColl {
     async fn run_here(self: Arc<Self>, via: Via, key: String, op: Op) -> Result<Outcome, Error> {
         let mut waiter = None;
         loop {
-            if let Attempt::Done(outcome) = self.once(&via, &key, &op).await? {
+            if let Attempt::Done(outcome) = self.once(&via, &key, &op, waiter.is_none()).await? {
                 // An operation that waited behind a lock and ran while the
                 // store closed (the close releases the locks this host still
                 // holds) reports the stop, as every waiting operation does:
@@ -152,9 +151,17 @@ impl RColl {
         }
     }
 
-    /// One look at an unlocked-key operation.
-    async fn once(&self, via: &Via, key: &str, op: &Op) -> Result<Attempt, Error> {
-        let (vkey, lkey, ttl) = (self.value_key(key), self.lock_key(key), self.ttl());
+    /// One look at an unlocked-key operation: its plain command first if
+    /// `plain` and it has one, then its script if that fails.
+    async fn once(&self, via: &Via, key: &str, op: &Op, plain: bool) -> Result<Attempt, Error> {
+        let vkey = self.value_key(key);
+        let ttl = self.ttl();
+        if plain {
+            if let Some(outcome) = self.plain(via, &vkey, op, ttl).await? {
+                return Ok(Attempt::Done(outcome));
+            }
+        }
+        let lkey = self.lock_key(key);
         let (script, what): (&Script, &str) = match op {
             Op::Get => (&GET, "get"),
             Op::Set(_) => (&SET, "set"),
@@ -167,13 +174,13 @@ impl RColl {
         call.key(&vkey).key(&lkey);
         match op {
             Op::Get | Op::Del => {
-                call.arg(&ttl);
+                call.arg(ttl);
             }
             Op::Set(v) => {
-                call.arg(v.as_ref()).arg(&ttl);
+                call.arg(v.as_ref()).arg(ttl);
             }
             Op::Incr(by) => {
-                call.arg(*by).arg(&ttl);
+                call.arg(*by).arg(ttl);
             }
             Op::CompareAndSwap { expected, new } => {
                 let flag = |v: &Option<Bytes>| if v.is_some() { "1" } else { "0" };
@@ -182,7 +189,7 @@ impl RColl {
                     .arg(bytes(expected))
                     .arg(flag(new))
                     .arg(bytes(new))
-                    .arg(&ttl);
+                    .arg(ttl);
             }
             Op::Acquire { .. } => {}
         }
@@ -214,6 +221,72 @@ impl RColl {
             Op::Acquire { .. } => unreachable!("acquire has a path of its own"),
         };
         Ok(Attempt::Done(outcome))
+    }
+
+    /// The operation as one plain command, where one does it atomically
+    /// and fails on a locked key: while a key is locked its value key holds
+    /// a hash (see `store_acquire.lua`), and `GET`, `GETEX`, `SET ... GET`,
+    /// `GETDEL` and `INCRBY` answer `WRONGTYPE` on a hash instead of
+    /// reading or writing it. `None`: the command failed (the key is
+    /// locked, or its lock's lease ran out and left the hash, or this Redis
+    /// is older than 6.2), or the operation has none: run its script, which
+    /// tells these apart.
+    async fn plain(
+        &self,
+        via: &Via,
+        vkey: &str,
+        op: &Op,
+        ttl: u64,
+    ) -> Result<Option<Outcome>, Error> {
+        let expire = ttl != 0;
+        let (cmd, what) = match op {
+            Op::Get if expire => {
+                let mut cmd = redis::cmd("GETEX");
+                cmd.arg(vkey).arg("PX").arg(ttl);
+                (cmd, "get")
+            }
+            Op::Get => {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(vkey);
+                (cmd, "get")
+            }
+            Op::Set(v) => {
+                // `GET` makes the set fail on a hash; the old value it
+                // answers with is dropped.
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(vkey).arg(v.as_ref());
+                if expire {
+                    cmd.arg("PX").arg(ttl);
+                }
+                cmd.arg("GET");
+                (cmd, "set")
+            }
+            Op::Del => {
+                let mut cmd = redis::cmd("GETDEL");
+                cmd.arg(vkey);
+                (cmd, "del")
+            }
+            // With a time to live, the increment and the expiry are one
+            // script: a PEXPIRE after a failed INCRBY would touch a lock's
+            // hash.
+            Op::Incr(by) if !expire => {
+                let mut cmd = redis::cmd("INCRBY");
+                cmd.arg(vkey).arg(*by);
+                (cmd, "incr")
+            }
+            _ => return Ok(None),
+        };
+        let answer = self.link().answer_via(via, what, &cmd).await?;
+        if matches!(answer, redis::Value::ServerError(_)) {
+            return Ok(None);
+        }
+        let found = !matches!(answer, redis::Value::Nil);
+        Ok(Some(match op {
+            Op::Get => Outcome::Value(if found { Some(bytes_of(answer)?) } else { None }),
+            Op::Set(_) => Outcome::Done,
+            Op::Del => Outcome::Removed(found),
+            _ => Outcome::Int(int_of(&answer)?),
+        }))
     }
 
     async fn count_now(&self) -> Result<Outcome, Error> {
@@ -275,7 +348,9 @@ impl CollectionBackend for RColl {
                 self.name
             ))));
         }
-        *lock(&self.options) = options.clone();
+        let mut current = lock(&self.options);
+        *current = options.clone();
+        self.limits.set(options);
         Reply::Ready(Ok(Outcome::Done))
     }
 
@@ -288,10 +363,8 @@ impl CollectionBackend for RColl {
             return Reply::Ready(Err(self.stopped()));
         }
         self.core.ops.fetch_add(1, Ordering::Relaxed);
-        let (max_key, max_value) = {
-            let o = lock(&self.options);
-            (o.max_key_size, o.max_value_size)
-        };
+        let max_key = self.limits.max_key.load(Ordering::Relaxed);
+        let max_value = self.limits.max_value.load(Ordering::Relaxed);
         if let Err(e) = check_sizes(&self.name, key, &op, max_key, max_value) {
             return Reply::Ready(Err(e));
         }
@@ -321,7 +394,7 @@ impl CollectionBackend for RColl {
             return Reply::Ready(Err(self.stopped()));
         }
         self.core.forget(token);
-        let max_value = lock(&self.options).max_value_size;
+        let max_value = self.limits.max_value.load(Ordering::Relaxed);
         let (change, refused) = match change {
             Change::Set(v) if v.len() > max_value => (
                 Change::Keep,

@@ -13,7 +13,9 @@ use forkless_worker::Error;
 
 use crate::store::checks::{lock_lost, shorten};
 
-use super::scripts::{answer_of, bytes_of, millis, ACQUIRE, LOCKED, RELEASE, RENEW, VALUE};
+use super::scripts::{
+    answer_of, bytes_of, millis, ACQUIRE, HOLD_MARGIN_MS, LOCKED, RELEASE, RENEW, VALUE,
+};
 use super::{lock, Answer, Attempt, Held, RColl};
 
 impl RColl {
@@ -36,7 +38,8 @@ impl RColl {
         call.key(self.value_key(key))
             .key(self.lock_key(key))
             .arg(&text)
-            .arg(ms);
+            .arg(ms)
+            .arg(ms.saturating_add(HOLD_MARGIN_MS));
         let (code, value) = answer_of(self.link().script("acquire", &call).await?)?;
         if code == LOCKED {
             return Ok(Attempt::Locked);
@@ -81,7 +84,8 @@ impl RColl {
                 call.key(coll.value_key(&key))
                     .key(coll.lock_key(&key))
                     .arg(&token)
-                    .arg(ms);
+                    .arg(ms)
+                    .arg(ms.saturating_add(HOLD_MARGIN_MS));
                 match coll.link().script::<i64>("renew a lock", &call).await {
                     Ok(1) => {}
                     Ok(_) => {

@@ -1,9 +1,17 @@
-//! The store on Redis: each operation is one Lua script, so it is atomic in
-//! Redis, and checks the key's lock there.
+//! The store on Redis: each operation is one command or one Lua script, so
+//! it is atomic in Redis, and checks the key's lock there, whichever host
+//! took it.
 //!
 //! A collection's keys are `{prefix}:s:{len}:{name}:v:{key}` (the value) and
 //! `...:l:{key}` (the lock, holding its token, with a lease). The name's
-//! length keeps two collections apart whatever their names hold.
+//! length keeps two collections apart whatever their names hold. While a
+//! key is locked its value key holds a hash (`l`, and `v`: the value, if
+//! any), not a string: so `get`, `set`, `del` and `incr` run as plain
+//! commands (`GET`/`GETEX`, `SET ... GET`, `GETDEL`, `INCRBY`) that fail
+//! with `WRONGTYPE` on a locked key instead of bypassing its lock, and run
+//! their script only then (one round trip, and no Lua, in the common case).
+//! Hosts of this version must not share a prefix with older ones, whose
+//! locks leave the value a string.
 //!
 //! Durations a worker passes (leases, timeouts, times to live) become
 //! deadlines with [`deadline::from_now`] and Redis milliseconds with
@@ -27,7 +35,7 @@ mod scripts;
 mod wait;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
 use forkless_worker::rt::store::{Change, CollectionBackend, Outcome, StoreBackend};
@@ -80,7 +88,39 @@ struct RColl {
     /// What every key of the collection starts with.
     base: String,
     options: Mutex<CollectionOptions>,
+    /// What every operation reads of `options`, without its mutex.
+    limits: Limits,
     core: Arc<Core>,
+}
+
+/// A copy of a collection's options that every operation reads: the two
+/// workers of a cluster share the collection, and would share its options'
+/// mutex on each operation.
+struct Limits {
+    /// The keys' time to live in ms as the scripts take it (0: none).
+    ttl_ms: AtomicU64,
+    max_key: AtomicUsize,
+    max_value: AtomicUsize,
+}
+
+impl Limits {
+    fn of(options: &CollectionOptions) -> Limits {
+        let limits = Limits {
+            ttl_ms: AtomicU64::new(0),
+            max_key: AtomicUsize::new(0),
+            max_value: AtomicUsize::new(0),
+        };
+        limits.set(options);
+        limits
+    }
+
+    fn set(&self, options: &CollectionOptions) {
+        let ttl = options.expire_keys.map_or(0, scripts::millis);
+        self.ttl_ms.store(ttl, Ordering::Relaxed);
+        self.max_key.store(options.max_key_size, Ordering::Relaxed);
+        self.max_value
+            .store(options.max_value_size, Ordering::Relaxed);
+    }
 }
 
 /// How one look at the key went.
@@ -143,6 +183,7 @@ impl StoreBackend for RedisStore {
                 me: me.clone(),
                 base,
                 options: Mutex::new(CollectionOptions::default()),
+                limits: Limits::of(&CollectionOptions::default()),
                 core: self.core.clone(),
             })
         });

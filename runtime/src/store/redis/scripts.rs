@@ -1,5 +1,11 @@
 //! The store's Lua scripts (in `scripts/`), the codes they answer with,
 //! how their answers read, and durations as the scripts pass them to Redis.
+//!
+//! The scripts of the operations on an unlocked key (get, set, del, incr,
+//! compare-and-swap) start with `store_unlocked.lua`, which checks the lock
+//! and heals what a lock whose lease ran out left behind. Most of those
+//! operations first try a plain command that fails on a locked key
+//! ([`collection`](super::collection)), and run their script only then.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -18,20 +24,40 @@ pub(super) const LOCKED: i64 = 0;
 pub(super) const VALUE: i64 = 2;
 pub(super) const REFUSED: i64 = 3;
 
-pub(super) static GET: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/store_get.lua")));
+pub(super) static GET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/store_unlocked.lua"),
+        include_str!("scripts/store_get.lua")
+    ))
+});
 
-pub(super) static SET: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/store_set.lua")));
+pub(super) static SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/store_unlocked.lua"),
+        include_str!("scripts/store_set.lua")
+    ))
+});
 
-pub(super) static DEL: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/store_del.lua")));
+pub(super) static DEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/store_unlocked.lua"),
+        include_str!("scripts/store_del.lua")
+    ))
+});
 
-pub(super) static INCR: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/store_incr.lua")));
+pub(super) static INCR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/store_unlocked.lua"),
+        include_str!("scripts/store_incr.lua")
+    ))
+});
 
-pub(super) static CAS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/store_cas.lua")));
+pub(super) static CAS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/store_unlocked.lua"),
+        include_str!("scripts/store_cas.lua")
+    ))
+});
 
 pub(super) static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/store_acquire.lua")));
@@ -41,6 +67,11 @@ pub(super) static RELEASE: LazyLock<Script> =
 
 pub(super) static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/store_renew.lua")));
+
+/// How much longer than its lease the hash that stands for a lock on a key
+/// without a value lives (`store_acquire.lua`): it must outlive the lock
+/// key, or a plain `SET` could slip in while the lock is still held.
+pub(super) const HOLD_MARGIN_MS: u64 = 1000;
 
 /// A duration in whole milliseconds as Redis takes them in `PX` and
 /// `PEXPIRE`: at least 1, at most [`deadline::FAR`] (Redis refuses a time

@@ -1,4 +1,3 @@
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
 local cur = redis.call('GET', KEYS[1])
 local match
 if ARGV[1] == '1' then match = (cur == ARGV[2]) else match = (cur == false) end

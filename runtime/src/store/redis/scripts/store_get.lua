@@ -1,4 +1,3 @@
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
 local v = redis.call('GET', KEYS[1])
 if not v then return {1, 0} end
 if ARGV[1] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end

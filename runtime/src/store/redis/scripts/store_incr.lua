@@ -1,4 +1,3 @@
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
 local ok, n = pcall(redis.call, 'INCRBY', KEYS[1], ARGV[1])
 if not ok then
   if type(n) == 'table' and n.err then return {3, n.err} end

@@ -1,4 +1,3 @@
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
 if ARGV[2] ~= '0' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else
