@@ -180,12 +180,15 @@ struct Table {
     free: Vec<usize>,
     /// A bound generation's `WorkerStats` address -> its counter.
     bound: BTreeMap<usize, usize>,
+    /// Whether running out of counters was logged (once).
+    warned: bool,
 }
 
 static TABLE: Mutex<Table> = Mutex::new(Table {
     next: 0,
     free: Vec::new(),
     bound: BTreeMap::new(),
+    warned: false,
 });
 
 fn table() -> std::sync::MutexGuard<'static, Table> {
@@ -212,6 +215,13 @@ pub(crate) fn bind(stats: Arc<WorkerStats>) -> Binding {
                 table.next - 1
             })
         });
+        if index.is_none() && !table.warned {
+            table.warned = true;
+            tracing::warn!(
+                "every one of the {COUNTERS} memory counters is in use: a new worker \
+                 generation's memory is unknown (and max_memory does not apply to it)"
+            );
+        }
         if let Some(index) = index {
             // This thread is the counter's only writer from now on: the
             // thread that held it last unbound itself before it gave it

@@ -527,13 +527,13 @@ impl Blackhole {
     }
 }
 
-#[test]
-fn a_message_whose_read_answer_is_lost_is_still_delivered() {
-    let prefix = unique_prefix();
-    let direct = RedisConfig::new(shared_url()).prefix(&prefix);
+/// Host `b` on `prefix`, its bus through a [`Blackhole`] proxy (a 500 ms
+/// timeout), whose one worker passes every message it reads to the
+/// returned channel.
+fn host_behind_a_proxy(prefix: &str) -> (Blackhole, Cluster, mpsc::Receiver<String>) {
     let proxy = Blackhole::to(&shared_url());
     let through_proxy = RedisConfig::new(proxy.url())
-        .prefix(&prefix)
+        .prefix(prefix)
         .timeout(Duration::from_millis(500));
     let (seen_tx, seen) = mpsc::channel::<String>();
     let b = Cluster::builder()
@@ -549,7 +549,15 @@ fn a_message_whose_read_answer_is_lost_is_still_delivered() {
                 }
             }
         })
-        .unwrap();
+        .expect("start b");
+    (proxy, b, seen)
+}
+
+#[test]
+fn a_message_whose_read_answer_is_lost_is_still_delivered() {
+    let prefix = unique_prefix();
+    let direct = RedisConfig::new(shared_url()).prefix(&prefix);
+    let (proxy, b, seen) = host_behind_a_proxy(&prefix);
     let a = idle(Cluster::builder().bus_backend(direct.host("a")));
     send_when_up(&a, "b", 0, "one");
     assert_eq!(recv(&seen, "b reads its list"), "one");
@@ -751,25 +759,7 @@ fn a_batch_whose_read_answer_is_lost_is_delivered_whole_and_once() {
     // As above, with three frames pushed at once: the reader takes them in
     // one batch, whose answer is lost.
     let prefix = unique_prefix();
-    let proxy = Blackhole::to(&shared_url());
-    let through_proxy = RedisConfig::new(proxy.url())
-        .prefix(&prefix)
-        .timeout(Duration::from_millis(500));
-    let (seen_tx, seen) = mpsc::channel::<String>();
-    let b = Cluster::builder()
-        .workers(1)
-        .bus_backend(through_proxy.host("b"))
-        .start(move |worker: Worker| {
-            let seen_tx = seen_tx.clone();
-            async move {
-                let mut inbox = worker.inbox();
-                while let Some(envelope) = inbox.recv().await {
-                    let text = String::from_utf8_lossy(envelope.message()).into_owned();
-                    let _ = seen_tx.send(text);
-                }
-            }
-        })
-        .unwrap();
+    let (proxy, b, seen) = host_behind_a_proxy(&prefix);
     let a = idle(
         Cluster::builder().bus_backend(RedisConfig::new(shared_url()).prefix(&prefix).host("a")),
     );
@@ -795,4 +785,40 @@ fn a_batch_whose_read_answer_is_lost_is_delivered_whole_and_once() {
     assert_eq!(recv(&seen, "the next message, once"), "five");
     stop(a);
     stop(b);
+}
+
+/// The bus reader's batch script takes at most what it is told, nothing
+/// when told 0 (an inbox full), and copies what it takes before trimming.
+#[test]
+fn the_batch_script_takes_no_more_than_the_room_it_is_given() {
+    let prefix = unique_prefix();
+    let (list, taken) = (format!("{prefix}:in"), format!("{prefix}:taken"));
+    let client = redis::Client::open(shared_url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let script = redis::Script::new(include_str!("../../runtime/src/bus/scripts/bus_take.lua"));
+    let _: () = redis::cmd("RPUSH")
+        .arg(&list)
+        .arg(&["a", "b", "c"])
+        .query(&mut conn)
+        .unwrap();
+    let take = |conn: &mut redis::Connection, most: i64| -> Vec<String> {
+        script
+            .key(&list)
+            .key(&taken)
+            .arg(most)
+            .arg(1 << 20)
+            .invoke(conn)
+            .unwrap()
+    };
+    let len = |conn: &mut redis::Connection, key: &str| -> i64 {
+        redis::cmd("LLEN").arg(key).query(conn).unwrap()
+    };
+    assert!(take(&mut conn, 0).is_empty(), "no room: nothing taken");
+    assert!(take(&mut conn, -1).is_empty());
+    assert_eq!((len(&mut conn, &list), len(&mut conn, &taken)), (3, 0));
+    assert_eq!(take(&mut conn, 2), ["a", "b"]);
+    assert_eq!((len(&mut conn, &list), len(&mut conn, &taken)), (1, 2));
+    assert_eq!(take(&mut conn, 64), ["c"]);
+    assert_eq!((len(&mut conn, &list), len(&mut conn, &taken)), (0, 3));
+    let _: () = redis::cmd("DEL").arg(&taken).query(&mut conn).unwrap();
 }

@@ -20,6 +20,9 @@ use forkless_worker::Error;
 /// giving up. Each recycle is an [`Event::Recycled`](crate::Event::Recycled)
 /// with its [`RecycleReason`](crate::RecycleReason), counted in the metrics
 /// (`forkless_worker_recycles_total{slot,reason}`) and shown in the status.
+/// Limits are checked four times per `stall_timeout` (every 500 ms by
+/// default); a slot is recycled again only once the old generation of its
+/// last replacement has ended, and slots take turns.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -64,8 +67,8 @@ impl Recycle {
         self
     }
 
-    /// Recycles a generation once it has run for `age` (at least a second,
-    /// at most a year).
+    /// Recycles a generation once it has served for `age` since it was
+    /// ready (at least a second, at most a year).
     pub fn max_age(mut self, age: Duration) -> Recycle {
         self.max_age = Some(age);
         self
@@ -124,7 +127,11 @@ impl Recycle {
     /// [`Counting`](crate::Counting) counts it. Needs `Counting` as the
     /// program's global allocator: without it a worker's memory is unknown,
     /// and [`start`](crate::Builder::start) refuses this limit. No jitter
-    /// applies: it is a ceiling.
+    /// applies: it is a ceiling. Counts are per thread: bytes a worker
+    /// allocates and another thread frees (a store value another worker
+    /// overwrites, a bus message read elsewhere) stay counted on the
+    /// worker that allocated them, so set the limit with what a worker
+    /// hands to others in mind.
     pub fn max_memory(mut self, bytes: u64) -> Recycle {
         self.max_memory = Some(bytes);
         self

@@ -407,14 +407,12 @@ mod tests {
         answer
     }
 
-    /// `POST /recycle`: a slot the cluster has is recycled (202, then the
-    /// event); garbage, a missing slot and a stopping cluster are errors.
-    #[test]
-    fn recycle_answers_by_what_it_was_asked() {
-        let dir = scratch("recycle");
-        let socket = dir.join("control.sock");
+    /// A one-worker cluster named `control-{test}` that idles, ready, with
+    /// its control socket in a scratch directory.
+    fn idle_with_socket(test: &str) -> (std::path::PathBuf, crate::Cluster) {
+        let socket = scratch(test).join("control.sock");
         let cluster = crate::Cluster::builder()
-            .name("control-recycle")
+            .name(format!("control-{test}"))
             .workers(1)
             .control_socket(&socket)
             .start(|worker: forkless_worker::Worker| async move {
@@ -422,6 +420,14 @@ mod tests {
                 worker.shutdown_signal().await;
             })
             .expect("start");
+        (socket, cluster)
+    }
+
+    /// `POST /recycle`: a slot the cluster has is recycled (202, then the
+    /// event); garbage, a missing slot and a stopping cluster are errors.
+    #[test]
+    fn recycle_answers_by_what_it_was_asked() {
+        let (socket, cluster) = idle_with_socket("recycle");
         cluster.wait_ready(Duration::from_secs(60)).expect("ready");
         let post = |body: &str| {
             let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
@@ -467,6 +473,9 @@ mod tests {
         let answer = post(r#"{"slot":0}"#);
         assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
         cluster.join();
+        if let Some(dir) = socket.parent() {
+            std::fs::remove_dir_all(dir).expect("clean up");
+        }
     }
 
     /// The live server: `/status` parses into the typed `Status`; unknown
@@ -474,17 +483,7 @@ mod tests {
     /// and none of them stops the cluster.
     #[test]
     fn the_live_status_is_typed_and_unknown_routes_are_404() {
-        let dir = scratch("typed");
-        let socket = dir.join("control.sock");
-        let cluster = crate::Cluster::builder()
-            .name("control-typed")
-            .workers(1)
-            .control_socket(&socket)
-            .start(|worker: forkless_worker::Worker| async move {
-                worker.ready();
-                worker.shutdown_signal().await;
-            })
-            .expect("start");
+        let (socket, cluster) = idle_with_socket("typed");
         let answer = ask_at(&socket, "GET", "/status");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
@@ -535,7 +534,9 @@ mod tests {
         assert!(ask_at(&socket, "GET", "/status").starts_with("HTTP/1.1 200"));
         cluster.shutdown();
         cluster.join();
-        std::fs::remove_dir_all(&dir).expect("clean up");
+        if let Some(dir) = socket.parent() {
+            std::fs::remove_dir_all(dir).expect("clean up");
+        }
     }
 
     #[test]

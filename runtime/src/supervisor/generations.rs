@@ -156,6 +156,10 @@ impl Master {
         });
         match role {
             Role::Current => {
+                // A candidate that took over mid-replacement and exits before
+                // it was ready fails the replacement now, not at its deadline.
+                let reason = format!("it exited before it was ready: {exit}");
+                self.replacement_failed(index, generation, reason);
                 let slot = &mut self.slots[index];
                 if let Some(candidate) = slot.candidate.take() {
                     // Mid-replacement: the new generation takes over at

@@ -66,6 +66,7 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
         phase: Phase::Running,
         roll: None,
         step: None,
+        last_recycled: size.saturating_sub(1),
         systemd,
         announced_ready: false,
         next_check: now,
@@ -146,6 +147,8 @@ pub(super) struct Master {
     pub(super) roll: Option<Roll>,
     /// The one gated replacement (of a roll or a recycle) under way.
     pub(super) step: Option<Step>,
+    /// The slot recycled last: the next check starts after it.
+    pub(super) last_recycled: usize,
     pub(super) systemd: Systemd,
     pub(super) announced_ready: bool,
     /// When the stall watchdog looks next.

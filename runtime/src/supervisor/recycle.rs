@@ -22,10 +22,14 @@ impl Master {
         if !matches!(self.phase, Phase::Running) || self.step.is_some() || self.roll.is_some() {
             return;
         }
-        for index in 0..self.size {
+        // Round robin from the slot after the last one recycled, so that one
+        // slot due again at once cannot starve the others.
+        let (size, first) = (self.size, self.last_recycled + 1);
+        for index in (0..size).map(|i| (first + i) % size) {
             let Some(reason) = self.recycle_due(index, now) else {
                 continue;
             };
+            self.last_recycled = index;
             tracing::info!(slot = index, %reason, "recycling a worker");
             match self.replace(index, Purpose::Recycle(reason)) {
                 Ok(()) => return,
@@ -44,7 +48,13 @@ impl Master {
             slot.recycle_requested = false;
             return None;
         }
-        if slot.candidate.is_some() || slot.recycle_after.is_some_and(|at| now < at) {
+        // The old generation of its last replacement still draining: not
+        // yet (at most one old generation per slot, so that a worker due
+        // again at once cannot pile them up).
+        if slot.candidate.is_some()
+            || !slot.draining.is_empty()
+            || slot.recycle_after.is_some_and(|at| now < at)
+        {
             return None;
         }
         // Only a worker that serves: one starting, or stalled (which would
@@ -64,7 +74,10 @@ impl Master {
             }
         }
         if let Some(limit) = live.limits.age {
-            let age = now.saturating_duration_since(live.started);
+            // Age counts from ready: a generation slower to start than
+            // max_age still serves for max_age.
+            let ready_at = live.started + live.ready_after.unwrap_or_default();
+            let age = now.saturating_duration_since(ready_at);
             if age >= limit {
                 return Some(RecycleReason::MaxAge { limit, age });
             }
@@ -82,10 +95,25 @@ impl Master {
     /// An operator asked to recycle slot `index`: it is, as soon as no
     /// replacement is under way and its worker serves.
     pub(super) fn request_recycle(&mut self, index: usize) {
-        if let Some(slot) = self.slots.get_mut(index).filter(|s| s.in_service()) {
-            slot.recycle_requested = true;
-            slot.recycle_after = None;
-            self.check_recycles(Instant::now());
+        match self.slots.get_mut(index) {
+            Some(slot) if index < self.size && slot.in_service() => {
+                slot.recycle_requested = true;
+                slot.recycle_after = None;
+                self.check_recycles(Instant::now());
+            }
+            // Retired, ended or gone between the request and now (a resize
+            // raced it): said, so that no one waits for a recycle.
+            slot => {
+                let generation = slot.map_or(0, |s| s.next_generation.saturating_sub(1));
+                self.emit(Event::RecycleFailed {
+                    slot: index,
+                    generation,
+                    reason: format!(
+                        "slot {index} does not serve (the cluster has {} slots)",
+                        self.size
+                    ),
+                });
+            }
         }
     }
 

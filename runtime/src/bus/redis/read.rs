@@ -71,7 +71,10 @@ impl RedisBus {
                     continue;
                 }
             };
-            pause = Duration::from_millis(50);
+            // Redis may take connections and refuse commands (loading,
+            // read-only, out of memory): a failed query waits before the
+            // next connection, as a failed connect does.
+            let mut failed = false;
             while !self.router.is_closed() {
                 let taken = format!("{base}:{batch}");
                 let mut pipe = redis::pipe();
@@ -82,7 +85,10 @@ impl RedisBus {
                     pipe.cmd("LRANGE").arg(&taken).arg(0).arg(-1);
                     match pipe.query_async::<(Vec<Vec<u8>>,)>(&mut conn).await {
                         Ok((frames,)) => frames,
-                        Err(_) => break,
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
                     }
                 } else {
                     // The expiry bounds what a process that dies between
@@ -111,10 +117,12 @@ impl RedisBus {
                         Ok((first, more)) => first.into_iter().chain(more).collect(),
                         Err(_) => {
                             suspect = true;
+                            failed = true;
                             break;
                         }
                     }
                 };
+                pause = Duration::from_millis(50);
                 finished = None;
                 suspect = false;
                 if frames.is_empty() {
@@ -128,6 +136,10 @@ impl RedisBus {
                 }
                 finished = Some(taken);
                 batch = batch.wrapping_add(1);
+            }
+            if failed {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY);
             }
         }
     }
