@@ -47,16 +47,10 @@ mod servers;
 #[allow(dead_code)]
 #[path = "store.rs"]
 mod store;
+use store::env::env_or;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `alloc_cost_counting`, beside this binary or from `BENCH_COUNTING_BIN`.
 fn counting_binary(me: &Path) -> Option<PathBuf> {

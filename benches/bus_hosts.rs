@@ -28,6 +28,9 @@
 //! ```
 #![allow(missing_docs)]
 
+#[path = "env/mod.rs"]
+mod env;
+use env::env_or;
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
@@ -292,13 +295,6 @@ fn percentile(sorted: &[u32], p: f64) -> String {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     format!("{:.1}", sorted[i] as f64 / 1000.0)
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -39,6 +39,9 @@
 //! (plotters); `docs/http_per_core.svg`, which the README shows, is a copy
 //! from the run recorded in BENCHMARKS.md.
 
+#[path = "env/mod.rs"]
+mod env;
+use env::env_or;
 #[allow(dead_code)]
 #[path = "../examples/hello.rs"]
 mod hello;
@@ -250,13 +253,6 @@ fn chart(
     }))?;
     root.present()?;
     Ok(())
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// The diagnostic servers: forkless with the per-core server's handler,

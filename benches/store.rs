@@ -29,6 +29,9 @@
 //! ```
 #![allow(missing_docs)]
 
+#[path = "env/mod.rs"]
+pub(crate) mod env;
+use env::env_or;
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
@@ -335,13 +338,6 @@ fn redis() -> Option<(String, Option<RedisServer>)> {
     }
     let server = RedisServer::start();
     Some((server.url(), Some(server)))
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -12,9 +12,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
-use crate::common::{self, recv, PATIENCE};
+use crate::common::{self, PATIENCE};
 use forkless::http::{self, Options};
 use forkless::{Cluster, Event, Exit, Worker};
 use http_body_util::Full;
@@ -179,23 +179,8 @@ fn more_answers(counts: &Counts, more: u64) {
 
 #[test]
 fn keep_alive_clients_lose_no_request_in_a_roll_a_shrink_and_a_grow() {
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(2)
-        .start(move |worker: Worker| {
-            let tx = tx.clone();
-            async move {
-                if worker.slot() == 0 && worker.generation() == 0 {
-                    // The port, found by listening once more on port 0's
-                    // group: every slot shares it.
-                    let listener = worker.listen("127.0.0.1:0").await?;
-                    let _ = tx.send(listener.local_addr()?);
-                }
-                serve(worker).await
-            }
-        })
-        .expect("start");
-    let addr: SocketAddr = recv(&rx, "the port");
+    let (cluster, addr) =
+        crate::lifecycle_load::start_on_a_port(Cluster::builder().workers(2), serve);
     let mut events = cluster.events();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -144,13 +144,17 @@ pub(crate) fn more_answers(counts: &Counts, more: u64) {
     common::more_counted(&counts.answered, more, "answers");
 }
 
-/// Starts `builder`'s cluster of the line server ([`serve`]), and returns
-/// it with its port.
-pub(crate) fn start_line_server(builder: forkless::Builder) -> (Cluster, SocketAddr) {
+/// Starts `builder`'s cluster, each worker running `body` on port 0's
+/// group of `127.0.0.1`, and returns it with the port every slot shares.
+pub(crate) fn start_on_a_port<F, Fut>(builder: forkless::Builder, body: F) -> (Cluster, SocketAddr)
+where
+    F: Fn(Worker) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), forkless::Error>> + 'static,
+{
     let (tx, rx) = mpsc::channel();
     let cluster = builder
         .start(move |worker: Worker| {
-            let tx = tx.clone();
+            let (tx, body) = (tx.clone(), body.clone());
             async move {
                 if worker.slot() == 0 && worker.generation() == 0 {
                     // The port, found by listening once more on port 0's
@@ -158,12 +162,18 @@ pub(crate) fn start_line_server(builder: forkless::Builder) -> (Cluster, SocketA
                     let listener = worker.listen("127.0.0.1:0").await?;
                     let _ = tx.send(listener.local_addr()?);
                 }
-                serve(worker).await
+                body(worker).await
             }
         })
         .expect("start");
     let addr: SocketAddr = recv(&rx, "the port");
     (cluster, addr)
+}
+
+/// Starts `builder`'s cluster of the line server ([`serve`]), and returns
+/// it with its port.
+pub(crate) fn start_line_server(builder: forkless::Builder) -> (Cluster, SocketAddr) {
+    start_on_a_port(builder, serve)
 }
 
 #[test]
