@@ -30,7 +30,6 @@
 
 #[path = "env/mod.rs"]
 mod env;
-use env::env_or;
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
@@ -298,19 +297,7 @@ fn percentile(sorted: &[u32], p: f64) -> String {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not: then
-    // run one short round of each, as a smoke test.
-    let benching = std::env::args().any(|a| a == "--bench");
-    let secs: f64 = if benching {
-        env_or("BENCH_SECS", 3.0)
-    } else {
-        0.05
-    };
-    let rounds: usize = if benching {
-        env_or("BENCH_ROUNDS", 3)
-    } else {
-        1
-    };
+    let (secs, rounds) = env::plan();
     let mut server = None;
     let url = match std::env::var("BENCH_REDIS") {
         Ok(url) => url,

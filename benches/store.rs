@@ -31,7 +31,6 @@
 
 #[path = "env/mod.rs"]
 pub(crate) mod env;
-use env::env_or;
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
@@ -341,19 +340,7 @@ fn redis() -> Option<(String, Option<RedisServer>)> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not: then
-    // run one short round of each, as a smoke test.
-    let benching = std::env::args().any(|a| a == "--bench");
-    let secs: f64 = if benching {
-        env_or("BENCH_SECS", 3.0)
-    } else {
-        0.05
-    };
-    let rounds: usize = if benching {
-        env_or("BENCH_ROUNDS", 3)
-    } else {
-        1
-    };
+    let (secs, rounds) = env::plan();
 
     let mut backends = vec![
         Backend::Forkless,

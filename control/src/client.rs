@@ -52,12 +52,7 @@ impl Client {
 
     /// `POST /resize`: sets the number of workers, or changes it.
     pub async fn resize(&self, workers: Workers) -> Result<ResizeAnswer, Error> {
-        let body =
-            serde_json::to_vec(&ResizeRequest { workers }).map_err(|e| Error::Malformed {
-                what: "/resize".to_owned(),
-                source: e,
-            })?;
-        parse("/resize", &self.post("/resize", &body).await?)
+        self.post_json("/resize", &ResizeRequest { workers }).await
     }
 
     /// `POST /restart`: starts a rolling restart.
@@ -81,11 +76,20 @@ impl Client {
     /// # }
     /// ```
     pub async fn recycle(&self, slot: usize) -> Result<RecycleAnswer, Error> {
-        let body = serde_json::to_vec(&RecycleRequest { slot }).map_err(|e| Error::Malformed {
-            what: "/recycle".to_owned(),
+        self.post_json("/recycle", &RecycleRequest { slot }).await
+    }
+
+    /// `POST path` with `request` as its JSON body; the answer, parsed.
+    async fn post_json<Q: serde::Serialize, A: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Q,
+    ) -> Result<A, Error> {
+        let body = serde_json::to_vec(request).map_err(|e| Error::Malformed {
+            what: path.to_owned(),
             source: e,
         })?;
-        parse("/recycle", &self.post("/recycle", &body).await?)
+        parse(path, &self.post(path, &body).await?)
     }
 
     /// `POST /upgrade`: starts the program anew beside this process, hands
