@@ -2,7 +2,6 @@
 //! on loopback: its JSON, the errors it counts, and its argument checks.
 //! No assertion on speed.
 
-use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -99,11 +98,17 @@ fn server(status: StatusCode, limit: Option<usize>) -> SocketAddr {
                             if limit.is_some_and(|limit| count >= limit) {
                                 done.notify_one();
                             }
+                            // Past the limit, while the runtime is not yet
+                            // dropped, no answer: the connection is closed.
+                            let over = limit.is_some_and(|limit| count > limit);
                             async move {
+                                if over {
+                                    return Err(std::io::Error::other("over the limit"));
+                                }
                                 let mut answer =
                                     Response::new(Full::new(Bytes::from_static(b"ok")));
                                 *answer.status_mut() = status;
-                                Ok::<_, Infallible>(answer)
+                                Ok(answer)
                             }
                         });
                         let _ = http1::Builder::new()
