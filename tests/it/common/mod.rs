@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use forkless::{Listener, Worker};
 
+#[path = "../../support/wait.rs"]
+mod wait;
+#[allow(unused_imports)]
+pub use wait::{wait_for, wait_for_within, wait_until, PATIENCE};
+
 /// A running 1-worker cluster whose worker idles until shutdown: for tests
 /// of the store, reached through the cluster's handle.
 pub fn idle_cluster() -> forkless::Cluster {
@@ -133,9 +138,6 @@ pub fn stop_example(mut child: std::process::Child) -> String {
     stderr
 }
 
-/// Long enough for a busy 2-core machine; only reached when a test fails.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-
 /// Answers connections with `"{slot} {generation}\n"` until shutdown.
 pub async fn serve_whoami(worker: &Worker, listener: &Listener) -> Result<(), forkless::Error> {
     while let Some(conn) = listener.accept().await {
@@ -181,14 +183,9 @@ pub fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
 pub fn more_counted(counter: &std::sync::atomic::AtomicU64, more: u64, what: &str) {
     use std::sync::atomic::Ordering::Relaxed;
     let target = counter.load(Relaxed) + more;
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while counter.load(Relaxed) < target {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the clients' {what} stalled"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_until(&format!("the clients' {what} to grow by {more}"), || {
+        counter.load(Relaxed) >= target
+    });
 }
 
 /// Sends `"dropped"` when dropped: tells a test that a worker's future or
