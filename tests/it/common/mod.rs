@@ -6,7 +6,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::Receiver;
-use std::time::Duration;
 
 use forkless::{Listener, Worker};
 
