@@ -5,10 +5,12 @@
 //! from the bottom up: code in a subsystem may name (`crate::x`, or an item
 //! the crate root re-exports from `x`) only subsystems declared before it.
 //! So there is no cycle between subsystems, and the list in `lib.rs` says
-//! what may change without touching what. Unit tests (`mod tests` blocks
-//! and `tests.rs` files) may reach anywhere.
+//! what may change without touching what. Inside a subsystem (and inside
+//! any folder below it) the modules import each other without a cycle
+//! either: data below what acts on it. Unit tests (`mod tests` blocks and
+//! `tests.rs` files) may reach anywhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -151,6 +153,238 @@ fn subsystems_import_only_the_ones_below_them() {
         "imports against the layering of lib.rs ({}):\n{}",
         order.join(" < "),
         wrong.join("\n")
+    );
+}
+
+/// The module path of a source file under `src`: `supervisor/master.rs`
+/// and `store/memory/mod.rs` are `["supervisor", "master"]` and
+/// `["store", "memory"]`.
+fn module_of(rel: &Path) -> Vec<String> {
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if let Some(last) = parts.pop() {
+        if last != "mod.rs" && last != "lib.rs" {
+            parts.push(last.trim_end_matches(".rs").to_owned());
+        }
+    }
+    parts
+}
+
+/// Every module path `code`, written in module `here`, names through
+/// `crate::`, `super::` (any number) or `self::`, braces expanded one
+/// level; the path runs as far as its lowercase segments go.
+fn module_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    let bytes = code.as_bytes();
+    let mut i = 0;
+    while i < code.len() {
+        let rest = &code[i..];
+        let boundary = i == 0
+            || !(bytes[i - 1].is_ascii_alphanumeric()
+                || bytes[i - 1] == b'_'
+                || bytes[i - 1] == b':');
+        let start = ["crate::", "super::", "self::"]
+            .iter()
+            .find(|p| boundary && rest.starts_with(**p));
+        let Some(start) = start else {
+            i += rest.chars().next().map_or(1, char::len_utf8);
+            continue;
+        };
+        let mut base: Vec<String> = match *start {
+            "crate::" => Vec::new(),
+            "self::" => here.to_vec(),
+            _ => here[..here.len().saturating_sub(1)].to_vec(),
+        };
+        let mut tail = &rest[start.len()..];
+        while let Some(more) = tail.strip_prefix("super::") {
+            base.pop();
+            tail = more;
+        }
+        expand(base, tail, &mut found);
+        i += start.len();
+    }
+    found
+}
+
+/// The module paths of `tail` (what follows `crate::`, `super::` or
+/// `self::`) from `base`, a `{...}` group expanded at any depth (not
+/// nested groups inside it): `a::{b, c::D}` gives `a::b` and `a::c`.
+fn expand(mut path: Vec<String>, tail: &str, found: &mut Vec<Vec<String>>) {
+    let mut rest = tail;
+    loop {
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                expand(path.clone(), item.trim(), found);
+            }
+            return;
+        }
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            break;
+        }
+        path.push(name.clone());
+        match rest[name.len()..].strip_prefix("::") {
+            Some(more) => rest = more,
+            None => break,
+        }
+    }
+    if !path.is_empty() {
+        found.push(path);
+    }
+}
+
+/// The cycles among the children of each module: an edge `a -> b` between
+/// two children of folder `C` when code in `C::a` (or below it) names
+/// `C::b` (or below it).
+fn module_cycles(edges: &HashMap<Vec<String>, HashSet<Vec<String>>>) -> Vec<Vec<Vec<String>>> {
+    // Tarjan's strongly connected components.
+    struct Walk<'a> {
+        edges: &'a HashMap<Vec<String>, HashSet<Vec<String>>>,
+        index: HashMap<&'a [String], usize>,
+        low: HashMap<&'a [String], usize>,
+        stack: Vec<&'a [String]>,
+        on: HashSet<&'a [String]>,
+        out: Vec<Vec<Vec<String>>>,
+    }
+    fn visit<'a>(w: &mut Walk<'a>, v: &'a [String]) {
+        let n = w.index.len();
+        w.index.insert(v, n);
+        w.low.insert(v, n);
+        w.stack.push(v);
+        w.on.insert(v);
+        let next: Vec<&'a [String]> = w
+            .edges
+            .get(v)
+            .map(|s| s.iter().map(Vec::as_slice).collect())
+            .unwrap_or_default();
+        for t in next {
+            if !w.index.contains_key(t) {
+                visit(w, t);
+                let low = w.low[v].min(w.low[t]);
+                w.low.insert(v, low);
+            } else if w.on.contains(t) {
+                let low = w.low[v].min(w.index[t]);
+                w.low.insert(v, low);
+            }
+        }
+        if w.low[v] == w.index[v] {
+            let mut component = Vec::new();
+            while let Some(t) = w.stack.pop() {
+                w.on.remove(t);
+                component.push(t.to_vec());
+                if t == v {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                component.sort();
+                w.out.push(component);
+            }
+        }
+    }
+    let mut w = Walk {
+        edges,
+        index: HashMap::new(),
+        low: HashMap::new(),
+        stack: Vec::new(),
+        on: HashSet::new(),
+        out: Vec::new(),
+    };
+    let mut nodes: Vec<&Vec<String>> = edges.keys().collect();
+    nodes.sort();
+    for v in nodes {
+        if !w.index.contains_key(v.as_slice()) {
+            visit(&mut w, v);
+        }
+    }
+    w.out.sort();
+    w.out
+}
+
+/// The edges between sibling modules that the files under `root` make.
+fn sibling_edges(root: &Path) -> HashMap<Vec<String>, HashSet<Vec<String>>> {
+    let mut files = Vec::new();
+    rust_files(root, &mut files);
+    let modules: HashSet<Vec<String>> = files
+        .iter()
+        .map(|f| module_of(f.strip_prefix(root).expect("under src")))
+        .collect();
+    let mut edges: HashMap<Vec<String>, HashSet<Vec<String>>> = HashMap::new();
+    for file in &files {
+        let rel = file.strip_prefix(root).expect("under src");
+        if rel.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let here = module_of(rel);
+        let text = fs::read_to_string(file).expect("read");
+        for target in module_paths(&code(&text), &here) {
+            let common = here.iter().zip(&target).take_while(|(a, b)| a == b).count();
+            if common >= here.len() || common >= target.len() {
+                continue;
+            }
+            let from = here[..=common].to_vec();
+            let to = target[..=common].to_vec();
+            if modules.iter().any(|m| m.starts_with(&to)) {
+                edges.entry(from).or_default().insert(to.clone());
+                edges.entry(to).or_default();
+            }
+        }
+    }
+    edges
+}
+
+#[test]
+fn no_module_cycles_inside_a_subsystem() {
+    let cycles = module_cycles(&sibling_edges(&src()));
+    let shown: Vec<String> = cycles
+        .iter()
+        .map(|c| {
+            c.iter()
+                .map(|m| m.join("::"))
+                .collect::<Vec<_>>()
+                .join(" <-> ")
+        })
+        .collect();
+    assert!(
+        shown.is_empty(),
+        "modules that import each other (put the data they share below both):\n{}",
+        shown.join("\n")
+    );
+}
+
+#[test]
+fn the_cycle_checker_sees_super_self_and_groups() {
+    let here = ["a".to_owned(), "b".to_owned()];
+    let paths = module_paths(
+        "use super::c::D;\nuse super::{d, e::F};\nlet _ = super::super::x::y;\nuse self::z;\nuse crate::q::{r, S};",
+        &here,
+    );
+    let shown: Vec<String> = paths.iter().map(|p| p.join("::")).collect();
+    assert_eq!(
+        shown,
+        ["a::c", "a::d", "a::e", "x::y", "a::b::z", "q::r", "q"]
+    );
+    let module = |m: &str| m.split("::").map(str::to_owned).collect::<Vec<_>>();
+    let mut edges: HashMap<Vec<String>, HashSet<Vec<String>>> = HashMap::new();
+    for (from, to) in [
+        ("s::a", "s::b"),
+        ("s::b", "s::c"),
+        ("s::c", "s::a"),
+        ("s::d", "s::a"),
+    ] {
+        edges.entry(module(from)).or_default().insert(module(to));
+        edges.entry(module(to)).or_default();
+    }
+    let cycles = module_cycles(&edges);
+    assert_eq!(
+        cycles,
+        [vec![module("s::a"), module("s::b"), module("s::c")]]
     );
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use socket2::Socket;
 
-use super::registry::local_addr;
+use super::local_addr;
 
 /// The TCP listeners systemd passed (`LISTEN_FDS`, `LISTEN_PID`), with their
 /// addresses. Others (Unix sockets, UDP) are left alone.

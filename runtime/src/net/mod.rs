@@ -4,3 +4,11 @@
 
 mod activation;
 pub(crate) mod registry;
+
+/// The IP address `socket` is bound to.
+fn local_addr(socket: &socket2::Socket) -> std::io::Result<std::net::SocketAddr> {
+    socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP socket"))
+}

@@ -24,6 +24,8 @@ use forkless_worker::Error;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use super::local_addr;
+
 /// A listening socket as an upgrade hands it to the next process: the
 /// address asked for and the one bound, the slot it belongs to (`None`: one
 /// socket every slot shares, as systemd passed it), and the socket.
@@ -383,13 +385,6 @@ fn bind(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     // Shared by every duplicate: what tokio needs.
     socket.set_nonblocking(true)?;
     Ok(socket)
-}
-
-pub(super) fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
-    socket
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
 #[cfg(test)]

@@ -16,8 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
-use super::replace::Step;
-use super::roll::Roll;
+use super::plan::{Roll, Step};
 use super::slot::{Service, Slot};
 use crate::config::body::Factory;
 use crate::config::builder::Builder;
@@ -48,7 +47,7 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
     install_panic_hook();
 
     let (tx, rx) = crossbeam_channel::unbounded();
-    let inherited = super::upgrade::inherited()?;
+    let inherited = super::handover::inherited()?;
     let shared = Arc::new(Shared::new(&builder, size, tx, inherited)?);
     let slots = (0..size)
         .map(|index| Slot::new(index, core_for(&cores, index)))

@@ -25,7 +25,9 @@
 
 pub(crate) mod cluster;
 mod generations;
+mod handover;
 pub(crate) mod master;
+mod plan;
 mod policy;
 mod ready;
 mod recycle;

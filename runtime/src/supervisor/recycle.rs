@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::master::{Master, Phase};
-use super::replace::Purpose;
+use super::plan::Purpose;
 use crate::observe::events::Event;
 use crate::observe::recycle::RecycleReason;
 use crate::time::deadline::after;

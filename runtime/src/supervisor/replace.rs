@@ -8,26 +8,9 @@
 use std::time::Instant;
 
 use super::master::Master;
+use super::plan::{Purpose, Step};
 use super::slot::Role;
-use crate::observe::recycle::RecycleReason;
 use crate::time::deadline::from_now;
-
-/// The replacement under way: slot `slot`'s candidate `generation` must be
-/// ready by `deadline`.
-pub(super) struct Step {
-    pub(super) slot: usize,
-    pub(super) generation: u64,
-    pub(super) deadline: Instant,
-    pub(super) purpose: Purpose,
-}
-
-/// What a replacement is for.
-pub(super) enum Purpose {
-    /// A step of the rolling restart.
-    Roll,
-    /// A recycle, and why.
-    Recycle(RecycleReason),
-}
 
 impl Master {
     /// Starts slot `index`'s next generation as its candidate. The error

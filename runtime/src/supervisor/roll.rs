@@ -7,14 +7,8 @@
 use std::collections::VecDeque;
 
 use super::master::{Master, Phase};
-use super::replace::Purpose;
+use super::plan::{Purpose, Roll};
 use crate::observe::events::Event;
-
-/// A rolling restart under way: the slots still to replace.
-pub(super) struct Roll {
-    pub(super) pending: VecDeque<usize>,
-    pub(super) restarted: usize,
-}
 
 impl Master {
     pub(super) fn start_roll(&mut self) {

@@ -49,7 +49,7 @@ pub(crate) struct Shared {
     pub(crate) epoch: Instant,
     pub(crate) stopping: AtomicBool,
     /// What an upgrade starts and waits for.
-    pub(crate) upgrade: super::upgrade::UpgradeConfig,
+    pub(crate) upgrade: super::handover::UpgradeConfig,
     /// An upgrade is under way (or switched: this process stops).
     pub(crate) upgrading: AtomicBool,
     /// After a switch: the new process's channel, to hand it the store.
@@ -105,7 +105,7 @@ impl Shared {
         builder: &Builder,
         size: usize,
         tx: Sender<Msg>,
-        inherited: Option<super::upgrade::Inherited>,
+        inherited: Option<super::handover::Inherited>,
     ) -> Result<Shared, Error> {
         let faults = Faults::new();
         let clock = Clock::start(faults.clone())
@@ -153,7 +153,7 @@ impl Shared {
             view: Mutex::new(View::default()),
             epoch: Instant::now(),
             stopping: AtomicBool::new(false),
-            upgrade: super::upgrade::UpgradeConfig::of(builder),
+            upgrade: super::handover::UpgradeConfig::of(builder),
             upgrading: AtomicBool::new(false),
             handover: Mutex::new(None),
             handed_over: AtomicBool::new(false),
@@ -198,6 +198,25 @@ impl Shared {
             });
     }
 
+    /// The old process's end of an upgrade: hands the store to the new
+    /// process, if an upgrade switched to one. Called once every worker has
+    /// exited, so nothing mutates the store any more.
+    fn hand_store(&self) {
+        let channel = self
+            .handover
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(channel) = channel else {
+            return;
+        };
+        let snapshot = self.store.export();
+        match super::handover::send_store(channel, snapshot.as_ref()) {
+            Ok(()) => tracing::info!("the store was handed to the new process"),
+            Err(e) => tracing::error!(error = %e, "cannot hand the store to the new process"),
+        }
+    }
+
     pub(crate) fn finish(&self, report: Report) {
         // The control socket goes before anyone learns that the cluster
         // stopped, so that a cluster started next can take the same path.
@@ -216,7 +235,7 @@ impl Shared {
         // mutates it any more (every worker has exited).
         self.faults
             .caught("forkless-master", "handing the store over", || {
-                super::upgrade::hand_store(self)
+                self.hand_store()
             });
         // Every worker is gone: what still waits on the store fails now.
         // Each step wakes waiters of the callers' own: a waker that panics

@@ -39,12 +39,9 @@
 //! stopped (`SIGTERM`, then `SIGKILL` after `terminate_timeout`), the old
 //! one serves on, and `upgrade` fails with the reason (`UpgradeFailed`).
 
-use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -53,188 +50,13 @@ use std::time::Duration;
 use command_fds::{CommandFdExt, FdMapping};
 use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
-use serde::{Deserialize, Serialize};
-use socket2::Socket;
 
 use super::cluster::Cluster;
+use super::handover::{receive_store, HandedFd, Manifest, ENV, FIRST_FD};
 use super::shared::{Msg, Shared};
 use super::systemd::Systemd;
-use crate::net::registry::Handed;
 use crate::observe::events::Event;
 use crate::time::deadline::from_now;
-
-/// The environment variable that tells a process it is an upgrade's new
-/// process, and which descriptors it inherited.
-const ENV: &str = crate::config::env::UPGRADE;
-
-/// The first descriptor number handed to the new process (after stdio).
-const FIRST_FD: RawFd = 3;
-
-/// On the channel, before the store: the old process's store does not move
-/// (it is on Redis) ...
-const NO_STORE: u8 = 0;
-/// ... or its snapshot follows.
-const STORE: u8 = 1;
-
-/// What `FORKLESS_UPGRADE` holds (JSON).
-#[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
-    /// The process that started this one: the manifest is for its child
-    /// only (a process this one starts later sees the variable too).
-    parent: u32,
-    /// The channel to the old process.
-    channel: RawFd,
-    /// The control server's Unix socket, if the old process had one.
-    control: Option<RawFd>,
-    sockets: Vec<HandedFd>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct HandedFd {
-    requested: SocketAddr,
-    bound: SocketAddr,
-    slot: Option<usize>,
-    fd: RawFd,
-}
-
-/// What an upgrade needs to know, fixed when the cluster starts.
-pub(crate) struct UpgradeConfig {
-    pub(crate) program: PathBuf,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) ready_timeout: Duration,
-    pub(crate) terminate_timeout: Duration,
-    /// How long the new process waits, silent channel, for the old one's
-    /// store: its stop takes at most `shutdown_timeout` and
-    /// `terminate_timeout` (the same builder, most likely), plus a margin.
-    pub(crate) handover_timeout: Duration,
-    pub(crate) notify_systemd: bool,
-}
-
-impl UpgradeConfig {
-    /// The upgrade command as the builder says, or this program again.
-    pub(crate) fn of(builder: &crate::config::builder::Builder) -> UpgradeConfig {
-        let (program, args) = match &builder.upgrade_command {
-            Some((program, args)) => (program.clone(), args.clone()),
-            None => (
-                // The path it was started from, not /proc/self/exe: once a
-                // new build replaces the file, that link names the deleted
-                // old one.
-                std::env::args_os()
-                    .next()
-                    .map(PathBuf::from)
-                    .and_then(|p| absolute(&p))
-                    .or_else(|| std::env::current_exe().ok())
-                    .unwrap_or_default(),
-                std::env::args_os().skip(1).collect(),
-            ),
-        };
-        UpgradeConfig {
-            program,
-            args,
-            ready_timeout: builder.ready_timeout,
-            terminate_timeout: builder.terminate_timeout,
-            handover_timeout: builder
-                .shutdown_timeout
-                .saturating_add(builder.terminate_timeout)
-                .saturating_add(Duration::from_secs(60)),
-            notify_systemd: builder.notify_systemd,
-        }
-    }
-}
-
-/// `path` as it resolves now: relative to the working directory if it
-/// names a file, else looked up in `PATH` as the shell did.
-fn absolute(path: &std::path::Path) -> Option<PathBuf> {
-    if path.components().count() > 1 {
-        return std::path::absolute(path).ok();
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join(path))
-        .find(|candidate| candidate.is_file())
-}
-
-/// What the process an upgrade started inherited from the old one.
-pub(crate) struct Inherited {
-    pub(crate) channel: UnixStream,
-    pub(crate) control: Option<OwnedFd>,
-    pub(crate) sockets: Vec<Handed>,
-}
-
-/// Reads `FORKLESS_UPGRADE`: `None` unless this process is an upgrade's new
-/// one. A manifest meant for another process (this one's parent set it for
-/// its own child) is ignored.
-pub(crate) fn inherited() -> Result<Option<Inherited>, Error> {
-    let Some(text) = std::env::var_os(ENV) else {
-        return Ok(None);
-    };
-    let manifest: Manifest = serde_json::from_str(&text.to_string_lossy())
-        .map_err(|e| Error::config(format!("{ENV} is not an upgrade's manifest: {e}")))?;
-    if std::os::unix::process::parent_id() != manifest.parent {
-        return Ok(None);
-    }
-    let mut taken = Vec::new();
-    let mut take = |fd: RawFd| -> Result<OwnedFd, Error> {
-        if fd < FIRST_FD || taken.contains(&fd) {
-            return Err(Error::config(format!(
-                "{ENV} names descriptor {fd} twice or below {FIRST_FD}"
-            )));
-        }
-        taken.push(fd);
-        // The descriptor must be open: fcntl fails on one that is not.
-        let borrowed = unsafe_borrow(fd)?;
-        let owned = borrowed
-            .try_clone_to_owned()
-            .map_err(|e| Error::config(format!("{ENV}: descriptor {fd}: {e}")))?;
-        Ok(owned)
-    };
-    let channel = UnixStream::from(take(manifest.channel)?);
-    let control = manifest.control.map(&mut take).transpose()?;
-    let mut sockets = Vec::new();
-    for handed in &manifest.sockets {
-        sockets.push(Handed {
-            requested: handed.requested,
-            bound: handed.bound,
-            slot: handed.slot,
-            socket: Socket::from(take(handed.fd)?),
-        });
-    }
-    // The inherited numbers themselves are closed: the duplicates taken
-    // above are close-on-exec, so a process this one starts gets none.
-    for fd in taken {
-        drop(unsafe_own(fd));
-    }
-    tracing::info!(
-        sockets = sockets.len(),
-        parent = manifest.parent,
-        "started by an upgrade: taking over the old process's sockets"
-    );
-    Ok(Some(Inherited {
-        channel,
-        control,
-        sockets,
-    }))
-}
-
-/// Borrows descriptor `fd` after checking that it is open.
-#[allow(unsafe_code)]
-fn unsafe_borrow(fd: RawFd) -> Result<std::os::fd::BorrowedFd<'static>, Error> {
-    // SAFETY: `fd` was handed to this process by its parent for this
-    // purpose (the manifest names it), and is checked open below before use;
-    // it is closed only through `unsafe_own`, after every use.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    rustix::io::fcntl_getfd(borrowed)
-        .map_err(|e| Error::config(format!("{ENV}: descriptor {fd} is not open: {e}")))?;
-    Ok(borrowed)
-}
-
-/// Takes ownership of inherited descriptor `fd`, to close it.
-#[allow(unsafe_code)]
-fn unsafe_own(fd: RawFd) -> OwnedFd {
-    // SAFETY: `fd` was inherited for this process's use only, checked open
-    // by `unsafe_borrow`, and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
 
 /// The new process side: once every first worker is ready, tell the old
 /// process, then wait on a thread of its own for the store it hands over.
@@ -266,19 +88,13 @@ pub(crate) fn child_ready(shared: &Arc<Shared>) {
 /// imports it, and lets the operations that waited run. If the old process
 /// ends without handing it (it crashed), the store starts empty.
 fn take_store(shared: &Shared, channel: UnixStream) {
-    if let Err(e) = channel.set_read_timeout(Some(shared.upgrade.handover_timeout)) {
-        tracing::warn!(error = %e, "cannot bound the wait for the old process's store");
-    }
-    let mut reader = BufReader::new(channel);
-    let mut tag = [0u8];
-    let result = match reader.read_exact(&mut tag) {
-        Err(e) => Err(format!("the channel closed: {e}")),
-        Ok(()) if tag[0] == NO_STORE => Ok(()),
-        Ok(()) if tag[0] == STORE => crate::store::Snapshot::read_from(&mut reader)
-            .map_err(|e| e.to_string())
-            .and_then(|snapshot| shared.store.import(snapshot).map_err(|e| e.to_string())),
-        Ok(()) => Err(format!("an unknown tag {} on the channel", tag[0])),
-    };
+    let result =
+        receive_store(channel, shared.upgrade.handover_timeout).and_then(
+            |snapshot| match snapshot {
+                Some(snapshot) => shared.store.import(snapshot).map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+        );
     match result {
         Ok(()) => tracing::info!("the store was handed over; its waiting operations run"),
         Err(e) => {
@@ -286,32 +102,6 @@ fn take_store(shared: &Shared, channel: UnixStream) {
         }
     }
     shared.store.release_hold();
-}
-
-/// The old process side, at its end: hands the store to the new process,
-/// if an upgrade switched to one. Called once every worker has exited.
-pub(crate) fn hand_store(shared: &Shared) {
-    let channel = shared
-        .handover
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    let Some(channel) = channel else {
-        return;
-    };
-    let snapshot = shared.store.export();
-    let mut writer = std::io::BufWriter::new(channel);
-    let written = match &snapshot {
-        None => writer.write_all(&[NO_STORE]),
-        Some(snapshot) => writer
-            .write_all(&[STORE])
-            .and_then(|()| snapshot.write_to(&mut writer)),
-    }
-    .and_then(|()| writer.flush());
-    match written {
-        Ok(()) => tracing::info!("the store was handed to the new process"),
-        Err(e) => tracing::error!(error = %e, "cannot hand the store to the new process"),
-    }
 }
 
 impl Cluster {
@@ -553,34 +343,4 @@ fn stop_child(child: &mut Child, grace: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_manifest_reads_back() {
-        let manifest = Manifest {
-            parent: 7,
-            channel: 3,
-            control: Some(4),
-            sockets: vec![HandedFd {
-                requested: "127.0.0.1:0".parse().expect("addr"),
-                bound: "127.0.0.1:8080".parse().expect("addr"),
-                slot: Some(1),
-                fd: 5,
-            }],
-        };
-        let text = serde_json::to_string(&manifest).expect("json");
-        let back: Manifest = serde_json::from_str(&text).expect("read");
-        assert_eq!(back.parent, 7);
-        assert_eq!(back.sockets[0].slot, Some(1));
-        assert_eq!(back.sockets[0].bound.port(), 8080);
-    }
-
-    #[test]
-    fn a_closed_or_low_descriptor_is_refused() {
-        assert!(unsafe_borrow(1_000_000).unwrap_err().is_config());
-    }
 }

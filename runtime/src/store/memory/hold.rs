@@ -42,7 +42,7 @@ use crate::time::clock::TimerKey;
 use crate::time::deadline;
 
 use super::locks::{deliver, raise, Ran};
-use super::timers::TimerKind;
+use super::TimerKind;
 use super::{lock, Answer, Coll, Panic};
 
 /// The most operations that wait in the hold; one more fails with

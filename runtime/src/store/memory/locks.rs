@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use crate::store::checks::shorten;
 use crate::time::deadline;
 
-use super::timers::TimerKind;
+use super::TimerKind;
 use super::{lock, Answer, Coll, Ctx, Entry, Locked, Panic, Queued, ShardData, MAX_WAITERS};
 
 /// A key's queue is swept of operations whose callers left at least every

@@ -60,6 +60,18 @@ use crate::time::clock::{Clock, TimerKey};
 use super::checks::{named, Exits};
 use locks::raise;
 
+/// What a timer of the store's clock does when it fires (`timers`).
+enum TimerKind {
+    /// A lock's lease ran out.
+    Lease { key: Box<str>, token: u64 },
+    /// A waiter for a lock waited its whole timeout.
+    WaitTimeout { key: Box<str>, waiter: u64 },
+    /// An operation waiting behind the hold waited its whole timeout.
+    HoldTimeout { waiter: u64 },
+    /// Time to sweep a collection's expired keys.
+    Sweep,
+}
+
 type Hasher = foldhash::fast::RandomState;
 type Answer = oneshot::Sender<Result<Outcome, Error>>;
 

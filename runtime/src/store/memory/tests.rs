@@ -6,7 +6,7 @@ mod handover;
 
 use forkless_worker::rt::store::{Change, Reply, Wait};
 
-use super::timers::TimerKind;
+use super::TimerKind;
 use super::*;
 use crate::time::deadline;
 

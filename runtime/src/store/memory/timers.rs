@@ -14,17 +14,10 @@ use crate::time::clock::TimerKey;
 use crate::time::deadline;
 
 use super::locks::{raise, take_lock};
-use super::{lock, Coll, Core};
+use super::{lock, Coll, Core, TimerKind};
 
 /// The longest pause between two sweeps of a collection with expiry.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-pub(super) enum TimerKind {
-    Lease { key: Box<str>, token: u64 },
-    WaitTimeout { key: Box<str>, waiter: u64 },
-    HoldTimeout { waiter: u64 },
-    Sweep,
-}
 
 impl Core {
     pub(super) fn schedule(&self, at: Instant, coll: Arc<Coll>, kind: TimerKind) -> TimerKey {
