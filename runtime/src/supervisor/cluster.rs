@@ -112,16 +112,11 @@ impl Cluster {
     /// lag, from tokio's runtime metrics and a heartbeat); and whether the
     /// store's and the bus's Redis, if they use one, answers.
     pub fn status(&self) -> Status {
-        let view = self
-            .shared
-            .view
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let view = self.shared.view.load_full();
         let mut status = view.status(&self.shared.name);
         if self.is_stopped() {
             // Whatever the master published last, nothing runs now.
-            let mut view = view;
+            let mut view = crate::observe::events::View::clone(&view);
             view.mark_stopped();
             status = view.status(&self.shared.name);
         }

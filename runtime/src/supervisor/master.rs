@@ -92,11 +92,11 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
                 // Unblock whoever waits for the end.
                 tracing::error!(name = %shared.name, "the master thread panicked; the cluster stops");
                 // Status tells the truth from now on: nothing runs.
-                shared
-                    .view
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .mark_stopped();
+                shared.view.rcu(|view| {
+                    let mut view = View::clone(view);
+                    view.mark_stopped();
+                    view
+                });
                 shared.registry().close_all();
                 shared.finish(Report {
                     name: shared.name.clone(),
@@ -362,11 +362,7 @@ impl Master {
             stopping: !matches!(self.phase, Phase::Running),
             slots,
         };
-        *self
-            .shared
-            .view
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = view;
+        self.shared.view.store(std::sync::Arc::new(view));
     }
 
     pub(super) fn report(&self) -> Report {

@@ -17,6 +17,8 @@ use forkless_worker::rt::Owner;
 use forkless_worker::Error;
 use tokio::sync::watch;
 
+use arc_swap::ArcSwap;
+
 use super::report::Report;
 use crate::bus::{start_bus, BusEngine, BusSettings};
 use crate::config::builder::Builder;
@@ -44,7 +46,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Where the control server listens, once started.
     pub(crate) control: Mutex<Option<(std::path::PathBuf, Option<SocketAddr>)>>,
-    pub(crate) view: Mutex<View>,
+    /// The status the master publishes after each change: read by every
+    /// `status()`, metrics scrape and control request, written only by the
+    /// master, so readers take the latest without a lock or a copy.
+    pub(crate) view: ArcSwap<View>,
     /// When the cluster started: heartbeats count from here.
     pub(crate) epoch: Instant,
     pub(crate) stopping: AtomicBool,
@@ -150,7 +155,7 @@ impl Shared {
             events: Hub::new(),
             metrics: Metrics::new(),
             control: Mutex::new(None),
-            view: Mutex::new(View::default()),
+            view: ArcSwap::from_pointee(View::default()),
             epoch: Instant::now(),
             stopping: AtomicBool::new(false),
             upgrade: super::handover::UpgradeConfig::of(builder),
