@@ -582,10 +582,10 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
     let width = usize::from(spark_area.width.saturating_sub(2));
     let skip = app.history.len().saturating_sub(width);
     // Right-aligned: the latest second at the right edge.
-    let shown: Vec<Option<u64>> = std::iter::repeat(None)
-        .take(width.saturating_sub(app.history.len()))
-        .chain(app.history.iter().skip(skip).copied())
-        .collect();
+    let shown: Vec<Option<u64>> =
+        std::iter::repeat_n(None, width.saturating_sub(app.history.len()))
+            .chain(app.history.iter().skip(skip).copied())
+            .collect();
     let max = shown.iter().flatten().copied().max().unwrap_or(0);
     // The sparkline multiplies each value by its height in eighths: a
     // value past u32::MAX (no real rate) would overflow it.

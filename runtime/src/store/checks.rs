@@ -120,11 +120,7 @@ impl Exits {
 
     /// Returns true unless `owner` has exited (outside owners never do).
     pub(crate) fn alive(&self, owner: Option<Owner>) -> bool {
-        owner.map_or(true, |o| {
-            lock(&self.0)
-                .get(&o.slot)
-                .map_or(true, |&g| o.generation > g)
-        })
+        owner.is_none_or(|o| lock(&self.0).get(&o.slot).is_none_or(|&g| o.generation > g))
     }
 }
 

@@ -68,7 +68,7 @@ impl Clock {
         if state.stop {
             return key;
         }
-        let earliest = state.due.first_key_value().map_or(true, |(k, _)| key < *k);
+        let earliest = state.due.first_key_value().is_none_or(|(k, _)| key < *k);
         state.due.insert(key, Box::new(action));
         drop(state);
         if earliest {

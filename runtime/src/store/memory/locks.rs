@@ -74,7 +74,7 @@ pub(super) fn take_lock(
     let Some(entry) = map.get_mut(key) else {
         return false;
     };
-    let Some(locked) = entry.lock.take_if(|l| token.map_or(true, |t| t == l.token)) else {
+    let Some(locked) = entry.lock.take_if(|l| token.is_none_or(|t| t == l.token)) else {
         return false;
     };
     *locks -= 1;
