@@ -4,9 +4,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -806,31 +805,12 @@ fn encode<T: Serialize + ?Sized>(collection: &str, key: &str, value: &T) -> Resu
     })
 }
 
-struct Unpark(std::thread::Thread);
-
-impl Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Runs `future` to completion on this thread, parking it while it waits.
+/// Runs `future` to completion on this thread (futures' executor parks it
+/// while it waits).
 fn block_on<F: Future>(future: F) -> F::Output {
     assert!(
         tokio::runtime::Handle::try_current().is_err(),
         "a blocking store method was called from async code; use the async methods there"
     );
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        std::thread::park();
-    }
+    futures_executor::block_on(future)
 }

@@ -168,7 +168,7 @@ impl Master {
                     return;
                 }
                 if matches!(self.phase, Phase::Running) && slot.in_service() {
-                    self.after_exit(index, &exit, ran_for < self.config.throttle_delay);
+                    self.after_exit(index, &exit, Some(ran_for));
                 }
             }
             Role::Candidate => {
@@ -189,10 +189,10 @@ impl Master {
     }
 
     /// Decides whether and when the slot runs again.
-    pub(super) fn after_exit(&mut self, index: usize, exit: &Exit, quick: bool) {
+    pub(super) fn after_exit(&mut self, index: usize, exit: &Exit, ran_for: Option<Duration>) {
         let policy = Policy::of(&self.config);
         let slot = &mut self.slots[index];
-        let decision = decide(&policy, exit, quick, slot.quick_failures);
+        let decision = decide(&policy, exit, ran_for, slot.quick_failures);
         let delay = match decision {
             Decision::End => {
                 tracing::info!(
@@ -261,8 +261,8 @@ impl Master {
                     restart_delay: None,
                 });
                 slot.last_exit = Some(exit.clone());
-                // Always a quick failure, so that it cannot spin.
-                self.after_exit(index, &exit, true);
+                // Never started: a quick failure, so that it cannot spin.
+                self.after_exit(index, &exit, None);
             }
         }
     }
@@ -276,7 +276,7 @@ impl Master {
                 let exit = Exit::Failed(format!("cannot spawn the worker thread: {e}"));
                 tracing::error!(slot = index, %exit, "worker failed");
                 self.slots[index].last_exit = Some(exit.clone());
-                self.after_exit(index, &exit, true);
+                self.after_exit(index, &exit, None);
             }
         }
     }

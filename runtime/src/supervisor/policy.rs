@@ -44,20 +44,27 @@ pub(super) enum Decision {
 
 /// The restart policy as a pure function (DESIGN.md, "Supervision").
 ///
-/// `quick` says whether the generation ran less than `throttle_delay`
-/// (or could not be started at all); `quick_failures` is how many quick
-/// exits in a row the slot had before this one. Any quick exit counts,
+/// `ran_for` is how long the generation ran, from its start to its exit
+/// (`None`: it could not be started at all, which always counts as quick);
+/// it was *quick* if it ran less than `throttle_delay`. `quick_failures` is
+/// how many quick exits in a row the slot had before this one. Any quick exit counts,
 /// a normal return included, so that a body that returns at once is
 /// throttled like one that fails at once.
 ///
-/// | policy | exit | quick | decision |
+/// | policy | exit | quick (`ran_for < throttle_delay`) | decision |
 /// |---|---|---|---|
 /// | `Never` | any | any | end |
 /// | `OnFailure` | normal or terminated | any | end |
 /// | `Always`, or `OnFailure` and a failure | any | no | respawn at once; the count goes back to 0 |
 /// | the same | any | yes, k-th in a row, k < `max_restarts` | respawn after `throttle_delay * 2^(k-1)`, at most `max_backoff` |
 /// | the same | any | yes, k-th in a row, k >= `max_restarts` | give up |
-pub(super) fn decide(policy: &Policy, exit: &Exit, quick: bool, quick_failures: u32) -> Decision {
+pub(super) fn decide(
+    policy: &Policy,
+    exit: &Exit,
+    ran_for: Option<Duration>,
+    quick_failures: u32,
+) -> Decision {
+    let quick = ran_for.is_none_or(|ran| ran < policy.throttle_delay);
     let restart = match policy.restart {
         Restart::Always => true,
         Restart::OnFailure => exit.is_failure(),
@@ -101,6 +108,11 @@ mod tests {
         }
     }
 
+    /// A run that was quick (under the 2 s throttle delay) or not.
+    fn ran(quick: bool) -> Option<Duration> {
+        Some(Duration::from_millis(if quick { 1_999 } else { 2_000 }))
+    }
+
     fn failed() -> Exit {
         Exit::Failed("no".into())
     }
@@ -120,31 +132,46 @@ mod tests {
         for exit in [Exit::Normal, failed(), Exit::Terminated, panicked.clone()] {
             for quick in [false, true] {
                 assert_eq!(
-                    decide(&policy(Restart::Never), &exit, quick, 0),
+                    decide(&policy(Restart::Never), &exit, ran(quick), 0),
                     Decision::End
                 );
             }
         }
         // OnFailure: a return or a termination ends it, a failure restarts.
         let on_failure = policy(Restart::OnFailure);
-        assert_eq!(decide(&on_failure, &Exit::Normal, false, 0), Decision::End);
         assert_eq!(
-            decide(&on_failure, &Exit::Terminated, true, 0),
+            decide(&on_failure, &Exit::Normal, ran(false), 0),
             Decision::End
         );
-        assert_eq!(decide(&on_failure, &failed(), false, 3), respawn(s(0), 0));
-        assert_eq!(decide(&on_failure, &panicked, true, 0), respawn(s(2), 1));
+        assert_eq!(
+            decide(&on_failure, &Exit::Terminated, ran(true), 0),
+            Decision::End
+        );
+        assert_eq!(
+            decide(&on_failure, &failed(), ran(false), 3),
+            respawn(s(0), 0)
+        );
+        assert_eq!(
+            decide(&on_failure, &panicked, ran(true), 0),
+            respawn(s(2), 1)
+        );
         // Always: a healthy run respawns at once and forgets the failures.
         let always = policy(Restart::Always);
-        assert_eq!(decide(&always, &Exit::Normal, false, 3), respawn(s(0), 0));
-        assert_eq!(decide(&always, &failed(), false, 3), respawn(s(0), 0));
+        assert_eq!(
+            decide(&always, &Exit::Normal, ran(false), 3),
+            respawn(s(0), 0)
+        );
+        assert_eq!(decide(&always, &failed(), ran(false), 3), respawn(s(0), 0));
         // Quick exits back off, doubling, a quick return included...
-        assert_eq!(decide(&always, &Exit::Normal, true, 0), respawn(s(2), 1));
-        assert_eq!(decide(&always, &failed(), true, 1), respawn(s(4), 2));
-        assert_eq!(decide(&always, &failed(), true, 2), respawn(s(8), 3));
+        assert_eq!(
+            decide(&always, &Exit::Normal, ran(true), 0),
+            respawn(s(2), 1)
+        );
+        assert_eq!(decide(&always, &failed(), ran(true), 1), respawn(s(4), 2));
+        assert_eq!(decide(&always, &failed(), ran(true), 2), respawn(s(8), 3));
         // ... until the max_restarts-th in a row gives up.
         assert_eq!(
-            decide(&always, &failed(), true, 3),
+            decide(&always, &failed(), ran(true), 3),
             Decision::GiveUp { failures: 4 }
         );
         // The back-off is capped, and a count at its maximum cannot wrap.
@@ -152,9 +179,12 @@ mod tests {
             max_restarts: u32::MAX,
             ..always
         };
-        assert_eq!(decide(&patient, &failed(), true, 10), respawn(s(30), 11));
         assert_eq!(
-            decide(&patient, &failed(), true, u32::MAX),
+            decide(&patient, &failed(), ran(true), 10),
+            respawn(s(30), 11)
+        );
+        assert_eq!(
+            decide(&patient, &failed(), ran(true), u32::MAX),
             Decision::GiveUp { failures: u32::MAX }
         );
         // max_restarts 0 and 1 both give up at the first quick failure.
@@ -164,10 +194,46 @@ mod tests {
                 ..always
             };
             assert_eq!(
-                decide(&strict, &failed(), true, 0),
+                decide(&strict, &failed(), ran(true), 0),
                 Decision::GiveUp { failures: 1 }
             );
         }
+    }
+
+    #[test]
+    fn quick_means_less_than_the_throttle_delay_or_never_started() {
+        let always = policy(Restart::Always);
+        let at = |ms| decide(&always, &failed(), Some(Duration::from_millis(ms)), 0);
+        let at_once = Decision::Respawn {
+            delay: Duration::ZERO,
+            quick_failures: 0,
+        };
+        let throttled = Decision::Respawn {
+            delay: Duration::from_secs(2),
+            quick_failures: 1,
+        };
+        assert_eq!(at(0), throttled);
+        assert_eq!(at(1_999), throttled);
+        assert_eq!(at(2_000), at_once);
+        assert_eq!(at(60_000), at_once);
+        // A generation that could not be started is quick, whatever the
+        // delay (even zero, so that a failing start cannot spin).
+        assert_eq!(decide(&always, &failed(), None, 0), throttled);
+        let no_delay = Policy {
+            throttle_delay: Duration::ZERO,
+            ..always
+        };
+        assert_eq!(
+            decide(&no_delay, &failed(), Some(Duration::ZERO), 0),
+            at_once
+        );
+        assert_eq!(
+            decide(&no_delay, &failed(), None, 0),
+            Decision::Respawn {
+                delay: Duration::ZERO,
+                quick_failures: 1,
+            }
+        );
     }
 
     #[test]
