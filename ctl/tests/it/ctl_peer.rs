@@ -50,7 +50,7 @@ fn a_server_of_another_user_is_refused() {
     let uid = rustix::process::geteuid().as_raw();
     assert_eq!(
         uid, 0,
-        "this test needs root: it runs a server as uid {NOBODY}"
+        "this test needs root (it runs a server as another user, uid {NOBODY}); it runs as uid {uid}"
     );
     let dir = std::env::temp_dir().join(format!("forkless-ctl-peer-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
