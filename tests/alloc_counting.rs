@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use forkless::{Cluster, Event, Worker};
 
+#[path = "support/wait.rs"]
+mod wait;
+use wait::{wait_until, PATIENCE};
+
 #[global_allocator]
 static ALLOC: forkless::alloc::Counting<std::alloc::System> =
     forkless::alloc::Counting::new(std::alloc::System);
 
-const PATIENCE: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
 /// What slot 0 holds: far above what a worker allocates on its own.
 const HELD_MIB: u64 = 64;
@@ -203,11 +206,9 @@ fn a_new_generation_starts_from_zero() {
         matches!(e, Event::WorkerReady { generation: 0, .. }).then_some(())
     });
     // The leak happens after `ready`: wait until it is counted.
-    let deadline = Instant::now() + PATIENCE;
-    while cluster.status().workers[0].memory.expect("counted") < HELD_MIB * MIB {
-        assert!(Instant::now() < deadline, "generation 0's leak not counted");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("generation 0's leak to be counted", || {
+        cluster.status().workers[0].memory.expect("counted") >= HELD_MIB * MIB
+    });
     go_tx.send(true).expect("generation 0 listens");
     wait_event(&mut events, "generation 1 ready", |e| {
         matches!(e, Event::WorkerReady { generation: 1, .. }).then_some(())

@@ -7,9 +7,9 @@
 #![allow(clippy::unwrap_used)] // the suite's tests are plain functions that `conformance_suite!` wraps
 
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::{done, recv, stop, Kind, Op, PATIENCE};
+use crate::common::{done, recv, stop, wait_until, Kind, Op};
 use forkless::{Builder, Bytes, Cluster, Worker};
 
 fn builder(kind: Kind) -> Builder {
@@ -203,14 +203,9 @@ fn a_subscription_leaked_by_a_worker_that_exits_is_ended_for_it(kind: Kind) {
     recv(&rx, "generation 1 running");
     // Nobody receives it any more (on Redis, once the host has left the
     // topic, which follows the exit by a round trip).
-    let deadline = Instant::now() + PATIENCE;
-    while done(cluster.bus().publish("leaky", "anyone?")).unwrap() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the leaked subscription lives on"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the leaked subscription to end", || {
+        done(cluster.bus().publish("leaky", "anyone?")).unwrap() == 0
+    });
     stop(cluster);
 }
 

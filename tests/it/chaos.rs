@@ -77,25 +77,13 @@ fn control(socket: &Path, method: &str, path: &str, body: &str) -> serde_json::V
 }
 
 fn wait_status(socket: &Path, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + common::PATIENCE;
     // The socket appears just after the cluster starts.
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "no control socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    while !done(&control(socket, "GET", "/status", "")) {
-        assert!(Instant::now() < deadline, "waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until("the control socket", || socket.exists());
+    common::wait_until(what, || done(&control(socket, "GET", "/status", "")));
 }
 
 fn more_answers(counts: &Counts, more: u64) {
-    let target = counts.answered.load(Relaxed) + more;
-    let deadline = Instant::now() + common::PATIENCE;
-    while counts.answered.load(Relaxed) < target {
-        assert!(Instant::now() < deadline, "the clients stalled");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::more_counted(&counts.answered, more, "answers");
 }
 
 fn all_ready(status: &serde_json::Value, size: u64) -> bool {

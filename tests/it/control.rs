@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{self, PATIENCE};
+use crate::common::{self, wait_until, PATIENCE};
 use forkless::{Cluster, Event, Worker};
 use proptest::prelude::*;
 
@@ -153,14 +153,7 @@ fn endpoints_answer_and_the_socket_is_private() {
     assert!(streamed.contains(r#"{"event":"stopped"}"#), "{streamed}");
     cluster.join();
     // The socket file goes with the cluster.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while path.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the socket file stayed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("the socket file to go", || !path.exists());
 }
 
 #[test]

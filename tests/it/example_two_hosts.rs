@@ -4,9 +4,8 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::common::{self, PATIENCE};
+use crate::common;
 
 fn start(host: &str, redis: &str, prefix: &str) -> (Child, SocketAddr) {
     common::spawn_listening(
@@ -44,18 +43,10 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// GETs `path` until `done` says the answer is the one awaited.
 fn get_until(addr: SocketAddr, path: &str, done: impl Fn(u16, &str) -> bool) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    common::wait_for(&format!("the awaited answer to GET {path}"), || {
         let (status, body) = get(addr, path);
-        if done(status, &body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path}: still {status} {body:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        done(status, &body).then_some(body)
+    })
 }
 
 #[test]

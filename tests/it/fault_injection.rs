@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::{self, done, Op, PATIENCE};
 use forkless::{
@@ -305,19 +305,10 @@ impl Served {
 
     /// Waits until `status()` satisfies `done`.
     fn wait_status(&self, what: &str, done: impl Fn(&Status) -> bool) -> Status {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        common::wait_for(&format!("{}: {what}", self.case), || {
             let status = self.cluster.status();
-            if done(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: waited {PATIENCE:?} for {what}: {status:#?}",
-                self.case
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+            done(&status).then_some(status)
+        })
     }
 }
 

@@ -61,12 +61,7 @@ fn a_failed_roll_leaves_the_inbox_to_the_generation_that_serves() {
 
 /// Polls `inbox` once, without waiting.
 fn futures_poll_once(inbox: &mut forkless::Inbox) -> Option<forkless::Envelope> {
-    struct Noop;
-    impl std::task::Wake for Noop {
-        fn wake(self: Arc<Self>) {}
-    }
-    let waker = std::task::Waker::from(Arc::new(Noop));
-    let mut cx = std::task::Context::from_waker(&waker);
+    let mut cx = std::task::Context::from_waker(futures_task::noop_waker_ref());
     match inbox.poll_recv(&mut cx) {
         std::task::Poll::Ready(message) => message,
         std::task::Poll::Pending => None,
@@ -301,28 +296,18 @@ fn a_waker_that_panics_as_redis_delivers_stops_no_delivery() {
         .expect("start a");
     common::recv(&armed_rx, "b's worker waits with its panicking waker");
     // Delivered into b's inbox, waking the panicking waker on b's link.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    common::wait_until("b on the bus", || {
         match common::done(a.bus().send_to("b", 0, "first")) {
-            Ok(()) => break,
-            Err(e) if e.is_no_such_slot() && std::time::Instant::now() < deadline => {
-                // b announces itself just after it starts.
-                std::thread::yield_now();
-            }
+            Ok(()) => true,
+            // b announces itself just after it starts.
+            Err(e) if e.is_no_such_slot() => false,
             Err(e) => panic!("send_to b: {e}"),
         }
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !b
-        .metrics()
-        .contains("forkless_runtime_panics_total{thread=\"forkless-redis\"}")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the panic was not counted"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    });
+    common::wait_until("the panic to be counted", || {
+        b.metrics()
+            .contains("forkless_runtime_panics_total{thread=\"forkless-redis\"}")
+    });
     go_tx.send(()).expect("b's worker waits");
     let reply = common::done(a.bus().request_to("b", 0, "second")).expect("b's link delivers on");
     assert_eq!(reply, "got second");

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::common::{self, ask, events_until, recv, PATIENCE};
+use crate::common::{self, ask, events_until, recv};
 use forkless::{Cluster, Event, Exit, TaskPanic, Worker, WorkerState};
 
 /// A cluster whose workers answer `"{slot} {generation}\n"` on a shared
@@ -452,19 +452,14 @@ fn events_arrive_in_order_from_start_to_stop_and_status_has_figures() {
         ask(addr);
     }
     // Wait until a heartbeat has published figures.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
+    let status = common::wait_for("a heartbeat's figures from every ready worker", || {
         let status = cluster.status();
-        if status
+        status
             .workers
             .iter()
             .all(|w| w.alive_tasks > 0 && w.state == WorkerState::Ready)
-        {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+            .then_some(status)
+    });
     assert_eq!(status.size, 2);
     assert_eq!(status.workers.iter().map(|w| w.accepted).sum::<u64>(), 20);
     for w in &status.workers {

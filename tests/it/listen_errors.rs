@@ -70,10 +70,11 @@ fn malformed_addresses_are_refused_with_their_text() {
 }
 
 #[test]
-fn ipv6_loopback_works_when_the_machine_has_it() {
-    if TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: no IPv6 loopback on this machine");
-        return;
+fn ipv6_loopback_works() {
+    // The tests take `::1` for the IPv6 loopback: a machine without it
+    // cannot check this, and says so rather than pass.
+    if let Err(e) = TcpListener::bind("[::1]:0") {
+        panic!("this machine cannot bind the IPv6 loopback [::1]: {e}");
     }
     let (tx, rx) = mpsc::channel();
     let cluster = Cluster::builder()

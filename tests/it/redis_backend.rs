@@ -8,10 +8,10 @@
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::redis::{config, shared_url, unique_prefix, RedisServer};
-use crate::common::{self, done, idle, recv, stop, Op, PATIENCE};
+use crate::common::{self, done, idle, recv, stop, wait_until, Op, PATIENCE};
 use forkless::RedisConfig;
 use forkless::{Bytes, Cluster, Worker};
 
@@ -70,16 +70,13 @@ fn idle_on(redis: RedisConfig) -> Cluster {
 /// Sends until the receiving host is on the bus (it announces itself just
 /// after it starts).
 fn send_when_up(cluster: &Cluster, host: &str, slot: usize, message: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    wait_until(&format!("{host}/{slot} on the bus"), || {
         match done(cluster.bus().send_to(host, slot, message.to_owned())) {
-            Ok(()) => return,
-            Err(e) if e.is_no_such_slot() && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            Ok(()) => true,
+            Err(e) if e.is_no_such_slot() => false,
             Err(e) => panic!("send to {host}/{slot}: {e}"),
         }
-    }
+    });
 }
 
 #[test]
@@ -182,11 +179,9 @@ fn topics_are_shared_by_hosts() {
         }
     }
     drop(on_b);
-    let deadline = Instant::now() + PATIENCE;
-    while done(a.bus().publish("news", "after b left")).unwrap() != 1 {
-        assert!(Instant::now() < deadline, "b never unsubscribed on Redis");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("b to unsubscribe on Redis", || {
+        done(a.bus().publish("news", "after b left")).unwrap() == 1
+    });
     stop(a);
     stop(b);
 }
@@ -209,17 +204,13 @@ fn a_lock_is_renewed_while_its_holder_lives() {
     let first = pttl(&mut conn);
     assert!(first > 0 && first <= 300, "the lease is set: {first}");
     let mut last = first;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    wait_until("the lease to be renewed", || {
         let now = pttl(&mut conn);
         assert!(now > 0, "the lock expired while held: {now}");
-        if now > last {
-            break;
-        }
+        let renewed = now > last;
         last = now;
-        assert!(Instant::now() < deadline, "never renewed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        renewed
+    });
     lock.release_blocking().unwrap();
     assert_eq!(pttl(&mut conn), -2, "released: the key is gone");
     stop(cluster);
@@ -327,17 +318,13 @@ fn while_redis_is_down_calls_fail_promptly_and_work_again_when_it_is_back() {
     }
 
     let _server = RedisServer::start_on(port);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match c.set("k", "again") {
-            Ok(()) => break,
-            Err(e) => {
-                assert!(e.is_unavailable(), "{e:?}");
-                assert!(Instant::now() < deadline, "never reconnected: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    wait_until("the store to reconnect", || match c.set("k", "again") {
+        Ok(()) => true,
+        Err(e) => {
+            assert!(e.is_unavailable(), "{e:?}");
+            false
         }
-    }
+    });
     assert_eq!(c.get("k").unwrap(), Some(Bytes::from("again")));
     assert_eq!(
         metric(&cluster.metrics(), "forkless_backend_up", "store"),
@@ -345,11 +332,9 @@ fn while_redis_is_down_calls_fail_promptly_and_work_again_when_it_is_back() {
     );
     // The subscription made while Redis was away takes effect: publish
     // reaches it once the bus has subscribed again.
-    let deadline = Instant::now() + PATIENCE;
-    while done(cluster.bus().publish("t", "back")).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the topic was never subscribed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the topic to be subscribed again", || {
+        done(cluster.bus().publish("t", "back")).unwrap_or(0) != 0
+    });
     assert_eq!(done(sub.recv()).unwrap().message(), &Bytes::from("back"));
     stop(cluster);
 }
@@ -590,11 +575,7 @@ fn waiters_listen_to_their_lock_and_a_release_tells_them() {
         n
     };
     let until = |conn: &mut redis::Connection, n: i64, what: &str| {
-        let deadline = Instant::now() + PATIENCE;
-        while listeners(conn) != n {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(what, || listeners(conn) == n);
     };
     // A raw listener on the lock's channel sees the release.
     let mut raw = client.get_connection().unwrap();
@@ -611,12 +592,12 @@ fn waiters_listen_to_their_lock_and_a_release_tells_them() {
     let on_b = b.store().collection("wait");
     let mut waiting = Op::new(on_b.acquire("k"));
     assert!(waiting.poll().is_pending());
-    until(&mut conn, 2, "b never listened to the lock's releases");
+    until(&mut conn, 2, "b to listen to the lock's releases");
     lock.release_blocking().unwrap();
     let message = heard.get_message().expect("the release's message");
     assert_eq!(message.get_channel_name(), key);
     drop(waiting.wait("b to get the lock"));
-    until(&mut conn, 1, "b kept listening after it got the lock");
+    until(&mut conn, 1, "b to stop listening once it got the lock");
     stop(a);
     stop(b);
 }
@@ -653,20 +634,16 @@ fn a_redis_that_stops_answering_gives_errors_not_a_hang() {
     assert!(e.is_unavailable(), "{e:?}");
 
     // Answers again once the pause is over.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match c.get("k") {
-            Ok(v) => {
-                assert_eq!(v, Some(Bytes::from("v")));
-                break;
-            }
-            Err(e) => {
-                assert!(e.is_unavailable(), "{e:?}");
-                assert!(Instant::now() < deadline, "never answered again: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    wait_until("the store to answer again", || match c.get("k") {
+        Ok(v) => {
+            assert_eq!(v, Some(Bytes::from("v")));
+            true
         }
-    }
+        Err(e) => {
+            assert!(e.is_unavailable(), "{e:?}");
+            false
+        }
+    });
     stop(cluster);
 }
 
@@ -704,15 +681,13 @@ fn plain_operations_wait_for_a_lock_another_host_holds_and_a_lapsed_lock_keeps_t
         let (tx, rx) = mpsc::channel();
         let cb2 = cb.clone();
         let other = std::thread::spawn(move || tx.send(op(&cb2)).unwrap());
-        let deadline = Instant::now() + PATIENCE;
-        while lock_waits(&b) == waits {
+        wait_until(&format!("{name} to wait"), || {
             assert!(
                 rx.try_recv().is_err(),
                 "{name} went through a lock held by another host"
             );
-            assert!(Instant::now() < deadline, "{name} never waited");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            lock_waits(&b) != waits
+        });
         lock.set("10");
         lock.release_blocking().unwrap();
         let answer = recv(&rx, name);

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common;
 use forkless::{Cluster, RedisConfig};
@@ -108,15 +108,9 @@ fn no_secret_in_errors_logs_debug_status_or_metrics() {
     assert_clean("the cluster's Debug", &format!("{cluster:?}"));
 
     // The start-up probes log that Redis cannot be reached: wait for both.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while logs.text().matches("cannot reach Redis").count() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no warnings logged: {}",
-            logs.text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until("both warnings logged", || {
+        logs.text().matches("cannot reach Redis").count() >= 2
+    });
     common::stop(cluster);
     let text = logs.text();
     assert!(

@@ -14,7 +14,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, done, recv, stop, Kind, Op, PATIENCE};
+use crate::common::{self, done, recv, stop, wait_for, wait_until, Kind, Op, PATIENCE};
 use forkless::{Builder, Bytes, Cluster, CollectionOptions, LockOptions, Worker};
 
 fn builder(kind: Kind) -> Builder {
@@ -38,11 +38,9 @@ fn lock_waits(cluster: &Cluster) -> u64 {
 
 /// Waits until `n` operations have met a locked key.
 fn wait_for_lock_waits(cluster: &Cluster, n: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    while lock_waits(cluster) < n {
-        assert!(Instant::now() < deadline, "no operation met the lock");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(&format!("{n} operations to meet the lock"), || {
+        lock_waits(cluster) >= n
+    });
 }
 
 conformance_suite!(
@@ -175,12 +173,7 @@ fn operations_behind_a_lock_see_what_it_committed(kind: Kind) {
     assert_eq!(get_result(&mut get), Some(Bytes::from("v1")));
 
     done(held_n.release()).unwrap();
-    let n = loop {
-        if let std::task::Poll::Ready(r) = incr.poll() {
-            break r.unwrap();
-        }
-        std::thread::park_timeout(Duration::from_millis(5));
-    };
+    let n = get_result(&mut incr);
     assert!(
         n == 11 || n == 1,
         "the incr ran before or after the lock: {n}"
@@ -195,14 +188,10 @@ fn operations_behind_a_lock_see_what_it_committed(kind: Kind) {
 }
 
 fn get_result<T>(op: &mut Op<'_, Result<T, forkless::Error>>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let std::task::Poll::Ready(r) = op.poll() {
-            return r.unwrap();
-        }
-        assert!(Instant::now() < deadline, "still waiting");
-        std::thread::park_timeout(Duration::from_millis(5));
-    }
+    wait_for("the operation to finish", || match op.poll() {
+        std::task::Poll::Ready(r) => Some(r.unwrap()),
+        std::task::Poll::Pending => None,
+    })
 }
 
 fn a_dropped_lock_discards_its_changes_and_frees_the_key(kind: Kind) {
@@ -307,20 +296,19 @@ fn keys_expire_after_their_last_access_but_never_while_locked(kind: Kind) {
     c.set("gone", "1").unwrap();
     let lock = c.acquire("locked").unwrap();
     let set_at = Instant::now();
-    while c.get("gone").unwrap().is_some() {
-        assert!(set_at.elapsed() < PATIENCE, "the key never expired");
-        // Each read restarts the clock: leave the key alone for longer than
-        // the ttl between reads.
-        std::thread::sleep(ttl * 2);
-    }
+    wait_until("the key to expire", || {
+        let gone = c.get("gone").unwrap().is_none();
+        if !gone {
+            // Each read restarts the clock: leave the key alone for longer
+            // than the ttl between reads.
+            std::thread::sleep(ttl * 2);
+        }
+        gone
+    });
     assert!(set_at.elapsed() >= ttl, "expired early");
     // Keys nobody reads go too.
     c.set("unread", "1").unwrap();
-    let unread_at = Instant::now();
-    while c.len().unwrap() > 1 {
-        assert!(unread_at.elapsed() < PATIENCE, "the unread key stayed");
-        std::thread::sleep(ttl);
-    }
+    wait_until("the unread key to expire", || c.len().unwrap() <= 1);
     assert_eq!(c.len().unwrap(), 1, "the locked key stays");
     let mut lock2 = lock;
     lock2.set("value");

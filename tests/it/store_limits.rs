@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use crate::common::{self, ask, recv, stop, Op, PATIENCE};
+use crate::common::{self, ask, recv, stop, wait_for, wait_until, Op};
 use forkless::{
     Bytes, Cluster, CollectionOptions, Exit, LockOptions, Restart, Worker, WorkerState,
 };
@@ -96,11 +96,7 @@ fn an_endless_lease_granted_on_the_master_thread_harms_no_one() {
     }
     let addr = addr.expect("an address");
     let waits = "forkless_store_lock_waits_total ";
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while metric(&cluster, waits) < 1 {
-        assert!(std::time::Instant::now() < deadline, "slot 1 never queued");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("slot 1 to queue", || metric(&cluster, waits) >= 1);
     let c = cluster.store().collection("endless");
     let behind = Op::new(c.acquire_with("k", endless())).pending("the thread behind slot 1");
     go_tx.send(()).expect("slot 0 alive");
@@ -111,15 +107,10 @@ fn an_endless_lease_granted_on_the_master_thread_harms_no_one() {
     drop(lock);
 
     // The master goes on past the exit it handled: its view shows it.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
+    let status = wait_for("slot 0 stopped in the status", || {
         let status = cluster.status();
-        if status.workers[0].state == WorkerState::Stopped {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status:?}");
-        std::thread::sleep(Duration::from_millis(1));
-    };
+        (status.workers[0].state == WorkerState::Stopped).then_some(status)
+    });
     assert!(
         matches!(status.workers[0].last_exit, Some(Exit::Normal)),
         "{status:?}"

@@ -197,19 +197,6 @@ impl Drop for SendOnDrop {
     }
 }
 
-/// A waker that unparks the thread that made it.
-struct Unpark(std::thread::Thread);
-
-impl std::task::Wake for Unpark {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-fn thread_waker() -> std::task::Waker {
-    std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())))
-}
-
 /// A boxed future that a test polls by hand, to see whether an operation
 /// finished at once or waits in line.
 pub struct Op<'a, T>(std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>);
@@ -219,12 +206,12 @@ impl<'a, T> Op<'a, T> {
         Op(Box::pin(f))
     }
 
-    /// Polls once.
+    /// Polls once, with a waker that does nothing: whoever polls next
+    /// ([`Op::wait`], or this again) gets the result.
     pub fn poll(&mut self) -> std::task::Poll<T> {
-        let waker = thread_waker();
-        self.0
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(&waker))
+        self.0.as_mut().poll(&mut std::task::Context::from_waker(
+            futures_task::noop_waker_ref(),
+        ))
     }
 
     /// Polls once and expects the operation still waiting.
@@ -236,17 +223,16 @@ impl<'a, T> Op<'a, T> {
         self
     }
 
-    /// Waits (parking this thread) until the future finishes.
-    pub fn wait(mut self, what: &str) -> T {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            if let std::task::Poll::Ready(v) = self.poll() {
-                return v;
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            assert!(!left.is_zero(), "{what}: still waiting after {PATIENCE:?}");
-            std::thread::park_timeout(left);
-        }
+    /// Runs the future to its end on this thread, on a tokio
+    /// `current_thread` runtime, for at most [`PATIENCE`].
+    pub fn wait(self, what: &str) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime for the test thread")
+            // The timer is made inside the runtime, which drives it.
+            .block_on(async { tokio::time::timeout(PATIENCE, self.0).await })
+            .unwrap_or_else(|_| panic!("{what}: still waiting after {PATIENCE:?}"))
     }
 }
 

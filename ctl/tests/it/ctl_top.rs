@@ -2,7 +2,6 @@
 //! cluster's real status, drawn on ratatui's test backend, its keys carried
 //! out on the control socket; and what the command says when there is no
 //! cluster, or no terminal to draw on.
-#![allow(missing_docs)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,9 +15,7 @@ use forkless_ctl::top::{render, Action, App};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
-mod common;
-
-use common::{Hello, PATIENCE};
+use crate::common::{wait_for, Hello};
 
 /// A fresh directory for the control socket of the cluster under test.
 fn scratch(test: &str) -> PathBuf {
@@ -51,16 +48,11 @@ fn status_until(
     what: &str,
     done: impl Fn(&Status) -> bool,
 ) -> Status {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Ok(status) = rt.block_on(client.status()) {
-            if done(&status) {
-                return status;
-            }
-        }
-        assert!(Instant::now() < deadline, "waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(what, || {
+        rt.block_on(client.status())
+            .ok()
+            .filter(|status| done(status))
+    })
 }
 
 fn all_ready(status: &Status, size: usize) -> bool {
@@ -327,20 +319,22 @@ impl Pty {
 
     /// Reads what was drawn until the screen's text satisfies `done`.
     fn until(&mut self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let text = self.screen.screen().contents();
-            if done(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waiting for {what}; the screen:\n{text}"
-            );
-            if let Ok(bytes) = self.output.recv_timeout(Duration::from_millis(50)) {
+        let mut shown = String::new();
+        wait_for(what, || {
+            while let Ok(bytes) = self.output.try_recv() {
                 self.screen.process(&bytes);
             }
-        }
+            let text = self.screen.screen().contents();
+            if done(&text) {
+                return Some(text);
+            }
+            // Each new screen, for the output of a test that fails.
+            if text != shown {
+                eprintln!("waiting for {what}; the screen:\n{text}");
+                shown = text;
+            }
+            None
+        })
     }
 
     fn keys(&mut self, keys: &str) {
@@ -410,14 +404,7 @@ fn top_in_a_pseudo_terminal() {
     });
 
     pty.keys("q");
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = pty.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "top did not quit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for("top to quit", || pty.child.try_wait().expect("wait"));
     assert!(status.success(), "{status:?}");
     while let Ok(bytes) = pty.output.recv_timeout(Duration::from_secs(1)) {
         pty.screen.process(&bytes);

@@ -1,16 +1,12 @@
 //! End to end: the `hello` example with its control socket, driven by
 //! `forkless-ctl`: status, resize up and down, restart, metrics, events,
 //! stop, and what it says when no cluster answers.
-#![allow(missing_docs)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{Hello, PATIENCE};
+use crate::common::{wait_for, wait_until, Hello};
 
 fn ctl(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_forkless-ctl"))
@@ -33,19 +29,14 @@ fn ok(output: &Output) -> String {
 
 /// Polls `status --json` until `done` accepts it.
 fn status_until(dir: &Path, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    wait_until(what, || {
         let out = ctl(dir, &["--json", "status"]);
-        if out.status.success() {
+        out.status.success() && {
             let status: serde_json::Value =
                 serde_json::from_slice(&out.stdout).expect("status JSON");
-            if done(&status) {
-                return;
-            }
+            done(&status)
         }
-        assert!(Instant::now() < deadline, "waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
 }
 
 fn all_ready(status: &serde_json::Value, size: u64, generation: u64) -> bool {
@@ -62,15 +53,10 @@ fn forkless_ctl_drives_a_running_cluster() {
     std::fs::create_dir_all(&dir).expect("dir");
     let (mut hello, _) = Hello::start(&dir, 1, None);
     let socket = dir.join("forkless-hello.sock");
-    let deadline = Instant::now() + PATIENCE;
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no control socket at {}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        &format!("the control socket at {}", socket.display()),
+        || socket.exists(),
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket)
         .expect("socket")
@@ -183,16 +169,11 @@ fn status_without_a_name_lists_every_cluster_that_answers() {
 
     let (mut alpha, _) = Hello::start(&dir, 1, Some("alpha"));
     let (mut beta, _) = Hello::start(&dir, 1, Some("beta"));
-    let deadline = Instant::now() + PATIENCE;
-    let table = loop {
+    let table = wait_for("both clusters listed", || {
         let out = ctl_any(&dir, &["status"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && text.contains("alpha") && text.contains("beta") {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "both clusters listed: {out:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        (out.status.success() && text.contains("alpha") && text.contains("beta")).then_some(text)
+    });
     for (name, child) in [("alpha", &alpha), ("beta", &beta)] {
         let line = table
             .lines()

@@ -6,9 +6,10 @@ use std::io::{BufRead, BufReader};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-pub const PATIENCE: Duration = Duration::from_secs(60);
+#[path = "../../../../tests/support/wait.rs"]
+mod wait;
+pub use wait::{wait_for, wait_until};
 
 /// `target/<profile>/examples/hello`, which `cargo test --workspace` builds.
 pub fn hello_binary() -> PathBuf {
@@ -27,14 +28,25 @@ pub fn hello_binary() -> PathBuf {
 }
 
 /// A running `hello`; killed on drop if it still runs (a test that panics
-/// leaves no cluster behind).
+/// leaves no cluster behind; a process that an upgrade of it started is
+/// not its child, and is the test's to stop).
 pub struct Hello(Child);
 
 impl Hello {
     /// `hello` with `workers` workers, its control socket in `dir`, named
     /// `name` (through `FORKLESS_NAME`) or by default; and its HTTP address.
     pub fn start(dir: &Path, workers: usize, name: Option<&str>) -> (Hello, String) {
-        let mut command = Command::new(hello_binary());
+        Hello::start_from(&hello_binary(), dir, workers, name)
+    }
+
+    /// [`Hello::start`] of the `hello` binary at `binary`.
+    pub fn start_from(
+        binary: &Path,
+        dir: &Path,
+        workers: usize,
+        name: Option<&str>,
+    ) -> (Hello, String) {
+        let mut command = Command::new(binary);
         command
             .args(["--port", "0", "--workers", &workers.to_string()])
             .env("XDG_RUNTIME_DIR", dir)
@@ -46,9 +58,12 @@ impl Hello {
         }
         let mut child = command.spawn().expect("start hello");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the listening line");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        stdout.read_line(&mut line).expect("the listening line");
+        // The rest is read and dropped, so that no later write finds the
+        // pipe closed: a process an upgrade starts inherits it, and prints
+        // its own listening line.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let hello = Hello(child);
         let addr = line
             .trim()

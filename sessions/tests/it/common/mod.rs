@@ -4,6 +4,10 @@
 
 use forkless::Cluster;
 
+#[path = "../../../../tests/support/wait.rs"]
+mod wait;
+pub(crate) use wait::wait_until;
+
 pub(crate) fn cluster() -> Cluster {
     Cluster::builder()
         .workers(1)

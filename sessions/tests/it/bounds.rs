@@ -1,9 +1,7 @@
 //! `ForklessStore`'s bounds: a default idle expiry and a cap on sessions,
 //! so that clients without cookies cannot fill the process's memory.
 
-mod common;
-
-use common::{block_on, cluster};
+use crate::common::{block_on, cluster};
 
 use std::sync::Arc;
 use std::time::Duration;
