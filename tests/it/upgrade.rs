@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::{self, PATIENCE};
 use forkless::{Cluster, Event, Worker};
@@ -183,34 +183,116 @@ fn sigterm(pid: u32) {
 
 /// Waits until process `pid` is gone (reaped by whoever is its parent).
 fn wait_gone(pid: u32) {
-    let deadline = Instant::now() + PATIENCE;
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "process {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until(&format!("process {pid} to stop"), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
 }
 
 /// Waits for process `pid` (a child of this one, directly or as the
 /// subreaper of its orphans) and returns whether it exited 0.
 fn reap(pid: u32) -> bool {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
-            Ok(Some((_, status))) => return status.exit_status() == Some(0),
-            Ok(None) => {}
+    common::wait_for(
+        &format!("process {pid:?} to exit"),
+        || match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+            Ok(Some((_, status))) => Some(status.exit_status() == Some(0)),
+            Ok(None) => None,
             Err(e) => panic!("waiting for {pid:?}: {e}"),
+        },
+    )
+}
+
+/// Clients that load a server until [`Load::finish`]: `keep_alive` of them
+/// send requests back to back on one connection each, as wrk does
+/// ([`crate::http_drain::keep_alive_client`]: a connection closed after a
+/// request was sent and before its answer is a failure), and `per_request`
+/// open a new connection for each request (a connection refused or reset,
+/// or an answer that does not come within [`PATIENCE`], is a failure).
+struct Load {
+    stop: Arc<AtomicBool>,
+    keep_alive: Arc<crate::http_drain::Counts>,
+    keep_alive_clients: Vec<std::thread::JoinHandle<()>>,
+    per_request: Arc<AtomicU64>,
+    per_request_clients: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, keep_alive: usize, per_request: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(crate::http_drain::Counts::default());
+        let keep_alive_clients = (0..keep_alive)
+            .map(|_| {
+                let (stop, counts) = (stop.clone(), counts.clone());
+                std::thread::spawn(move || crate::http_drain::keep_alive_client(addr, stop, counts))
+            })
+            .collect();
+        let answered = Arc::new(AtomicU64::new(0));
+        let per_request_clients = (0..per_request)
+            .map(|_| {
+                let (stop, answered) = (stop.clone(), answered.clone());
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(addr, "/") {
+                            Ok(_) => {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(why) => failures.push(why),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            keep_alive: counts,
+            keep_alive_clients,
+            per_request: answered,
+            per_request_clients,
         }
-        assert!(Instant::now() < deadline, "process {pid:?} did not exit");
-        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Waits until clients of each kind have had `more` answers since now.
+    fn more(&self, more: u64) {
+        common::more_counted(&self.per_request, more, "answers on new connections");
+        common::more_counted(&self.keep_alive.answered, more, "keep-alive answers");
+    }
+
+    /// Stops the clients, checks that none lost a request, and returns how
+    /// many keep-alive answers said `Connection: close` (a drain).
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures: Vec<String> = self
+            .per_request_clients
+            .into_iter()
+            .flat_map(|client| client.join().expect("client"))
+            .collect();
+        for client in self.keep_alive_clients {
+            client.join().expect("keep-alive client");
+        }
+        assert_eq!(
+            self.keep_alive.failures(),
+            0,
+            "keep-alive requests lost ({} answered)",
+            self.keep_alive.answered.load(Ordering::Relaxed)
+        );
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests on new connections failed: {:?}",
+            failures.len(),
+            self.per_request.load(Ordering::Relaxed) + failures.len() as u64,
+            &failures[..failures.len().min(5)]
+        );
+        self.keep_alive.told_to_close.load(Ordering::Relaxed)
     }
 }
 
-/// The README's deploy, end to end: `hello` with 2 workers, clients that
-/// connect per request and keep-alive clients all along, and three upgrades
-/// in a row through the control socket, each to a new file put at the
-/// program's path. Every request is answered 200; the process that answers
-/// changes each time, and each old one exits 0; the store's counter goes on
+/// The README's deploy, end to end: `hello` with 2 workers, 2 clients that
+/// connect per request and 16 keep-alive clients all along, and three
+/// upgrades in a row through the control socket, each to a new file put at
+/// the program's path. Every request is answered 200; the process that
+/// answers `/whoami` is the new one each time, and each old one exits 0; the store's counter goes on
 /// without a gap or a repeat. Runs alone in a child process, which becomes
 /// the subreaper of hello's orphaned new processes to see them exit.
 #[test]
@@ -244,36 +326,8 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
         0,
     );
     let control = dir.join("forkless-hello.sock");
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicU64::new(0));
-    // Four keep-alive clients, requests back to back on one connection
-    // each, as wrk sends them...
-    let keep_alive = Arc::new(crate::http_drain::Counts::default());
-    let keep_alive_clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, counts) = (stop.clone(), keep_alive.clone());
-            std::thread::spawn(move || crate::http_drain::keep_alive_client(addr, stop, counts))
-        })
-        .collect();
-    // ... and two with a new connection per request, all along.
-    let loads: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, answered) = (stop.clone(), answered.clone());
-            std::thread::spawn(move || {
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match get(addr, "/") {
-                        Ok(_) => {
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(why) => failures.push(why),
-                    }
-                }
-                failures
-            })
-        })
-        .collect();
-    let mut pid = first.id();
+    let load = Load::start(addr, 16, 2);
+    let mut pids = vec![first.id()];
     let mut hits = 0u64;
     let next_hit = |expected: &mut u64| {
         let body = get(addr, "/hits").expect("/hits");
@@ -285,43 +339,41 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
         );
     };
     next_hit(&mut hits);
+    let whoami = get(addr, "/whoami").expect("/whoami");
+    assert!(
+        whoami.ends_with(&format!("pid {}\n", first.id())),
+        "{whoami:?}"
+    );
     for round in 0..3 {
-        common::more_counted(&answered, 200, "answers");
+        load.more(200);
         deploy();
+        let old = *pids.last().expect("a process");
         let new = post_upgrade(&control);
-        assert_ne!(new, pid, "round {round}: a new process");
+        assert!(
+            !pids.contains(&new),
+            "round {round}: a new process, not one of {pids:?}"
+        );
         let exe = std::fs::read_link(format!("/proc/{new}/exe")).expect("its program");
         assert_eq!(exe, program, "round {round}: the file now at the path runs");
-        assert!(reap(pid), "round {round}: the old process {pid} exits 0");
-        pid = new;
+        assert!(reap(old), "round {round}: the old process {old} exits 0");
+        // The old process is gone: the new one answers, every time.
+        for _ in 0..8 {
+            let whoami = get(addr, "/whoami").expect("/whoami");
+            assert!(
+                whoami.ends_with(&format!("pid {new}\n")),
+                "round {round}: {whoami:?} from the new process {new}"
+            );
+        }
+        pids.push(new);
         next_hit(&mut hits);
     }
-    common::more_counted(&answered, 200, "answers");
-    stop.store(true, Ordering::Relaxed);
-    let failures: Vec<String> = loads
-        .into_iter()
-        .flat_map(|load| load.join().expect("client"))
-        .collect();
-    for client in keep_alive_clients {
-        client.join().expect("keep-alive client");
-    }
-    assert_eq!(
-        keep_alive.failures(),
-        0,
-        "keep-alive requests lost ({} answered)",
-        keep_alive.answered.load(Ordering::Relaxed)
-    );
+    load.more(200);
+    let told_to_close = load.finish();
     assert!(
-        keep_alive.told_to_close.load(Ordering::Relaxed) > 0,
+        told_to_close > 0,
         "the old processes' drains told keep-alive clients to reconnect"
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        answered.load(Ordering::Relaxed) + failures.len() as u64,
-        &failures[..failures.len().min(5)]
-    );
+    let pid = *pids.last().expect("a process");
     sigterm(pid);
     assert!(reap(pid), "the last process exits 0");
     let _ = std::fs::remove_dir_all(dir);
