@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::{self, PATIENCE};
 use forkless::{Cluster, Event, Worker};
@@ -625,5 +625,265 @@ fn a_socket_from_systemd_moves_to_the_new_process() {
     }
     sigterm(new);
     assert!(reap(new), "the new process exits 0");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Set in a process that a test's upgrade starts: the test binary again,
+/// running the same test as the new build, which reads what to do from the
+/// file this names (see [`as_a_new_build`]).
+const NEW_BUILD: &str = "FORKLESS_TEST_NEW_BUILD";
+
+/// In a process that [`upgradable`]'s upgrade started, plays the new build
+/// that the file `$FORKLESS_TEST_NEW_BUILD` describes, a forkless program
+/// under `run` with one worker, and returns `true` (the test then returns):
+/// `serves` serves [`serve_http`] until SIGTERM; `panics` has a worker that
+/// panics at start, before it listens, until its slot gives up and the
+/// process exits with a failure; `never ready` has a worker that never
+/// listens (so is never ready) and waits for the stop. Elsewhere returns
+/// `false`.
+fn as_a_new_build() -> bool {
+    let Some(build) = std::env::var_os(NEW_BUILD) else {
+        return false;
+    };
+    let part = std::fs::read_to_string(&build).expect("the new build's part");
+    let builder = Cluster::builder().workers(1).control(false);
+    match part.as_str() {
+        "serves" => {
+            builder
+                .run(|worker: Worker| serve_http(worker, None))
+                .expect("the new build runs");
+        }
+        "panics" => {
+            let report = builder
+                .max_restarts(1)
+                .run(panics_at_start)
+                .expect("the new build runs");
+            panic!("the new build's worker gave up, as meant:\n{report}");
+        }
+        "never ready" => {
+            builder
+                .run(|worker: Worker| async move { worker.shutdown_signal().await })
+                .expect("the new build runs");
+        }
+        other => panic!("no such new build: {other:?}"),
+    }
+    true
+}
+
+/// A worker body that panics before it listens.
+async fn panics_at_start(_: Worker) {
+    panic!("the new build panics at start");
+}
+
+/// One worker's HTTP server (`forkless::http`, which drains keep-alive
+/// connections): `GET /ttl` answers how many keys the store's `ttl`
+/// collection holds (which touches none), anything else this process's id.
+/// Sends the address it listens on to `tx`, if any.
+async fn serve_http(
+    worker: Worker,
+    tx: Option<std::sync::mpsc::Sender<SocketAddr>>,
+) -> Result<(), forkless::Error> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = worker.listen("127.0.0.1:0").await?;
+    if let Some(tx) = tx {
+        let _ = tx.send(listener.local_addr()?);
+    }
+    let ttl = worker.store().collection("ttl");
+    forkless::http::serve(
+        listener,
+        move |_peer| {
+            let ttl = ttl.clone();
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let ttl = ttl.clone();
+                async move {
+                    let body = if req.uri().path() == "/ttl" {
+                        match ttl.len().await {
+                            Ok(n) => n.to_string(),
+                            Err(e) => e.to_string(),
+                        }
+                    } else {
+                        std::process::id().to_string()
+                    };
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        body,
+                    ))))
+                }
+            })
+        },
+        forkless::http::Options::default(),
+    )
+    .await
+}
+
+/// A one-worker cluster in this process serving [`serve_http`], whose
+/// upgrade starts this test binary again to run test `test` of this module
+/// as the new build: the file `build`, which the test writes before each
+/// upgrade, says which ([`as_a_new_build`]).
+fn upgradable(test: &str, build: &Path, ready_timeout: Duration) -> (Cluster, SocketAddr) {
+    let exe = std::env::current_exe().expect("this test binary");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cluster = Cluster::builder()
+        .workers(1)
+        .ready_timeout(ready_timeout)
+        .control(false)
+        .upgrade_command(
+            "env",
+            [
+                format!("{NEW_BUILD}={}", build.display()).into(),
+                // The panicking one's message is enough.
+                "RUST_BACKTRACE=0".into(),
+                exe.into_os_string(),
+                "--exact".into(),
+                common::test_path(module_path!(), test).into(),
+                "--test-threads=1".into(),
+                "-q".into(),
+            ],
+        )
+        .start(move |worker: Worker| serve_http(worker, Some(tx.clone())))
+        .expect("start");
+    let addr = common::recv(&rx, "the listening address");
+    (cluster, addr)
+}
+
+/// Stops the new process `pid` that served since the upgrade, a child of
+/// this one: the cluster's upgrade reaps it when it ends.
+fn stop_new_build(pid: u32) {
+    sigterm(pid);
+    wait_gone(pid);
+}
+
+/// A collection whose keys expire 30 s after their last access: one key
+/// set 10 s before an upgrade, one just before it. In the new process both
+/// are there; the aged one expires first, alone (the expiry of the two was
+/// not started again at the handover), no sooner than 30 s after it was
+/// set, and the young one no sooner than 30 s after it was set: each kept
+/// the time it had left. Read through `len`, which touches no key.
+#[test]
+fn keys_keep_the_time_they_have_left_before_they_expire_across_an_upgrade() {
+    const EXPIRY: Duration = Duration::from_secs(30);
+    const AGE: Duration = Duration::from_secs(10);
+    if as_a_new_build() {
+        return;
+    }
+    let dir = common::runtime_dir();
+    let build = dir.join("new-build");
+    std::fs::write(&build, "serves").expect("write the new build's part");
+    let (cluster, addr) = upgradable(
+        "keys_keep_the_time_they_have_left_before_they_expire_across_an_upgrade",
+        &build,
+        PATIENCE,
+    );
+    let ttl = cluster.store().collection("ttl").blocking();
+    ttl.configure(forkless::CollectionOptions {
+        expire_keys: Some(EXPIRY),
+        ..forkless::CollectionOptions::default()
+    })
+    .expect("configure");
+    let aged_at = Instant::now();
+    ttl.set("aged", "a").expect("set");
+    common::wait_until("the first key to age", || aged_at.elapsed() >= AGE);
+    let young_at = Instant::now();
+    ttl.set("young", "y").expect("set");
+
+    let new = cluster.upgrade().expect("upgraded");
+    cluster.join();
+    // Only the new process serves now; its store answers once the old
+    // one's has moved.
+    let keys = || -> usize {
+        let body = get(addr, "/ttl").expect("/ttl");
+        body.parse()
+            .unwrap_or_else(|_| panic!("a number of keys: {body:?}"))
+    };
+    assert_eq!(
+        keys(),
+        2,
+        "both keys moved ({:?} after the first was set)",
+        aged_at.elapsed()
+    );
+    let left = common::wait_for("the aged key to expire", || {
+        let n = keys();
+        (n < 2).then_some(n)
+    });
+    let aged_for = aged_at.elapsed();
+    assert_eq!(
+        left, 1,
+        "the aged key expired first, alone ({aged_for:?} after it was set): its time was not \
+         started again in the new process"
+    );
+    assert!(
+        aged_for >= EXPIRY,
+        "the aged key expired {aged_for:?} after it was set, before its {EXPIRY:?}"
+    );
+    common::wait_until("the young key to expire", || keys() == 0);
+    let young_for = young_at.elapsed();
+    assert!(
+        young_for >= EXPIRY,
+        "the young key expired {young_for:?} after it was set, before its {EXPIRY:?}"
+    );
+    stop_new_build(new);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// While clients load the old process (16 keep-alive connections and 2
+/// clients that connect per request), an upgrade to a new build whose
+/// worker panics at start, then one to a new build that is never ready:
+/// each fails with the reason, the old process serves on, and no request
+/// is lost. The next upgrade, to a new build that serves, succeeds, and the
+/// clients go on with the new process, again losing nothing.
+#[test]
+fn a_new_build_that_panics_or_is_never_ready_loses_no_request_and_the_next_try_succeeds() {
+    if as_a_new_build() {
+        return;
+    }
+    let dir = common::runtime_dir();
+    let build = dir.join("new-build");
+    // Long enough for the new build that serves to start on a busy machine,
+    // and what the one that is never ready costs.
+    let ready_timeout = Duration::from_secs(15);
+    let (cluster, addr) = upgradable(
+        "a_new_build_that_panics_or_is_never_ready_loses_no_request_and_the_next_try_succeeds",
+        &build,
+        ready_timeout,
+    );
+    let me = std::process::id().to_string();
+    let load = Load::start(addr, 16, 2);
+    load.more(200);
+    for (part, reason) in [
+        ("panics", "before it was ready"),
+        ("never ready", "not ready within ready_timeout"),
+    ] {
+        std::fs::write(&build, part).expect("write the new build's part");
+        let e = cluster.upgrade().expect_err(part);
+        assert!(e.is_upgrade_failed(), "{part}: {e:?}");
+        assert!(e.to_string().contains(reason), "{part}: {e}");
+        assert!(!cluster.is_stopped(), "{part}");
+        load.more(200);
+        assert_eq!(
+            get(addr, "/").as_deref(),
+            Ok(me.as_str()),
+            "{part}: the old process serves on"
+        );
+    }
+    std::fs::write(&build, "serves").expect("write the new build's part");
+    let new = cluster.upgrade().expect("the next try upgrades");
+    let report = cluster.join();
+    assert!(
+        report.exits().all(|(_, _, exit)| !exit.is_failure()),
+        "{report}"
+    );
+    for _ in 0..8 {
+        assert_eq!(
+            get(addr, "/"),
+            Ok(new.to_string()),
+            "the new process serves"
+        );
+    }
+    load.more(200);
+    assert!(
+        load.finish() > 0,
+        "the old process's drain told keep-alive clients to reconnect"
+    );
+    stop_new_build(new);
     let _ = std::fs::remove_dir_all(dir);
 }
