@@ -212,8 +212,16 @@ struct Load {
     stop: Arc<AtomicBool>,
     keep_alive: Arc<crate::http_drain::Counts>,
     keep_alive_clients: Vec<std::thread::JoinHandle<()>>,
-    per_request: Arc<AtomicU64>,
-    per_request_clients: Vec<std::thread::JoinHandle<Vec<String>>>,
+    per_request: Arc<PerRequest>,
+    per_request_clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What the clients that connect per request saw.
+#[derive(Default)]
+struct PerRequest {
+    answered: AtomicU64,
+    /// Why requests failed (each client stops at its first failure).
+    failures: std::sync::Mutex<Vec<String>>,
 }
 
 impl Load {
@@ -226,21 +234,25 @@ impl Load {
                 std::thread::spawn(move || crate::http_drain::keep_alive_client(addr, stop, counts))
             })
             .collect();
-        let answered = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(PerRequest::default());
         let per_request_clients = (0..per_request)
             .map(|_| {
-                let (stop, answered) = (stop.clone(), answered.clone());
+                let (stop, seen) = (stop.clone(), seen.clone());
                 std::thread::spawn(move || {
-                    let mut failures = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         match get(addr, "/") {
                             Ok(_) => {
-                                answered.fetch_add(1, Ordering::Relaxed);
+                                seen.answered.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(why) => failures.push(why),
+                            Err(why) => {
+                                seen.failures
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .push(why);
+                                return;
+                            }
                         }
                     }
-                    failures
                 })
             })
             .collect();
@@ -248,43 +260,92 @@ impl Load {
             stop,
             keep_alive: counts,
             keep_alive_clients,
-            per_request: answered,
+            per_request: seen,
             per_request_clients,
         }
     }
 
-    /// Waits until clients of each kind have had `more` answers since now.
+    /// Fails the test if a request was lost so far.
+    fn check(&self) {
+        assert_eq!(
+            self.keep_alive.failures(),
+            0,
+            "keep-alive requests lost ({} answered; the clients printed why)",
+            self.keep_alive.answered.load(Ordering::Relaxed)
+        );
+        let failures = self
+            .per_request
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert!(
+            failures.is_empty(),
+            "requests on new connections failed after {} answers: {failures:?}",
+            self.per_request.answered.load(Ordering::Relaxed)
+        );
+    }
+
+    fn lost_any(&self) -> bool {
+        self.keep_alive.failures() > 0
+            || !self
+                .per_request
+                .failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_empty()
+    }
+
+    /// Waits until clients of each kind have had `more` answers since now,
+    /// and fails the test as soon as one loses a request.
     fn more(&self, more: u64) {
-        common::more_counted(&self.per_request, more, "answers on new connections");
-        common::more_counted(&self.keep_alive.answered, more, "keep-alive answers");
+        for (counter, what) in [
+            (&self.per_request.answered, "answers on new connections"),
+            (&self.keep_alive.answered, "keep-alive answers"),
+        ] {
+            let target = counter.load(Ordering::Relaxed) + more;
+            common::wait_until(&format!("the clients' {what} to grow by {more}"), || {
+                counter.load(Ordering::Relaxed) >= target || self.lost_any()
+            });
+            self.check();
+        }
     }
 
     /// Stops the clients, checks that none lost a request, and returns how
     /// many keep-alive answers said `Connection: close` (a drain).
-    fn finish(self) -> u64 {
+    fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
-        let failures: Vec<String> = self
-            .per_request_clients
-            .into_iter()
-            .flat_map(|client| client.join().expect("client"))
-            .collect();
-        for client in self.keep_alive_clients {
+        for client in self.per_request_clients.drain(..) {
+            client.join().expect("client");
+        }
+        for client in self.keep_alive_clients.drain(..) {
             client.join().expect("keep-alive client");
         }
-        assert_eq!(
-            self.keep_alive.failures(),
-            0,
-            "keep-alive requests lost ({} answered)",
-            self.keep_alive.answered.load(Ordering::Relaxed)
-        );
-        assert!(
-            failures.is_empty(),
-            "{} of {} requests on new connections failed: {:?}",
-            failures.len(),
-            self.per_request.load(Ordering::Relaxed) + failures.len() as u64,
-            &failures[..failures.len().min(5)]
-        );
+        self.check();
         self.keep_alive.told_to_close.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Load {
+    /// Stops the clients, also when the test fails.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends SIGTERM to the process it names if the test fails while it lives
+/// (an upgrade's new process, a server started for the test), so that a
+/// failing test leaves no server running behind it.
+struct StopOnPanic(Vec<u32>);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for &pid in &self.0 {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
+            }
+        }
     }
 }
 
@@ -325,6 +386,7 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
             .env("RUST_LOG", "warn"),
         0,
     );
+    let mut servers = StopOnPanic(vec![first.id()]);
     let control = dir.join("forkless-hello.sock");
     let load = Load::start(addr, 16, 2);
     let mut pids = vec![first.id()];
@@ -349,6 +411,7 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
         deploy();
         let old = *pids.last().expect("a process");
         let new = post_upgrade(&control);
+        servers.0.push(new);
         assert!(
             !pids.contains(&new),
             "round {round}: a new process, not one of {pids:?}"
@@ -568,11 +631,13 @@ fn with_the_store_on_redis_the_counter_goes_on() {
             .env("RUST_LOG", "warn"),
         0,
     );
+    let mut servers = StopOnPanic(vec![old.id()]);
     for n in 1..=2 {
         let hits = get(addr, "/hits").expect("/hits");
         assert!(hits.starts_with(&format!("hits {n} ")), "{hits:?}");
     }
     let new = post_upgrade(&dir.join("forkless-two_hosts.sock"));
+    servers.0.push(new);
     assert_ne!(new, old.id());
     assert!(reap(old.id()), "the old process exits 0");
     let hits = get(addr, "/hits").expect("/hits");
@@ -611,6 +676,7 @@ fn a_socket_from_systemd_moves_to_the_new_process() {
             .env("RUST_LOG", "warn"),
         1,
     );
+    let mut servers = StopOnPanic(vec![old.id()]);
     let whoami = get(addr, "/whoami").expect("/whoami");
     assert!(
         whoami.ends_with(&format!("pid {}\n", old.id())),
@@ -618,6 +684,7 @@ fn a_socket_from_systemd_moves_to_the_new_process() {
     );
 
     let new = post_upgrade(&dir.join("forkless-hello.sock"));
+    servers.0.push(new);
     assert!(reap(old.id()), "the old process exits 0");
     for _ in 0..8 {
         let whoami = get(addr, "/whoami").expect("/whoami");
@@ -787,6 +854,7 @@ fn keys_keep_the_time_they_have_left_before_they_expire_across_an_upgrade() {
     ttl.set("young", "y").expect("set");
 
     let new = cluster.upgrade().expect("upgraded");
+    let _server = StopOnPanic(vec![new]);
     cluster.join();
     // Only the new process serves now; its store answers once the old
     // one's has moved.
@@ -867,6 +935,7 @@ fn a_new_build_that_panics_or_is_never_ready_loses_no_request_and_the_next_try_s
     }
     std::fs::write(&build, "serves").expect("write the new build's part");
     let new = cluster.upgrade().expect("the next try upgrades");
+    let _server = StopOnPanic(vec![new]);
     let report = cluster.join();
     assert!(
         report.exits().all(|(_, _, exit)| !exit.is_failure()),
