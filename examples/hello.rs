@@ -14,6 +14,13 @@
 //! `Connection: close`, idle keep-alive connections close after a linger),
 //! so no client loses a request; a second signal terminates. SIGHUP rolls,
 //! SIGTTIN/SIGTTOU add or retire a worker, with the same drain.
+//!
+//! SIGUSR2, or `forkless-ctl --name hello upgrade` (which waits and says
+//! whether it worked), deploys a new build: build it over the same file,
+//! and the running process starts it, hands it its listening sockets and
+//! its store (the `/hits` counter goes on), and exits once the new process
+//! serves; `/whoami` then shows the new pid (README, "Deploying a new
+//! build").
 //! `RUST_LOG=debug` shows more of what the supervisor does.
 
 #[path = "support/mod.rs"]

@@ -1,5 +1,7 @@
-//! Keep-alive HTTP clients lose nothing to a rolling restart, a shrink or a
-//! grow of a cluster that serves with `forkless::http::serve`.
+//! Keep-alive HTTP clients lose nothing to a rolling restart, a shrink, a
+//! grow or a recycle of a cluster that serves with `forkless::http::serve`,
+//! nor to a rolling restart of one that serves an axum app with
+//! `forkless::http::serve_axum`.
 //!
 //! Each client holds one HTTP/1.1 connection and sends requests on it back
 //! to back, as wrk does. A connection that the server closes after a request
@@ -183,14 +185,7 @@ fn keep_alive_clients_lose_no_request_in_a_roll_a_shrink_and_a_grow() {
         crate::lifecycle_load::start_on_a_port(Cluster::builder().workers(2), serve);
     let mut events = cluster.events();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new(Counts::default());
-    let clients: Vec<_> = (0..6)
-        .map(|_| {
-            let (stop, counts) = (stop.clone(), counts.clone());
-            std::thread::spawn(move || keep_alive_client(addr, stop, counts))
-        })
-        .collect();
+    let (stop, counts, clients) = clients(addr, 6);
     more_answers(&counts, 500);
 
     cluster.restart().expect("roll");
@@ -216,6 +211,18 @@ fn keep_alive_clients_lose_no_request_in_a_roll_a_shrink_and_a_grow() {
     });
     more_answers(&counts, 500);
 
+    finish(cluster, stop, clients, &counts);
+}
+
+/// Stops the clients and the cluster, and checks that no request was lost,
+/// that draining workers told clients to reconnect, and that every
+/// generation drained within the shutdown timeout (none was terminated).
+fn finish(
+    cluster: Cluster,
+    stop: Arc<AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+    counts: &Counts,
+) {
     stop.store(true, Relaxed);
     for client in clients {
         client.join().expect("client");
@@ -236,8 +243,6 @@ fn keep_alive_clients_lose_no_request_in_a_roll_a_shrink_and_a_grow() {
     assert_eq!(counts.failures(), 0, "nothing lost\n{report}");
     // The draining workers told their clients to go, and they went.
     assert!(counts.told_to_close.load(Relaxed) > 0, "{report}");
-    // Every generation drained within the shutdown timeout: none was
-    // terminated.
     for slot in &report.slots {
         for generation in &slot.generations {
             assert!(
@@ -249,4 +254,91 @@ fn keep_alive_clients_lose_no_request_in_a_roll_a_shrink_and_a_grow() {
             );
         }
     }
+}
+
+/// `n` keep-alive clients of `addr`.
+fn clients(
+    addr: SocketAddr,
+    n: usize,
+) -> (
+    Arc<AtomicBool>,
+    Arc<Counts>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let clients = (0..n)
+        .map(|_| {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            std::thread::spawn(move || keep_alive_client(addr, stop, counts))
+        })
+        .collect();
+    (stop, counts, clients)
+}
+
+/// Each slot recycled in turn (`Cluster::recycle`: its next generation
+/// starts beside it, and it drains once that one is ready), under
+/// keep-alive load.
+#[test]
+fn keep_alive_clients_lose_no_request_when_each_slot_is_recycled() {
+    let (cluster, addr) =
+        crate::lifecycle_load::start_on_a_port(Cluster::builder().workers(2), serve);
+    let mut events = cluster.events();
+    let (stop, counts, clients) = clients(addr, 6);
+    more_answers(&counts, 500);
+    for slot in 0..2 {
+        cluster.recycle(slot).expect("recycle");
+        common::events_until(
+            &mut events,
+            "the recycle",
+            |e| matches!(e, Event::Recycled { slot: s, .. } if *s == slot),
+        );
+        // The old generation drained under load, and is gone.
+        common::events_until(
+            &mut events,
+            "the recycled generation's exit",
+            |e| matches!(e, Event::WorkerExited { slot: s, generation: 0, .. } if *s == slot),
+        );
+        more_answers(&counts, 500);
+    }
+    finish(cluster, stop, clients, &counts);
+}
+
+/// An axum app served with `forkless::http::serve_axum`: answers every
+/// request with `"{slot} {generation}"`.
+async fn serve_axum_app(worker: Worker) -> Result<(), forkless::Error> {
+    let listener = worker.listen("127.0.0.1:0").await?;
+    let me = format!("{} {}", worker.slot(), worker.generation());
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let me = me.clone();
+            async move { me }
+        }),
+    );
+    http::serve_axum(listener, app, Options::default()).await
+}
+
+/// A rolling restart of an axum app under keep-alive load: `serve_axum`
+/// drains as `serve` does.
+#[test]
+fn keep_alive_clients_of_an_axum_app_lose_no_request_in_a_roll() {
+    let (cluster, addr) =
+        crate::lifecycle_load::start_on_a_port(Cluster::builder().workers(2), serve_axum_app);
+    let mut events = cluster.events();
+    let (stop, counts, clients) = clients(addr, 6);
+    more_answers(&counts, 500);
+    for round in 0..2 {
+        cluster.restart().expect("roll");
+        common::events_until(&mut events, "the roll", |e| {
+            if let Event::RollFinished { completed, .. } = e {
+                assert!(completed, "roll {round} completes");
+                true
+            } else {
+                false
+            }
+        });
+        more_answers(&counts, 500);
+    }
+    finish(cluster, stop, clients, &counts);
 }

@@ -183,34 +183,177 @@ fn sigterm(pid: u32) {
 
 /// Waits until process `pid` is gone (reaped by whoever is its parent).
 fn wait_gone(pid: u32) {
-    let deadline = Instant::now() + PATIENCE;
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "process {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until(&format!("process {pid} to stop"), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
 }
 
 /// Waits for process `pid` (a child of this one, directly or as the
 /// subreaper of its orphans) and returns whether it exited 0.
 fn reap(pid: u32) -> bool {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
-            Ok(Some((_, status))) => return status.exit_status() == Some(0),
-            Ok(None) => {}
+    common::wait_for(
+        &format!("process {pid:?} to exit"),
+        || match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+            Ok(Some((_, status))) => Some(status.exit_status() == Some(0)),
+            Ok(None) => None,
             Err(e) => panic!("waiting for {pid:?}: {e}"),
+        },
+    )
+}
+
+/// Clients that load a server until [`Load::finish`]: `keep_alive` of them
+/// send requests back to back on one connection each, as wrk does
+/// ([`crate::http_drain::keep_alive_client`]: a connection closed after a
+/// request was sent and before its answer is a failure), and `per_request`
+/// open a new connection for each request (a connection refused or reset,
+/// or an answer that does not come within [`PATIENCE`], is a failure).
+struct Load {
+    stop: Arc<AtomicBool>,
+    keep_alive: Arc<crate::http_drain::Counts>,
+    keep_alive_clients: Vec<std::thread::JoinHandle<()>>,
+    per_request: Arc<PerRequest>,
+    per_request_clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What the clients that connect per request saw.
+#[derive(Default)]
+struct PerRequest {
+    answered: AtomicU64,
+    /// Why requests failed (each client stops at its first failure).
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, keep_alive: usize, per_request: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(crate::http_drain::Counts::default());
+        let keep_alive_clients = (0..keep_alive)
+            .map(|_| {
+                let (stop, counts) = (stop.clone(), counts.clone());
+                std::thread::spawn(move || crate::http_drain::keep_alive_client(addr, stop, counts))
+            })
+            .collect();
+        let seen = Arc::new(PerRequest::default());
+        let per_request_clients = (0..per_request)
+            .map(|_| {
+                let (stop, seen) = (stop.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(addr, "/") {
+                            Ok(_) => {
+                                seen.answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(why) => {
+                                seen.failures
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .push(why);
+                                return;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            keep_alive: counts,
+            keep_alive_clients,
+            per_request: seen,
+            per_request_clients,
         }
-        assert!(Instant::now() < deadline, "process {pid:?} did not exit");
-        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Fails the test if a request was lost so far.
+    fn check(&self) {
+        assert_eq!(
+            self.keep_alive.failures(),
+            0,
+            "keep-alive requests lost ({} answered; the clients printed why)",
+            self.keep_alive.answered.load(Ordering::Relaxed)
+        );
+        let failures = self
+            .per_request
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert!(
+            failures.is_empty(),
+            "requests on new connections failed after {} answers: {failures:?}",
+            self.per_request.answered.load(Ordering::Relaxed)
+        );
+    }
+
+    fn lost_any(&self) -> bool {
+        self.keep_alive.failures() > 0
+            || !self
+                .per_request
+                .failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_empty()
+    }
+
+    /// Waits until clients of each kind have had `more` answers since now,
+    /// and fails the test as soon as one loses a request.
+    fn more(&self, more: u64) {
+        for (counter, what) in [
+            (&self.per_request.answered, "answers on new connections"),
+            (&self.keep_alive.answered, "keep-alive answers"),
+        ] {
+            let target = counter.load(Ordering::Relaxed) + more;
+            common::wait_until(&format!("the clients' {what} to grow by {more}"), || {
+                counter.load(Ordering::Relaxed) >= target || self.lost_any()
+            });
+            self.check();
+        }
+    }
+
+    /// Stops the clients, checks that none lost a request, and returns how
+    /// many keep-alive answers said `Connection: close` (a drain).
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.per_request_clients.drain(..) {
+            client.join().expect("client");
+        }
+        for client in self.keep_alive_clients.drain(..) {
+            client.join().expect("keep-alive client");
+        }
+        self.check();
+        self.keep_alive.told_to_close.load(Ordering::Relaxed)
     }
 }
 
-/// The README's deploy, end to end: `hello` with 2 workers, clients that
-/// connect per request and keep-alive clients all along, and three upgrades
-/// in a row through the control socket, each to a new file put at the
-/// program's path. Every request is answered 200; the process that answers
-/// changes each time, and each old one exits 0; the store's counter goes on
+impl Drop for Load {
+    /// Stops the clients, also when the test fails.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends SIGTERM to the process it names if the test fails while it lives
+/// (an upgrade's new process, a server started for the test), so that a
+/// failing test leaves no server running behind it.
+struct StopOnPanic(Vec<u32>);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for &pid in &self.0 {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
+            }
+        }
+    }
+}
+
+/// The README's deploy, end to end: `hello` with 2 workers, 2 clients that
+/// connect per request and 16 keep-alive clients all along, and three
+/// upgrades in a row through the control socket, each to a new file put at
+/// the program's path. Every request is answered 200; the process that
+/// answers `/whoami` is the new one each time, and each old one exits 0; the store's counter goes on
 /// without a gap or a repeat. Runs alone in a child process, which becomes
 /// the subreaper of hello's orphaned new processes to see them exit.
 #[test]
@@ -243,37 +386,10 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
             .env("RUST_LOG", "warn"),
         0,
     );
+    let mut servers = StopOnPanic(vec![first.id()]);
     let control = dir.join("forkless-hello.sock");
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicU64::new(0));
-    // Four keep-alive clients, requests back to back on one connection
-    // each, as wrk sends them...
-    let keep_alive = Arc::new(crate::http_drain::Counts::default());
-    let keep_alive_clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, counts) = (stop.clone(), keep_alive.clone());
-            std::thread::spawn(move || crate::http_drain::keep_alive_client(addr, stop, counts))
-        })
-        .collect();
-    // ... and two with a new connection per request, all along.
-    let loads: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, answered) = (stop.clone(), answered.clone());
-            std::thread::spawn(move || {
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match get(addr, "/") {
-                        Ok(_) => {
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(why) => failures.push(why),
-                    }
-                }
-                failures
-            })
-        })
-        .collect();
-    let mut pid = first.id();
+    let load = Load::start(addr, 16, 2);
+    let mut pids = vec![first.id()];
     let mut hits = 0u64;
     let next_hit = |expected: &mut u64| {
         let body = get(addr, "/hits").expect("/hits");
@@ -285,43 +401,42 @@ fn hello_upgrades_three_times_under_load_and_loses_nothing() {
         );
     };
     next_hit(&mut hits);
+    let whoami = get(addr, "/whoami").expect("/whoami");
+    assert!(
+        whoami.ends_with(&format!("pid {}\n", first.id())),
+        "{whoami:?}"
+    );
     for round in 0..3 {
-        common::more_counted(&answered, 200, "answers");
+        load.more(200);
         deploy();
+        let old = *pids.last().expect("a process");
         let new = post_upgrade(&control);
-        assert_ne!(new, pid, "round {round}: a new process");
+        servers.0.push(new);
+        assert!(
+            !pids.contains(&new),
+            "round {round}: a new process, not one of {pids:?}"
+        );
         let exe = std::fs::read_link(format!("/proc/{new}/exe")).expect("its program");
         assert_eq!(exe, program, "round {round}: the file now at the path runs");
-        assert!(reap(pid), "round {round}: the old process {pid} exits 0");
-        pid = new;
+        assert!(reap(old), "round {round}: the old process {old} exits 0");
+        // The old process is gone: the new one answers, every time.
+        for _ in 0..8 {
+            let whoami = get(addr, "/whoami").expect("/whoami");
+            assert!(
+                whoami.ends_with(&format!("pid {new}\n")),
+                "round {round}: {whoami:?} from the new process {new}"
+            );
+        }
+        pids.push(new);
         next_hit(&mut hits);
     }
-    common::more_counted(&answered, 200, "answers");
-    stop.store(true, Ordering::Relaxed);
-    let failures: Vec<String> = loads
-        .into_iter()
-        .flat_map(|load| load.join().expect("client"))
-        .collect();
-    for client in keep_alive_clients {
-        client.join().expect("keep-alive client");
-    }
-    assert_eq!(
-        keep_alive.failures(),
-        0,
-        "keep-alive requests lost ({} answered)",
-        keep_alive.answered.load(Ordering::Relaxed)
-    );
+    load.more(200);
+    let told_to_close = load.finish();
     assert!(
-        keep_alive.told_to_close.load(Ordering::Relaxed) > 0,
+        told_to_close > 0,
         "the old processes' drains told keep-alive clients to reconnect"
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        answered.load(Ordering::Relaxed) + failures.len() as u64,
-        &failures[..failures.len().min(5)]
-    );
+    let pid = *pids.last().expect("a process");
     sigterm(pid);
     assert!(reap(pid), "the last process exits 0");
     let _ = std::fs::remove_dir_all(dir);
@@ -516,11 +631,13 @@ fn with_the_store_on_redis_the_counter_goes_on() {
             .env("RUST_LOG", "warn"),
         0,
     );
+    let mut servers = StopOnPanic(vec![old.id()]);
     for n in 1..=2 {
         let hits = get(addr, "/hits").expect("/hits");
         assert!(hits.starts_with(&format!("hits {n} ")), "{hits:?}");
     }
     let new = post_upgrade(&dir.join("forkless-two_hosts.sock"));
+    servers.0.push(new);
     assert_ne!(new, old.id());
     assert!(reap(old.id()), "the old process exits 0");
     let hits = get(addr, "/hits").expect("/hits");
@@ -559,6 +676,7 @@ fn a_socket_from_systemd_moves_to_the_new_process() {
             .env("RUST_LOG", "warn"),
         1,
     );
+    let mut servers = StopOnPanic(vec![old.id()]);
     let whoami = get(addr, "/whoami").expect("/whoami");
     assert!(
         whoami.ends_with(&format!("pid {}\n", old.id())),
@@ -566,6 +684,7 @@ fn a_socket_from_systemd_moves_to_the_new_process() {
     );
 
     let new = post_upgrade(&dir.join("forkless-hello.sock"));
+    servers.0.push(new);
     assert!(reap(old.id()), "the old process exits 0");
     for _ in 0..8 {
         let whoami = get(addr, "/whoami").expect("/whoami");
@@ -573,5 +692,267 @@ fn a_socket_from_systemd_moves_to_the_new_process() {
     }
     sigterm(new);
     assert!(reap(new), "the new process exits 0");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Set in a process that a test's upgrade starts: the test binary again,
+/// running the same test as the new build, which reads what to do from the
+/// file this names (see [`as_a_new_build`]).
+const NEW_BUILD: &str = "FORKLESS_TEST_NEW_BUILD";
+
+/// In a process that [`upgradable`]'s upgrade started, plays the new build
+/// that the file `$FORKLESS_TEST_NEW_BUILD` describes, a forkless program
+/// under `run` with one worker, and returns `true` (the test then returns):
+/// `serves` serves [`serve_http`] until SIGTERM; `panics` has a worker that
+/// panics at start, before it listens, until its slot gives up and the
+/// process exits with a failure; `never ready` has a worker that never
+/// listens (so is never ready) and waits for the stop. Elsewhere returns
+/// `false`.
+fn as_a_new_build() -> bool {
+    let Some(build) = std::env::var_os(NEW_BUILD) else {
+        return false;
+    };
+    let part = std::fs::read_to_string(&build).expect("the new build's part");
+    let builder = Cluster::builder().workers(1).control(false);
+    match part.as_str() {
+        "serves" => {
+            builder
+                .run(|worker: Worker| serve_http(worker, None))
+                .expect("the new build runs");
+        }
+        "panics" => {
+            let report = builder
+                .max_restarts(1)
+                .run(panics_at_start)
+                .expect("the new build runs");
+            panic!("the new build's worker gave up, as meant:\n{report}");
+        }
+        "never ready" => {
+            builder
+                .run(|worker: Worker| async move { worker.shutdown_signal().await })
+                .expect("the new build runs");
+        }
+        other => panic!("no such new build: {other:?}"),
+    }
+    true
+}
+
+/// A worker body that panics before it listens.
+async fn panics_at_start(_: Worker) {
+    panic!("the new build panics at start");
+}
+
+/// One worker's HTTP server (`forkless::http`, which drains keep-alive
+/// connections): `GET /ttl` answers how many keys the store's `ttl`
+/// collection holds (which touches none), anything else this process's id.
+/// Sends the address it listens on to `tx`, if any.
+async fn serve_http(
+    worker: Worker,
+    tx: Option<std::sync::mpsc::Sender<SocketAddr>>,
+) -> Result<(), forkless::Error> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = worker.listen("127.0.0.1:0").await?;
+    if let Some(tx) = tx {
+        let _ = tx.send(listener.local_addr()?);
+    }
+    let ttl = worker.store().collection("ttl");
+    forkless::http::serve(
+        listener,
+        move |_peer| {
+            let ttl = ttl.clone();
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let ttl = ttl.clone();
+                async move {
+                    let body = if req.uri().path() == "/ttl" {
+                        match ttl.len().await {
+                            Ok(n) => n.to_string(),
+                            Err(e) => e.to_string(),
+                        }
+                    } else {
+                        std::process::id().to_string()
+                    };
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        body,
+                    ))))
+                }
+            })
+        },
+        forkless::http::Options::default(),
+    )
+    .await
+}
+
+/// A one-worker cluster in this process serving [`serve_http`], whose
+/// upgrade starts this test binary again to run test `test` of this module
+/// as the new build: the file `build`, which the test writes before each
+/// upgrade, says which ([`as_a_new_build`]).
+fn upgradable(test: &str, build: &Path, ready_timeout: Duration) -> (Cluster, SocketAddr) {
+    let exe = std::env::current_exe().expect("this test binary");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cluster = Cluster::builder()
+        .workers(1)
+        .ready_timeout(ready_timeout)
+        .control(false)
+        .upgrade_command(
+            "env",
+            [
+                format!("{NEW_BUILD}={}", build.display()).into(),
+                // The panicking one's message is enough.
+                "RUST_BACKTRACE=0".into(),
+                exe.into_os_string(),
+                "--exact".into(),
+                common::test_path(module_path!(), test).into(),
+                "--test-threads=1".into(),
+                "-q".into(),
+            ],
+        )
+        .start(move |worker: Worker| serve_http(worker, Some(tx.clone())))
+        .expect("start");
+    let addr = common::recv(&rx, "the listening address");
+    (cluster, addr)
+}
+
+/// Stops the new process `pid` that served since the upgrade, a child of
+/// this one: the cluster's upgrade reaps it when it ends.
+fn stop_new_build(pid: u32) {
+    sigterm(pid);
+    wait_gone(pid);
+}
+
+/// A collection whose keys expire 30 s after their last access: one key
+/// set 10 s before an upgrade, one just before it. In the new process both
+/// are there; the aged one expires first, alone (the expiry of the two was
+/// not started again at the handover), no sooner than 30 s after it was
+/// set, and the young one no sooner than 30 s after it was set: each kept
+/// the time it had left. Read through `len`, which touches no key.
+#[test]
+fn keys_keep_the_time_they_have_left_before_they_expire_across_an_upgrade() {
+    const EXPIRY: Duration = Duration::from_secs(30);
+    const AGE: Duration = Duration::from_secs(10);
+    if as_a_new_build() {
+        return;
+    }
+    let dir = common::runtime_dir();
+    let build = dir.join("new-build");
+    std::fs::write(&build, "serves").expect("write the new build's part");
+    let (cluster, addr) = upgradable(
+        "keys_keep_the_time_they_have_left_before_they_expire_across_an_upgrade",
+        &build,
+        PATIENCE,
+    );
+    let ttl = cluster.store().collection("ttl").blocking();
+    ttl.configure(forkless::CollectionOptions {
+        expire_keys: Some(EXPIRY),
+        ..forkless::CollectionOptions::default()
+    })
+    .expect("configure");
+    let aged_at = Instant::now();
+    ttl.set("aged", "a").expect("set");
+    common::wait_until("the first key to age", || aged_at.elapsed() >= AGE);
+    let young_at = Instant::now();
+    ttl.set("young", "y").expect("set");
+
+    let new = cluster.upgrade().expect("upgraded");
+    let _server = StopOnPanic(vec![new]);
+    cluster.join();
+    // Only the new process serves now; its store answers once the old
+    // one's has moved.
+    let keys = || -> usize {
+        let body = get(addr, "/ttl").expect("/ttl");
+        body.parse()
+            .unwrap_or_else(|_| panic!("a number of keys: {body:?}"))
+    };
+    assert_eq!(
+        keys(),
+        2,
+        "both keys moved ({:?} after the first was set)",
+        aged_at.elapsed()
+    );
+    let left = common::wait_for("the aged key to expire", || {
+        let n = keys();
+        (n < 2).then_some(n)
+    });
+    let aged_for = aged_at.elapsed();
+    assert_eq!(
+        left, 1,
+        "the aged key expired first, alone ({aged_for:?} after it was set): its time was not \
+         started again in the new process"
+    );
+    assert!(
+        aged_for >= EXPIRY,
+        "the aged key expired {aged_for:?} after it was set, before its {EXPIRY:?}"
+    );
+    common::wait_until("the young key to expire", || keys() == 0);
+    let young_for = young_at.elapsed();
+    assert!(
+        young_for >= EXPIRY,
+        "the young key expired {young_for:?} after it was set, before its {EXPIRY:?}"
+    );
+    stop_new_build(new);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// While clients load the old process (16 keep-alive connections and 2
+/// clients that connect per request), an upgrade to a new build whose
+/// worker panics at start, then one to a new build that is never ready:
+/// each fails with the reason, the old process serves on, and no request
+/// is lost. The next upgrade, to a new build that serves, succeeds, and the
+/// clients go on with the new process, again losing nothing.
+#[test]
+fn a_new_build_that_panics_or_is_never_ready_loses_no_request_and_the_next_try_succeeds() {
+    if as_a_new_build() {
+        return;
+    }
+    let dir = common::runtime_dir();
+    let build = dir.join("new-build");
+    // Long enough for the new build that serves to start on a busy machine,
+    // and what the one that is never ready costs.
+    let ready_timeout = Duration::from_secs(15);
+    let (cluster, addr) = upgradable(
+        "a_new_build_that_panics_or_is_never_ready_loses_no_request_and_the_next_try_succeeds",
+        &build,
+        ready_timeout,
+    );
+    let me = std::process::id().to_string();
+    let load = Load::start(addr, 16, 2);
+    load.more(200);
+    for (part, reason) in [
+        ("panics", "before it was ready"),
+        ("never ready", "not ready within ready_timeout"),
+    ] {
+        std::fs::write(&build, part).expect("write the new build's part");
+        let e = cluster.upgrade().expect_err(part);
+        assert!(e.is_upgrade_failed(), "{part}: {e:?}");
+        assert!(e.to_string().contains(reason), "{part}: {e}");
+        assert!(!cluster.is_stopped(), "{part}");
+        load.more(200);
+        assert_eq!(
+            get(addr, "/").as_deref(),
+            Ok(me.as_str()),
+            "{part}: the old process serves on"
+        );
+    }
+    std::fs::write(&build, "serves").expect("write the new build's part");
+    let new = cluster.upgrade().expect("the next try upgrades");
+    let _server = StopOnPanic(vec![new]);
+    let report = cluster.join();
+    assert!(
+        report.exits().all(|(_, _, exit)| !exit.is_failure()),
+        "{report}"
+    );
+    for _ in 0..8 {
+        assert_eq!(
+            get(addr, "/"),
+            Ok(new.to_string()),
+            "the new process serves"
+        );
+    }
+    load.more(200);
+    assert!(
+        load.finish() > 0,
+        "the old process's drain told keep-alive clients to reconnect"
+    );
+    stop_new_build(new);
     let _ = std::fs::remove_dir_all(dir);
 }
