@@ -272,6 +272,13 @@ pub enum Event {
         /// not be started.
         reason: String,
     },
+    /// In an upgrade's new process: the old process's in-process store was
+    /// not taken over; this one's started empty.
+    StoreHandoverFailed {
+        /// Why: the old process ended without handing it, or it could not
+        /// be loaded.
+        reason: String,
+    },
     /// The cluster began to stop.
     Stopping {
         /// True when workers are terminated rather than asked to stop.
@@ -543,6 +550,9 @@ mod tests {
             Event::UpgradeFailed {
                 reason: "it exited before it was ready".to_owned(),
             },
+            Event::StoreHandoverFailed {
+                reason: "the channel closed".to_owned(),
+            },
             Event::Stopping { terminate: false },
             Event::Stopped,
             Event::Lagged { missed: 7 },
@@ -566,6 +576,7 @@ mod tests {
                 | Event::UpgradeStarted { .. }
                 | Event::Upgraded { .. }
                 | Event::UpgradeFailed { .. }
+                | Event::StoreHandoverFailed { .. }
                 | Event::Stopping { .. }
                 | Event::Stopped
                 | Event::Lagged { .. } => {}
@@ -594,6 +605,7 @@ mod tests {
             "upgrade_started",
             "upgraded",
             "upgrade_failed",
+            "store_handover_failed",
             "stopping",
             "stopped",
             "lagged",

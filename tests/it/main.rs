@@ -52,4 +52,5 @@ mod supervision_respawn;
 mod supervision_throttle;
 mod systemd;
 mod upgrade;
+mod upgrade_faults;
 mod worker_local;

@@ -393,6 +393,28 @@ impl Builder {
     /// started with: the path it was started from (read when the cluster
     /// starts, so a new build put at the same path is what runs), not a
     /// copy of the running one.
+    ///
+    /// The new process takes over only if it is this process's direct
+    /// child: a wrapper (`env`, a shell script) must `exec` the program,
+    /// not fork it (a forked server would bind its own sockets and never
+    /// report ready; the upgrade fails after `ready_timeout`). Only the
+    /// first cluster the new process starts takes over; a cluster it starts
+    /// later binds its own sockets.
+    ///
+    /// A new process that does not take over (it exits, is not ready within
+    /// `ready_timeout`, cannot read this process's store, or this cluster
+    /// stops first) gets `SIGTERM`, then `SIGKILL` after `shutdown_timeout`
+    /// + `terminate_timeout` of this builder: the most its own graceful stop
+    ///   takes, if it was built with the same values.
+    ///
+    /// ```no_run
+    /// # use forkless_runtime::Cluster;
+    /// let cluster = Cluster::builder()
+    ///     // A wrapper that execs: the new process is still our child.
+    ///     .upgrade_command("env", ["RUST_LOG=info", "/usr/local/bin/my-service"])
+    ///     .start(|worker| async move { worker.shutdown_signal().await })?;
+    /// # Ok::<(), forkless_worker::Error>(())
+    /// ```
     pub fn upgrade_command<I, A>(
         mut self,
         program: impl Into<std::path::PathBuf>,
@@ -431,6 +453,11 @@ impl Builder {
     /// 0600 from its creation, and every connection's peer credentials are
     /// checked (`SO_PEERCRED`); others are disconnected at once. At most 64
     /// connections are served at once per listener.
+    ///
+    /// In an upgrade's new process built with the control server off, the
+    /// control sockets handed over by the old process are closed at start:
+    /// once the old process exits, `forkless-ctl` is refused at once rather
+    /// than left waiting.
     pub fn control(mut self, enabled: bool) -> Builder {
         self.control.enabled = Some(enabled);
         self
@@ -460,6 +487,11 @@ impl Builder {
     ///
     /// A token shorter than 16 bytes is refused at start: the TCP listener
     /// never runs without a real token.
+    ///
+    /// In an upgrade the listener moves to the new process (one queue, no
+    /// connection refused) when the new build asks for the same address
+    /// (the same `addr`, or the address the old one bound); otherwise the
+    /// new process closes it and binds its own.
     pub fn control_tcp(mut self, addr: std::net::SocketAddr, token: impl Into<String>) -> Builder {
         self.control.enabled = Some(true);
         self.control.tcp = Some((addr, token.into()));

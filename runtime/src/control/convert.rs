@@ -162,6 +162,7 @@ pub(super) fn wire_event(event: &Event) -> wire::Event {
         Event::UpgradeStarted { pid } => wire::Event::UpgradeStarted { pid },
         Event::Upgraded { pid } => wire::Event::Upgraded { pid },
         Event::UpgradeFailed { reason } => wire::Event::UpgradeFailed { reason },
+        Event::StoreHandoverFailed { reason } => wire::Event::StoreHandoverFailed { reason },
         Event::Stopping { terminate } => wire::Event::Stopping { terminate },
         Event::Stopped => wire::Event::Stopped,
         Event::Lagged { missed } => wire::Event::Lagged { missed },
@@ -297,6 +298,9 @@ mod tests {
                 Event::UpgradeFailed { reason } => {
                     json!({"event": "upgrade_failed", "reason": reason})
                 }
+                Event::StoreHandoverFailed { reason } => {
+                    json!({"event": "store_handover_failed", "reason": reason})
+                }
                 Event::Stopping { terminate } => {
                     json!({"event": "stopping", "terminate": terminate})
                 }
@@ -402,6 +406,9 @@ mod tests {
             Event::UpgradeFailed {
                 reason: "it exited before it was ready".to_owned(),
             },
+            Event::StoreHandoverFailed {
+                reason: "the channel closed".to_owned(),
+            },
             Event::Stopping { terminate: true },
             Event::Stopped,
             Event::Lagged { missed: 7 },
@@ -425,6 +432,7 @@ mod tests {
                 | Event::UpgradeStarted { .. }
                 | Event::Upgraded { .. }
                 | Event::UpgradeFailed { .. }
+                | Event::StoreHandoverFailed { .. }
                 | Event::Stopping { .. }
                 | Event::Stopped
                 | Event::Lagged { .. } => {}

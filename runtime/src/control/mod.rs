@@ -9,7 +9,7 @@
 //! | `GET /events` | its events as newline-delimited JSON, streamed until it stops |
 //! | `POST /resize` | `{"workers": 4}`, or a change: `{"workers": "+1"}` / `"-2"` |
 //! | `POST /restart` | a rolling restart |
-//! | `POST /upgrade` | an upgrade: answers once the new process serves (`{"upgraded": true, "pid": N}`), or with why it did not |
+//! | `POST /upgrade` | an upgrade (body empty or `{}`; anything else is 400): answers once the new process serves (`{"upgraded": true, "pid": N}`), or with why it did not |
 //! | `POST /shutdown` | a graceful stop |
 //! | `GET /metrics` | Prometheus metrics, in the text format |
 //!
@@ -182,19 +182,30 @@ pub(crate) fn start(
             }
         }
     };
+    // Started by an upgrade with the same `control_tcp`: the old process's
+    // listener is this one's (binding the address again would fail).
+    let tcp_inherited = cluster
+        .shared
+        .control_tcp_inherited
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
     let tcp = match &config.tcp {
         None => None,
         Some((addr, token)) => {
             if !addr.ip().is_loopback() {
                 tracing::warn!(%addr, "the TCP control listener is not on loopback: only its token guards it");
             }
-            let listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|e| Error::bind(addr, e))?;
-            Some((listener, token.clone()))
+            let listener = match tcp_inherited {
+                Some(listener) => Ok(listener),
+                None => std::net::TcpListener::bind(addr),
+            }
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| Error::bind(addr, e))?;
+            Some((*addr, listener, token.clone()))
         }
     };
-    let tcp_addr = tcp.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let tcp_addr = tcp.as_ref().and_then(|(_, l, _)| l.local_addr().ok());
     // What an upgrade hands the next process.
     *cluster
         .shared
@@ -202,6 +213,16 @@ pub(crate) fn start(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) =
         unix.try_clone().ok().map(std::os::fd::OwnedFd::from);
+    *cluster
+        .shared
+        .control_tcp_fd
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        tcp.as_ref().and_then(|(requested, listener, _)| {
+            let dup = listener.try_clone().ok()?;
+            Some((*requested, std::os::fd::OwnedFd::from(dup)))
+        });
+    let tcp = tcp.map(|(_, listener, token)| (listener, token));
     let cluster = cluster.clone();
     let thread = std::thread::Builder::new()
         .name(THREAD.to_owned())

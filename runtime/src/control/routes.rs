@@ -246,11 +246,34 @@ pub(super) async fn handle(
             Err(e) => error(StatusCode::CONFLICT, e),
         },
         Route::Recycle => recycle(cluster, &body),
-        Route::Upgrade => upgrade(cluster).await,
+        Route::Upgrade => match upgrade_body(&body) {
+            Ok(()) => upgrade(cluster).await,
+            Err(why) => error(StatusCode::BAD_REQUEST, why),
+        },
         Route::Shutdown => {
             cluster.shutdown();
             json_answer(StatusCode::ACCEPTED, &wire::ShutdownAnswer::started())
         }
+    }
+}
+
+/// `POST /upgrade` takes no parameters: its body is empty, or the empty
+/// JSON object `{}` (whitespace around it allowed). Anything else is
+/// refused (400) before an upgrade starts, rather than ignored: a client
+/// that sends options expects them to count.
+fn upgrade_body(body: &[u8]) -> Result<(), String> {
+    if body.trim_ascii().is_empty() {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+        Ok(fields) if fields.is_empty() => Ok(()),
+        Ok(fields) => Err(format!(
+            "POST /upgrade takes no parameters; the body has {} field(s)",
+            fields.len()
+        )),
+        Err(e) => Err(format!(
+            "POST /upgrade takes an empty body or {{}}: malformed JSON: {e}"
+        )),
     }
 }
 
@@ -472,6 +495,75 @@ mod tests {
         cluster.shutdown();
         let answer = post(r#"{"slot":0}"#);
         assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+        cluster.join();
+        if let Some(dir) = socket.parent() {
+            std::fs::remove_dir_all(dir).expect("clean up");
+        }
+    }
+
+    /// `POST /upgrade` with a body other than nothing or `{}` is refused
+    /// with 400 and a JSON error before an upgrade starts; with nothing or
+    /// `{}`, the upgrade runs (and fails here: the command is `false`).
+    #[test]
+    fn upgrade_refuses_a_body_with_anything_in_it() {
+        for (body, refused) in [
+            ("", false),
+            ("{}", false),
+            (" { }\n", false),
+            ("\r\n", false),
+            ("x", true),
+            ("{", true),
+            ("[]", true),
+            ("null", true),
+            ("0", true),
+            (r#""{}""#, true),
+            (r#"{"force":true}"#, true),
+            ("{}{}", true),
+            ("{}\u{0}", true),
+        ] {
+            assert_eq!(upgrade_body(body.as_bytes()).is_err(), refused, "{body:?}");
+        }
+        assert!(upgrade_body(&[0xff, 0xfe]).is_err());
+        assert!(upgrade_body(&[b'{'; 4096]).is_err());
+
+        let socket = scratch("upgrade-body").join("control.sock");
+        let cluster = crate::Cluster::builder()
+            .name("control-upgrade-body")
+            .workers(1)
+            .control_socket(&socket)
+            .upgrade_command("false", std::iter::empty::<&str>())
+            .start(|worker: forkless_worker::Worker| async move {
+                worker.ready();
+                worker.shutdown_signal().await;
+            })
+            .expect("start");
+        let post = |body: &str| {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .expect("timeout");
+            write!(
+                stream,
+                "POST /upgrade HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("send");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).expect("EOF");
+            answer
+        };
+        for body in ["x", r#"{"force":true}"#, "[]"] {
+            let answer = post(body);
+            assert!(answer.starts_with("HTTP/1.1 400"), "{body}: {answer}");
+            let json = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let error: wire::ErrorBody = serde_json::from_str(json).expect("an error body");
+            assert!(error.error.contains("POST /upgrade"), "{answer}");
+        }
+        // An empty object is no parameter: the upgrade runs, and fails.
+        let answer = post("{}");
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        assert!(answer.contains("upgrade failed"), "{answer}");
+        cluster.shutdown();
         cluster.join();
         if let Some(dir) = socket.parent() {
             std::fs::remove_dir_all(dir).expect("clean up");

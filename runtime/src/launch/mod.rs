@@ -115,12 +115,16 @@ impl Builder {
         Fut::Output: BodyResult,
     {
         check_panic_strategy(cfg!(panic = "abort"))?;
-        let this = crate::config::env::from_process(self)?;
+        let mut this = crate::config::env::from_process(self)?;
         this.check()?;
+        // Decided before the supervisor starts: in an upgrade's new process,
+        // the control sockets inherited from the old one close at once when
+        // this build runs no control server.
+        this.control.enabled = Some(this.control.enabled.unwrap_or(owns_process));
         let control = this.control.clone();
         let cluster = crate::supervisor::start(this, erase(body))?;
         let mut thread = None;
-        if control.enabled.unwrap_or(owns_process) {
+        if control.enabled == Some(true) {
             match crate::control::start(&cluster, &control) {
                 Ok(None) => {}
                 Ok(Some((path, tcp, handle))) => {

@@ -299,6 +299,18 @@ impl Registry {
         self.handed = handed;
     }
 
+    /// Closes the sockets handed over that no `listen` claimed: the new
+    /// build listens on none of their addresses (said once its first
+    /// workers are ready). Left open, they would queue connections that
+    /// nobody accepts once the old process closes its copies; closed, a
+    /// client is refused. A retired slot's socket of an address that is
+    /// listened on was claimed with it, and is drained by a survivor.
+    pub(crate) fn close_unclaimed(&mut self) {
+        for handed in self.handed.drain(..) {
+            tracing::info!(bound = %handed.bound, slot = ?handed.slot, "this build does not listen on a socket of the old process's: it closes");
+        }
+    }
+
     /// Makes the group of `addr` from the sockets handed over for it.
     fn take_handed(&mut self, addr: SocketAddr) -> Group {
         let (mine, rest): (Vec<Handed>, Vec<Handed>) = std::mem::take(&mut self.handed)
@@ -499,6 +511,54 @@ mod tests {
             .expect_err("must not join another group");
         assert!(err.is_addr_in_use(), "{err}");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn handed_sockets_nobody_claims_close_and_the_claimed_stay() {
+        let (claimed, unclaimed) = (
+            bind(localhost(), 16).expect("a"),
+            bind(localhost(), 16).expect("b"),
+        );
+        let (a, b) = (
+            local_addr(&claimed).expect("addr"),
+            local_addr(&unclaimed).expect("addr"),
+        );
+        let handed = |socket: &Socket, bound: SocketAddr, slot| Handed {
+            requested: bound,
+            bound,
+            slot,
+            socket: socket.try_clone().expect("dup"),
+        };
+        let mut registry = Registry::new(16);
+        // Slot 1's socket of `a` is a retired slot's: the new cluster has
+        // one slot.
+        let retired = bind(a, 16).expect("slot 1 of a");
+        registry.take_over(
+            vec![
+                handed(&claimed, a, Some(0)),
+                handed(&retired, a, Some(1)),
+                handed(&unclaimed, b, Some(0)),
+            ],
+            1,
+        );
+        drop((claimed, unclaimed, retired));
+        let zero = registry.listen(0, a, &a.to_string()).expect("a");
+        registry.close_unclaimed();
+        assert!(registry.handed.is_empty());
+        assert_eq!(
+            zero.adopted.borrow().len(),
+            1,
+            "slot 1's socket of a is drained"
+        );
+        assert!(
+            std::net::TcpStream::connect(b).is_err(),
+            "nobody holds b any more: refused"
+        );
+        assert!(std::net::TcpStream::connect(a).is_ok());
+        // A socket handed over for an address listened on later is bound
+        // anew.
+        let later = registry.listen(0, b, &b.to_string()).expect("b again");
+        assert_eq!(later.listener.local_addr().expect("addr"), b);
     }
 
     #[test]

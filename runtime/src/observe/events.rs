@@ -159,6 +159,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// In an upgrade's new process: the old process's in-process store was
+    /// not taken over (the old process ended without handing it, or it could
+    /// not be loaded); this process's store started empty. Also in the log,
+    /// as an error.
+    StoreHandoverFailed {
+        /// Why.
+        reason: String,
+    },
     /// The cluster began to stop (`terminate`: by force).
     Stopping {
         /// True when workers are terminated rather than asked to stop.

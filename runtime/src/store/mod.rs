@@ -53,6 +53,15 @@ pub(crate) trait StoreEngine: Send + Sync {
     /// with a "stopped" error.
     fn close(&self);
 
+    /// Whether [`export`](Self::export) gives a snapshot to move (the
+    /// in-process engine); `false` (the default): the data lives outside the
+    /// process, and nothing moves. Asks without closing anything, so that an
+    /// upgrade can check, before its switch, that the new process reads the
+    /// snapshot's version.
+    fn moves(&self) -> bool {
+        false
+    }
+
     /// Closes the store to every operation and returns what it holds, to
     /// load into the engine of the process that takes over. `None`: there
     /// is nothing to move (the default: the data lives outside the

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use forkless_worker::rt::Errors as _;
@@ -44,7 +45,20 @@ pub(super) struct Manifest {
     pub(super) channel: RawFd,
     /// The control server's Unix socket, if the old process had one.
     pub(super) control: Option<RawFd>,
+    /// The control server's TCP listener
+    /// ([`control_tcp`](crate::Builder::control_tcp)), if the old process
+    /// had one. Absent in a manifest of a build from before it was handed.
+    #[serde(default)]
+    pub(super) control_tcp: Option<HandedTcp>,
     pub(super) sockets: Vec<HandedFd>,
+}
+
+/// The control server's TCP listener in a [`Manifest`]: the address asked
+/// for (port 0 stays 0), and the descriptor.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct HandedTcp {
+    pub(super) requested: SocketAddr,
+    pub(super) fd: RawFd,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,7 +74,11 @@ pub(crate) struct UpgradeConfig {
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) ready_timeout: Duration,
-    pub(crate) terminate_timeout: Duration,
+    /// How long a new process that has to be stopped gets between `SIGTERM`
+    /// and `SIGKILL`: its own graceful stop takes at most its
+    /// `shutdown_timeout` and `terminate_timeout` (the same builder, most
+    /// likely), so the connections it accepted already can finish.
+    pub(crate) child_grace: Duration,
     /// How long the new process waits, silent channel, for the old one's
     /// store: its stop takes at most `shutdown_timeout` and
     /// `terminate_timeout` (the same builder, most likely), plus a margin.
@@ -90,7 +108,9 @@ impl UpgradeConfig {
             program,
             args,
             ready_timeout: builder.ready_timeout,
-            terminate_timeout: builder.terminate_timeout,
+            child_grace: builder
+                .shutdown_timeout
+                .saturating_add(builder.terminate_timeout),
             handover_timeout: builder
                 .shutdown_timeout
                 .saturating_add(builder.terminate_timeout)
@@ -116,13 +136,27 @@ fn absolute(path: &std::path::Path) -> Option<PathBuf> {
 pub(crate) struct Inherited {
     pub(crate) channel: UnixStream,
     pub(crate) control: Option<OwnedFd>,
+    /// The TCP control listener, with the address it was asked for.
+    pub(crate) control_tcp: Option<(SocketAddr, std::net::TcpListener)>,
     pub(crate) sockets: Vec<Handed>,
 }
+
+/// Whether this process has read `FORKLESS_UPGRADE` already.
+static CONSUMED: AtomicBool = AtomicBool::new(false);
 
 /// Reads `FORKLESS_UPGRADE`: `None` unless this process is an upgrade's new
 /// one. A manifest meant for another process (this one's parent set it for
 /// its own child) is ignored.
+///
+/// Only the first cluster a process starts reads it (whether it is then
+/// taken, ignored or refused): the descriptors it names are that cluster's,
+/// and by a second start (two clusters, or a stop and a start) they are
+/// closed, or reused for something else that must not be taken for a
+/// listener.
 pub(crate) fn inherited() -> Result<Option<Inherited>, Error> {
+    if CONSUMED.swap(true, Ordering::AcqRel) {
+        return Ok(None);
+    }
     let Some(text) = std::env::var_os(ENV) else {
         return Ok(None);
     };
@@ -148,6 +182,10 @@ pub(crate) fn inherited() -> Result<Option<Inherited>, Error> {
     };
     let channel = UnixStream::from(take(manifest.channel)?);
     let control = manifest.control.map(&mut take).transpose()?;
+    let control_tcp = match &manifest.control_tcp {
+        Some(tcp) => Some((tcp.requested, std::net::TcpListener::from(take(tcp.fd)?))),
+        None => None,
+    };
     let mut sockets = Vec::new();
     for handed in &manifest.sockets {
         sockets.push(Handed {
@@ -170,6 +208,7 @@ pub(crate) fn inherited() -> Result<Option<Inherited>, Error> {
     Ok(Some(Inherited {
         channel,
         control,
+        control_tcp,
         sockets,
     }))
 }
@@ -192,6 +231,94 @@ fn unsafe_own(fd: RawFd) -> OwnedFd {
     // SAFETY: `fd` was inherited for this process's use only, checked open
     // by `unsafe_borrow`, and nothing else owns it.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The longest line the new process may write on the channel before the
+/// store: a longer one is refused as garbage, not read without end.
+pub(super) const MAX_READY_LINE: usize = 256;
+
+/// The most snapshot versions a ready line may name.
+const MAX_VERSIONS: usize = 16;
+
+/// What the new process says on the channel once every first worker of its
+/// is ready: `ready <pid> snapshots <version>[,<version>...]`, the store
+/// snapshot format versions it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ReadyLine {
+    pub(super) pid: u32,
+    pub(super) snapshots: Vec<u32>,
+}
+
+impl ReadyLine {
+    /// This process's ready line, `\n` included.
+    pub(super) fn ours() -> String {
+        let versions: Vec<String> = Snapshot::VERSIONS_READ.iter().map(u32::to_string).collect();
+        format!(
+            "ready {} snapshots {}\n",
+            std::process::id(),
+            versions.join(",")
+        )
+    }
+
+    /// Reads a ready line (without its `\n`). A line without `snapshots`
+    /// comes from a build from before the field, which reads version 1.
+    ///
+    /// # Errors
+    ///
+    /// Anything else than a ready line, saying what was wrong.
+    pub(super) fn parse(line: &str) -> Result<ReadyLine, String> {
+        let said = || format!("said {:?} instead of ready", shown(line));
+        let mut words = line.split_ascii_whitespace();
+        if words.next() != Some("ready") {
+            return Err(said());
+        }
+        let pid = words
+            .next()
+            .and_then(|w| w.parse::<u32>().ok())
+            .filter(|pid| *pid > 0)
+            .ok_or_else(|| format!("{}: no process id", said()))?;
+        let snapshots = match (words.next(), words.next(), words.next()) {
+            (None, _, _) => vec![1],
+            (Some("snapshots"), Some(list), None) => list
+                .split(',')
+                .map(|v| v.parse::<u32>().ok().filter(|v| *v > 0))
+                .collect::<Option<Vec<u32>>>()
+                .filter(|v| v.len() <= MAX_VERSIONS)
+                .ok_or_else(|| format!("{}: bad snapshot versions", said()))?,
+            _ => return Err(format!("{}: unknown fields", said())),
+        };
+        Ok(ReadyLine { pid, snapshots })
+    }
+
+    /// Whether the new process can load what this one's store hands over:
+    /// a store that `moves` (in-process) is written in
+    /// [`Snapshot::VERSION_WRITTEN`].
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot, to fail the upgrade with before the switch.
+    pub(super) fn check_store(&self, moves: bool) -> Result<(), String> {
+        let ours = Snapshot::VERSION_WRITTEN;
+        if !moves || self.snapshots.contains(&ours) {
+            return Ok(());
+        }
+        let theirs: Vec<String> = self.snapshots.iter().map(u32::to_string).collect();
+        Err(format!(
+            "the new process reads store snapshots of version {}, and this one writes \
+             version {ours}: it could not load the store (deploy a build in between that \
+             reads both)",
+            theirs.join(", ")
+        ))
+    }
+}
+
+/// `line` cut to a length fit for a log line or an error.
+fn shown(line: &str) -> String {
+    const MAX: usize = 64;
+    match line.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}...", &line[..at]),
+        None => line.to_owned(),
+    }
 }
 
 /// The old process's side, once every worker has exited: writes its
@@ -240,6 +367,10 @@ mod tests {
             parent: 7,
             channel: 3,
             control: Some(4),
+            control_tcp: Some(HandedTcp {
+                requested: "127.0.0.1:0".parse().expect("addr"),
+                fd: 6,
+            }),
             sockets: vec![HandedFd {
                 requested: "127.0.0.1:0".parse().expect("addr"),
                 bound: "127.0.0.1:8080".parse().expect("addr"),
@@ -252,6 +383,85 @@ mod tests {
         assert_eq!(back.parent, 7);
         assert_eq!(back.sockets[0].slot, Some(1));
         assert_eq!(back.sockets[0].bound.port(), 8080);
+        assert_eq!(back.control_tcp.map(|t| t.fd), Some(6));
+        // A manifest of a build from before the TCP control listener moved.
+        let old = r#"{"parent":7,"channel":3,"control":null,"sockets":[]}"#;
+        let back: Manifest = serde_json::from_str(old).expect("an older manifest");
+        assert!(back.control_tcp.is_none());
+    }
+
+    #[test]
+    fn a_ready_line_reads_back_and_garbage_is_refused() {
+        let ours = ReadyLine::ours();
+        assert!(
+            ours.ends_with('\n') && ours.len() <= MAX_READY_LINE,
+            "{ours:?}"
+        );
+        let back = ReadyLine::parse(ours.trim_end()).expect("ours");
+        assert_eq!(back.pid, std::process::id());
+        assert_eq!(back.snapshots, Snapshot::VERSIONS_READ);
+        assert_eq!(
+            ReadyLine::parse("ready 42"),
+            Ok(ReadyLine {
+                pid: 42,
+                snapshots: vec![1]
+            }),
+            "a build from before the field reads version 1"
+        );
+        assert_eq!(
+            ReadyLine::parse("ready 42 snapshots 1,2,7"),
+            Ok(ReadyLine {
+                pid: 42,
+                snapshots: vec![1, 2, 7]
+            })
+        );
+        let many = (1..=17)
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let long = "x".repeat(10_000);
+        for garbage in [
+            "",
+            " ",
+            "ready",
+            "Ready 42",
+            "ready x",
+            "ready 0",
+            "ready -1",
+            "ready 4294967296",
+            "ready 42 snapshots",
+            "ready 42 snapshots ",
+            "ready 42 snapshots 1,,2",
+            "ready 42 snapshots ,",
+            "ready 42 snapshots 0",
+            "ready 42 snapshots -1",
+            "ready 42 snapshots 4294967296",
+            "ready 42 snapshots one",
+            "ready 42 snapshots 1 2",
+            "ready 42 versions 1",
+            &format!("ready 42 snapshots {many}"),
+            "\u{0}\u{ffff}",
+            &long,
+        ] {
+            let e = ReadyLine::parse(garbage).expect_err(garbage);
+            assert!(e.contains("instead of ready"), "{e}");
+            assert!(e.len() < 200, "the error is cut short: {e}");
+        }
+    }
+
+    #[test]
+    fn a_store_is_handed_only_to_a_process_that_reads_its_version() {
+        let reads = |snapshots: Vec<u32>| ReadyLine { pid: 42, snapshots };
+        let ours = Snapshot::VERSION_WRITTEN;
+        assert!(reads(vec![ours]).check_store(true).is_ok());
+        assert!(reads(vec![ours + 1, ours]).check_store(true).is_ok());
+        let e = reads(vec![ours + 1])
+            .check_store(true)
+            .expect_err("too new");
+        assert!(e.contains(&format!("version {ours}")), "{e}");
+        assert!(e.contains(&format!("version {}", ours + 1)), "{e}");
+        // Nothing moves (the store is on Redis): any version will do.
+        assert!(reads(vec![ours + 1]).check_store(false).is_ok());
     }
 
     #[test]

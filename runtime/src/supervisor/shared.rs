@@ -55,8 +55,12 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// What an upgrade starts and waits for.
     pub(crate) upgrade: super::handover::UpgradeConfig,
-    /// An upgrade is under way (or switched: this process stops).
-    pub(crate) upgrading: AtomicBool,
+    /// Where an upgrade stands: the switch and the end of the cluster
+    /// decide under this lock, so that a stop either cancels an upgrade
+    /// before its switch or follows the switch.
+    pub(crate) upgrade_gate: Mutex<Gate>,
+    /// Signalled when the gate leaves [`Gate::Starting`].
+    pub(crate) upgrade_settled: Condvar,
     /// After a switch: the new process's channel, to hand it the store.
     pub(crate) handover: Mutex<Option<std::os::unix::net::UnixStream>>,
     /// After a switch: the control socket is the new process's; it stays.
@@ -64,15 +68,37 @@ pub(crate) struct Shared {
     /// In an upgrade's new process, until it is ready: the channel to the
     /// old one.
     pub(crate) upgrade_channel: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// In an upgrade's new process, until the old one handed its store
+    /// over: the control socket's path is still the old process's, so this
+    /// one leaves it in place if it stops first (it failed).
+    pub(crate) awaiting_switch: AtomicBool,
     /// In an upgrade's new process: the control socket it inherited, for
     /// the control server to serve on instead of binding one.
     pub(crate) control_inherited: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// In an upgrade's new process: the TCP control listener it inherited
+    /// (kept only if its `control_tcp` asks for the same address).
+    pub(crate) control_tcp_inherited: Mutex<Option<std::net::TcpListener>>,
     /// A duplicate of the control server's Unix socket, to hand to an
     /// upgrade's new process.
     pub(crate) control_fd: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// A duplicate of the control server's TCP listener with the address
+    /// asked for, to hand to an upgrade's new process.
+    pub(crate) control_tcp_fd: Mutex<Option<(SocketAddr, std::os::fd::OwnedFd)>>,
     pub(super) done: Mutex<Option<Report>>,
     pub(super) done_cv: Condvar,
     pub(super) done_tx: watch::Sender<Option<Report>>,
+}
+
+/// Where an upgrade stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// None under way.
+    Idle,
+    /// A new process is starting; it has not taken over.
+    Starting,
+    /// The new process took over: this cluster stops and hands it the
+    /// store.
+    Switched,
 }
 
 /// The master's inbox.
@@ -133,14 +159,40 @@ impl Shared {
         })?;
         let (name, backlog) = (builder.name.clone(), builder.backlog);
         let mut registry = Registry::new(backlog);
-        let (mut upgrade_channel, mut control_inherited) = (None, None);
+        let (mut upgrade_channel, mut control_inherited, mut control_tcp_inherited) =
+            (None, None, None);
+        let awaiting_switch = inherited.is_some();
         if let Some(inherited) = inherited {
             // The old process's store comes once this one is ready; until
             // then every operation waits for it.
             store.engine.hold();
             registry.take_over(inherited.sockets, size);
             upgrade_channel = Some(inherited.channel);
-            control_inherited = inherited.control;
+            // The control sockets this build does not serve on close now,
+            // before its workers are ready (and the old process stops): a
+            // client is refused, not left waiting on a socket that nobody
+            // accepts from.
+            let control = &builder.control;
+            if control.enabled == Some(false) {
+                if inherited.control.is_some() || inherited.control_tcp.is_some() {
+                    tracing::info!("this build runs no control server: the old process's control sockets close");
+                }
+            } else {
+                control_inherited = inherited.control;
+                control_tcp_inherited = match (inherited.control_tcp, &control.tcp) {
+                    (Some((requested, listener)), Some((addr, _)))
+                        if requested == *addr
+                            || listener.local_addr().is_ok_and(|bound| bound == *addr) =>
+                    {
+                        Some(listener)
+                    }
+                    (Some((requested, _)), asked) => {
+                        tracing::info!(%requested, asked = ?asked.as_ref().map(|(a, _)| a), "the old process's TCP control listener is not this build's: it closes");
+                        None
+                    }
+                    (None, _) => None,
+                };
+            }
         }
         Ok(Shared {
             name,
@@ -159,16 +211,61 @@ impl Shared {
             epoch: Instant::now(),
             stopping: AtomicBool::new(false),
             upgrade: super::handover::UpgradeConfig::of(builder),
-            upgrading: AtomicBool::new(false),
+            upgrade_gate: Mutex::new(Gate::Idle),
+            upgrade_settled: Condvar::new(),
             handover: Mutex::new(None),
             handed_over: AtomicBool::new(false),
             upgrade_channel: Mutex::new(upgrade_channel),
+            awaiting_switch: AtomicBool::new(awaiting_switch),
             control_inherited: Mutex::new(control_inherited),
+            control_tcp_inherited: Mutex::new(control_tcp_inherited),
             control_fd: Mutex::new(None),
+            control_tcp_fd: Mutex::new(None),
             done: Mutex::new(None),
             done_cv: Condvar::new(),
             done_tx: watch::channel(None).0,
         })
+    }
+
+    /// The upgrade's gate (nothing it guards can be left half-changed by a
+    /// panic: each change is one assignment).
+    pub(crate) fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.upgrade_gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the gate back to idle (an upgrade failed or was cancelled), and
+    /// wakes the end of the cluster if it waits for that.
+    pub(crate) fn upgrade_over(&self) {
+        *self.gate() = Gate::Idle;
+        self.upgrade_settled.notify_all();
+    }
+
+    /// Whether an upgrade switched to a new process: this one stops for it.
+    pub(crate) fn switched(&self) -> bool {
+        *self.gate() == Gate::Switched
+    }
+
+    /// The end of the cluster waits here for an upgrade under way: with
+    /// `stopping` set, it is cancelled (its new process stopped) unless it
+    /// switched already. Bounded by what the upgrade itself can take.
+    fn settle_upgrade(&self) {
+        let limit = self
+            .upgrade
+            .ready_timeout
+            .saturating_add(self.upgrade.child_grace)
+            .saturating_add(std::time::Duration::from_secs(10));
+        let gate = self.gate();
+        let (gate, timeout) = self
+            .upgrade_settled
+            .wait_timeout_while(gate, limit, |gate| *gate == Gate::Starting)
+            .unwrap_or_else(PoisonError::into_inner);
+        if timeout.timed_out() && *gate == Gate::Starting {
+            tracing::error!(
+                "the upgrade under way did not end in {limit:?}; this process stops without it"
+            );
+        }
     }
 
     pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -223,6 +320,11 @@ impl Shared {
     }
 
     pub(crate) fn finish(&self, report: Report) {
+        // An upgrade under way sees that the cluster stops, and is cancelled
+        // (its new process stopped) unless it switched already: then the
+        // store goes to the new process below.
+        self.stopping.store(true, Ordering::Release);
+        self.settle_upgrade();
         // The control socket goes before anyone learns that the cluster
         // stopped, so that a cluster started next can take the same path.
         let control = self
@@ -231,11 +333,29 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if let Some((path, _)) = control {
-            // After an upgrade the socket is the new process's.
-            if !self.handed_over.load(Ordering::Acquire) {
+            // After an upgrade the socket is the new process's; in a new
+            // process that stops before the switch, still the old one's.
+            if !self.handed_over.load(Ordering::Acquire)
+                && !self.awaiting_switch.load(Ordering::Acquire)
+            {
                 let _ = std::fs::remove_file(path);
             }
         }
+        // The duplicates kept for an upgrade go: no upgrade comes now, and
+        // an embedding process that keeps its `Cluster` handles must not
+        // keep the control listeners open (clients would queue on them).
+        drop(
+            self.control_fd
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        drop(
+            self.control_tcp_fd
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         // After an upgrade, the new process takes the store: nothing
         // mutates it any more (every worker has exited).
         self.faults

@@ -20,7 +20,14 @@ impl Master {
         self.finish_roll(false);
         self.step = None;
         self.emit(Event::Stopping { terminate });
-        self.systemd.stopping();
+        // After an upgrade's switch the new process is the service's main
+        // one: this one's STOPPING=1 would read as the service stopping
+        // (with `NotifyAccess=all`, systemd would stop the new process).
+        // Read under the upgrade's gate, after `stopping` is set: an
+        // upgrade not switched by now never will be (it is cancelled).
+        if !self.shared.switched() {
+            self.systemd.stopping();
+        }
         // Threads waiting for a generation that will not come end now.
         for slot in &mut self.slots {
             slot.idle = None;

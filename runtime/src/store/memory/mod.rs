@@ -324,6 +324,10 @@ impl StoreEngine for Engine {
         Engine::close(self);
     }
 
+    fn moves(&self) -> bool {
+        true
+    }
+
     fn export(&self) -> Option<Snapshot> {
         Some(Engine::export(self))
     }

@@ -68,6 +68,14 @@ pub(crate) struct KeySnapshot {
 }
 
 impl Snapshot {
+    /// The format version [`write_to`](Snapshot::write_to) writes.
+    pub(crate) const VERSION_WRITTEN: u32 = wire::VERSION;
+
+    /// The format versions [`read_from`](Snapshot::read_from) reads: what
+    /// an upgrade's new process tells the old one before the switch, so that
+    /// the old one never hands its store to a process that cannot load it.
+    pub(crate) const VERSIONS_READ: &'static [u32] = &[wire::VERSION];
+
     /// The number of keys, over every collection.
     pub(crate) fn keys(&self) -> usize {
         self.collections.iter().map(|c| c.keys.len()).sum()
