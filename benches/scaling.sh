@@ -13,8 +13,10 @@
 #       leaves a core for the load: the server on the first N cores the
 #       process may use (taskset), loadgen on the others (one pinned thread
 #       per core, 64 connections per server core, 2 s warm-up, 5 s
-#       measured). Prints req/s and p99 per server, and each one's ratio to
-#       the per-core server. About 2 minutes on 16 cores.
+#       measured). Prints req/s and p99 per server, how busy the server's
+#       cores were (its CPU time over the run; well under 100% means the
+#       load generator was the limit, and the table says so), and each
+#       one's ratio to the per-core server. About 2 minutes on 16 cores.
 #   benches/scaling.sh                 (the original mode) needs cargo and wrk:
 #       the http_per_core bench with BENCH_WORKERS=N (clamped to the cores
 #       minus one), wrk as the load.
@@ -109,8 +111,17 @@ runtime_dir=
 # "123456.7" -> "123456"
 int() { echo "${1%%.*}"; }
 
+# A process's CPU time so far (user + system, all threads), in clock ticks.
+cpu_ticks() {
+  local stat
+  read -r -a stat <"/proc/$1/stat"
+  echo $((stat[13] + stat[14]))
+}
+
 prebuilt() {
   local dir=$1
+  local clk_tck
+  clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
   for f in servers loadgen; do
     [ -x "$dir/$f" ] || { echo "scaling.sh: $dir/$f is missing (run --build first)" >&2; exit 1; }
   done
@@ -153,7 +164,7 @@ prebuilt() {
     connections=$((64 * n))
     if [ "$threads" -gt "$connections" ]; then threads=$connections; fi
     echo "== $n server core(s) ($server_cores), loadgen -t$threads -c$connections on $load_cores =="
-    local names=() rps=() p99=() errors=()
+    local names=() rps=() p99=() errors=() busy=()
     for name in $servers; do
       port=$((port + 1))
       while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
@@ -164,9 +175,14 @@ prebuilt() {
         echo "scaling.sh: $name did not start listening on $port" >&2
         exit 1
       fi
-      local json
+      local json t0 ticks
+      t0=$(cpu_ticks "$server_pid")
       json=$(taskset -c "$load_cores" "$dir/loadgen" -c "$connections" -t "$threads" \
         --cores "$load_cores" -w "${warmup}s" -d "${secs}s" "http://127.0.0.1:$port/")
+      ticks=$(( $(cpu_ticks "$server_pid") - t0 ))
+      # The server's CPU over the run (warm-up included), as a share of its
+      # cores: well under 100%, the load generator was the limit.
+      local b=$(( ticks * 100 / (clk_tck * (warmup + secs) * n) ))
       kill -TERM "$server_pid"
       wait "$server_pid" || true
       server_pid=
@@ -178,23 +194,30 @@ prebuilt() {
       for kind in connect read_write non_2xx timeout; do
         [[ $json =~ \"$kind\":([0-9]+) ]] && e=$((e + BASH_REMATCH[1]))
       done
-      names+=("$name"); rps+=("$r"); p99+=("$p"); errors+=("$e")
-      echo "  $name: $r req/s, p99 $p ms, $e errors"
+      names+=("$name"); rps+=("$r"); p99+=("$p"); errors+=("$e"); busy+=("$b")
+      echo "  $name: $r req/s, p99 $p ms, $e errors, server CPU $b% of its cores"
     done
     local base=0 i
     for i in "${!names[@]}"; do
       [ "${names[$i]}" = per-core ] && base=$(int "${rps[$i]}")
     done
     echo
-    echo "| server | req/s | p99 ms | errors | vs per-core |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| server | req/s | p99 ms | errors | server CPU busy | vs per-core |"
+    echo "|---|---:|---:|---:|---:|---:|"
     for i in "${!names[@]}"; do
       local ratio="-"
       if [ "$base" -gt 0 ]; then
         local milli=$(( $(int "${rps[$i]}") * 1000 / base ))
         ratio=$(printf '%d.%03dx' $((milli / 1000)) $((milli % 1000)))
       fi
-      echo "| ${names[$i]} | $(int "${rps[$i]}") | ${p99[$i]} | ${errors[$i]} | $ratio |"
+      echo "| ${names[$i]} | $(int "${rps[$i]}") | ${p99[$i]} | ${errors[$i]} | ${busy[$i]}% | $ratio |"
+    done
+    echo
+    for i in "${!busy[@]}"; do
+      if [ "${busy[$i]}" -lt 90 ]; then
+        echo "(a server under 90% busy: loadgen, not the server, may have been the limit at this size)"
+        break
+      fi
     done
     echo
   done
