@@ -9,6 +9,11 @@
 # Needs: Linux with 2 cores or more, wrk, curl, taskset; cargo to build.
 #
 #   apt-get install -y wrk curl && benches/uneven_load.sh [ROUNDS]
+#
+# UNEVEN_SLICE_NS=n (Linux 6.12 or later, python3) also runs forkless with
+# a custom EEVDF slice of n ns on its worker threads (sched_setattr's
+# sched_runtime for SCHED_OTHER: a shorter slice lets a woken worker
+# preempt sooner), as a third server, "forkless-slice".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -16,23 +21,45 @@ cargo bench --bench http_per_core --no-run 2>/dev/null
 cargo build -p forkless-ctl --quiet
 bench=$(ls -t target/release/deps/http_per_core-* | grep -v '\.d$' | head -1)
 ctl=target/debug/forkless-ctl
+kinds="forkless tokio-mt"
+[ -n "${UNEVEN_SLICE_NS:-}" ] && kinds="forkless forkless-slice tokio-mt"
+# Sets a custom slice (ns) on every thread of process $1 named forkless-w*.
+set_slice() {
+  python3 - "$1" "$2" <<'PY'
+import ctypes, os, struct, sys
+pid, ns = int(sys.argv[1]), int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_sched_setattr = 314  # x86_64
+for tid in os.listdir(f"/proc/{pid}/task"):
+    if not open(f"/proc/{pid}/task/{tid}/comm").read().startswith("forkless-w"):
+        continue
+    # struct sched_attr: size, policy (SCHED_OTHER), flags, nice, priority,
+    # runtime (the slice), deadline, period
+    attr = ctypes.create_string_buffer(struct.pack("IIQiIQQQ", 48, 0, 0, 0, 0, ns, 0, 0))
+    if libc.syscall(SYS_sched_setattr, int(tid), attr, 0) != 0:
+        sys.exit(f"sched_setattr: {os.strerror(ctypes.get_errno())}")
+PY
+}
 for round in $(seq "$rounds"); do
-  for kind in forkless tokio-mt; do
+  for kind in $kinds; do
     port=$((21000 + round * 10 + ${#kind}))
-    name="uneven-$$-$round"
-    FORKLESS_NAME=$name taskset -c 0,1 "$bench" --serve "$kind" "$port" >/dev/null 2>&1 &
+    name="uneven-$$-$round-${#kind}"
+    serve=$kind
+    [ "$kind" = forkless-slice ] && serve=forkless
+    FORKLESS_NAME=$name taskset -c 0,1 "$bench" --serve "$serve" "$port" >/dev/null 2>&1 &
     pid=$!
     for _ in $(seq 100); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+    [ "$kind" = forkless-slice ] && set_slice "$pid" "$UNEVEN_SLICE_NS"
     taskset -c 0,1 wrk -t2 -c128 -d2s "http://127.0.0.1:$port/" >/dev/null
     out=$(taskset -c 0,1 wrk -t2 -c128 -d8s --latency "http://127.0.0.1:$port/")
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
     p99=$(echo "$out" | awk '/ 99%/{print $2}')
     split=""
-    if [ "$kind" = forkless ]; then
+    if [ "$serve" = forkless ]; then
       split=$("$ctl" --name "$name" --json status |
         python3 -c 'import json,sys; print("accepted per slot:", "/".join(str(w["accepted"]) for w in json.load(sys.stdin)["workers"]))')
     fi
-    printf 'round %s %-9s %10s req/s  p99 %8s  %s\n' "$round" "$kind" "$rps" "$p99" "$split"
+    printf 'round %s %-14s %10s req/s  p99 %8s  %s\n' "$round" "$kind" "$rps" "$p99" "$split"
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
   done
