@@ -68,7 +68,10 @@ fn wait_up(from: &Cluster, host: &str) {
 /// A bus configuration with a prefix of its own, and the prefix.
 fn config() -> (RedisConfig, String) {
     let prefix = unique_prefix();
-    (RedisConfig::new(shared_url()).prefix(prefix.clone()), prefix)
+    (
+        RedisConfig::new(shared_url()).prefix(prefix.clone()),
+        prefix,
+    )
 }
 
 fn redis_conn() -> redis::Connection {
@@ -83,7 +86,11 @@ fn llen(conn: &mut redis::Connection, key: &str) -> usize {
 }
 
 fn exists(conn: &mut redis::Connection, key: &str) -> bool {
-    redis::cmd("EXISTS").arg(key).query::<i64>(conn).expect("EXISTS") == 1
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query::<i64>(conn)
+        .expect("EXISTS")
+        == 1
 }
 
 /// A message frame as host `from` sends it to slot 0.
@@ -159,7 +166,10 @@ fn a_new_process_takes_back_what_a_dead_one_held_and_never_a_live_ones() {
     let (redis, p) = config();
     let mut conn = redis_conn();
     let readers = format!("{p}:b:readers:h");
-    let (dead_batch, live_batch) = (format!("{p}:b:taken:h:1-1:0"), format!("{p}:b:taken:h:2-2:1"));
+    let (dead_batch, live_batch) = (
+        format!("{p}:b:taken:h:1-1:0"),
+        format!("{p}:b:taken:h:2-2:1"),
+    );
     let live = format!("{p}:b:live:h:2-2");
     redis::pipe()
         .cmd("SADD")
@@ -192,7 +202,10 @@ fn a_new_process_takes_back_what_a_dead_one_held_and_never_a_live_ones() {
     assert!(!exists(&mut conn, &dead_batch));
     assert_eq!(llen(&mut conn, &live_batch), 1, "the live batch is left");
     // The live one dies: the next sweep takes its batch back.
-    redis::cmd("DEL").arg(&live).query::<()>(&mut conn).expect("DEL");
+    redis::cmd("DEL")
+        .arg(&live)
+        .query::<()>(&mut conn)
+        .expect("DEL");
     assert_eq!(recv(&seen, "the dead process's message"), "z");
     assert!(!exists(&mut conn, &live_batch));
     stop(h);

@@ -140,9 +140,7 @@ impl RedisBus {
                 .ignore();
         }
         if !handed_over {
-            pipe.cmd("DEL")
-                .arg(self.presence_key(&self.host))
-                .ignore();
+            pipe.cmd("DEL").arg(self.presence_key(&self.host)).ignore();
         }
         if let Err(e) = self.link.pipeline(&pipe).await {
             tracing::warn!(host = %self.host, "cannot leave the bus cleanly: {e}");

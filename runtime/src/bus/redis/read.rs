@@ -200,7 +200,11 @@ impl RedisBus {
         if source == Source::Replies {
             let mut cmd = redis::cmd("DEL");
             cmd.arg(&lists[0]).arg(&lists[1]);
-            return self.link.command::<()>("drop the replies", &cmd).await.is_ok();
+            return self
+                .link
+                .command::<()>("drop the replies", &cmd)
+                .await
+                .is_ok();
         }
         let mut call = RETURN.prepare_invoke();
         call.key(&lists[batch])
