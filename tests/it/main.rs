@@ -39,6 +39,8 @@ mod recycle;
 #[cfg(feature = "redis")]
 mod redis_backend;
 #[cfg(feature = "redis")]
+mod redis_upgrade;
+#[cfg(feature = "redis")]
 mod secrets;
 mod sessions_conformance;
 mod shutdown;

@@ -37,7 +37,9 @@ pub(crate) trait BusEngine: Send + Sync {
     /// Ends the subscriptions of a worker that exited.
     fn owner_exited(&self, owner: Owner);
     /// Closes the bus: every inbox and subscription ends, every call fails.
-    fn close(&self);
+    /// `handed_over`: this process handed over to an upgrade's new one,
+    /// which goes on as the same host (so the host's presence stays).
+    fn close(&self, handed_over: bool);
 }
 
 /// A bus engine, seen both ways.

@@ -11,14 +11,53 @@
 //!   send to another host checks that it is up and has the slot, and pushes
 //!   onto its list, in one script. Messages wait in the list while the host
 //!   is away (a restart with the same name finds them).
-//! - A request carries an id; the receiving host pushes the reply (or "no
-//!   reply") onto the requester's list.
+//! - A request carries an id and the requesting process's instance (see
+//!   below); the receiving host pushes the reply (or "no reply") onto that
+//!   instance's own list of replies (`{prefix}:b:re:{name}:{instance}`),
+//!   which only that process reads.
 //! - Topics are Redis pub/sub channels (`{prefix}:b:t:{topic}`), subscribed
 //!   while the host has a subscriber.
 //!
 //! A frame is a JSON header line, then the message's bytes. The reading of
 //! a host's list is in [`read`].
+//!
+//! **Two processes of one host.** During an upgrade's overlap the old and
+//! the new process are the same host: they announce the same name and both
+//! read the host's list. Each process is an *instance* of its host, named
+//! `{pid}-{nanos}` at start, so that:
+//!
+//! - A reply goes to the requesting instance's own list, never to the
+//!   host's: a reply cannot be taken by the other process, nor answer a
+//!   request of the same number there, and it reaches its requester
+//!   whichever process of the requester's host reads the host list. (Each
+//!   instance also numbers its requests from a random start, so that a reply
+//!   from an older build, which knows no instances and answers on the host
+//!   list, meets a request of another instance with the same number only by
+//!   a one in 2^62 chance.) The replies' list has a reader of its own, with
+//!   the same batches as the host list's, so no reply is lost either.
+//! - The host's presence key belongs to the host, not to an instance: a
+//!   process that handed over to a new one leaves it when it stops (the new
+//!   process renews it); one that stops for good deletes it.
+//! - An instance says it is alive with a key of its own
+//!   (`{prefix}:b:live:{name}:{instance}`, renewed with the presence) and is
+//!   a member of the host's set of readers (`{prefix}:b:readers:{name}`).
+//!   A process that stops gracefully puts the frames it took off the host
+//!   list and had not delivered back at the head of that list, in order,
+//!   for the other process (or the next start) to read first. What a
+//!   process that died held is taken back by the next process of the same
+//!   host that sweeps (at its start, then with each renewal of its
+//!   presence): for each member of the readers whose alive key has expired,
+//!   in one script that checks the key, so a live process's batch (even
+//!   the other process's, during an overlap) is never taken. The frames of a
+//!   batch that a dead process had already put in its inboxes come back
+//!   with the rest: across a crash a message is delivered at least once. A
+//!   process cut off from Redis for longer than its presence lasts counts as
+//!   dead.
+//!
+//! Across the two processes there is no order: what one took is delivered
+//! by that one (or, put back, by the other), while the other reads on.
 
+mod instance;
 mod read;
 
 use std::collections::{HashMap, HashSet};
@@ -86,6 +125,9 @@ struct Header {
     /// The request's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     i: Option<u64>,
+    /// On a request: the requesting instance, whose list the reply goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    o: Option<String>,
 }
 
 fn frame(header: &Header, message: &[u8]) -> Vec<u8> {
@@ -107,6 +149,8 @@ pub(crate) struct RedisBus {
     router: Arc<Router>,
     link: Arc<Link>,
     host: Arc<str>,
+    /// This process, among those of its host (`{pid}-{nanos}`).
+    instance: Arc<str>,
     prefix: String,
     /// The topics this host is subscribed to on Redis.
     subscribed: Mutex<HashSet<String>>,
@@ -116,6 +160,8 @@ pub(crate) struct RedisBus {
     pending: Mutex<HashMap<u64, ReplyTo>>,
     next_id: AtomicU64,
     capacity: usize,
+    /// Each reader's end: `true` once it gave back what it held.
+    readers: Mutex<Vec<oneshot::Receiver<bool>>>,
 }
 
 /// Where the reply to a request goes.
@@ -131,20 +177,26 @@ impl RedisBus {
         let link = Link::start(config, "bus")?;
         let (tx, rx) = mpsc::unbounded_channel();
         let capacity = router.capacity();
+        let (instance, first_id) = instance::new_instance();
+        let (host_read, host_end) = oneshot::channel();
+        let (replies_read, replies_end) = oneshot::channel();
         let bus = Arc::new_cyclic(|me| RedisBus {
             me: me.clone(),
             router,
             link: link.clone(),
             host: config.host_name().into(),
+            instance: instance.into(),
             prefix: config.prefix.clone(),
             subscribed: Mutex::new(HashSet::new()),
             subscriptions: tx,
             pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id),
             capacity,
+            readers: Mutex::new(vec![host_end, replies_end]),
         });
         link.spawn(bus.clone().announce());
-        link.spawn(bus.clone().read_inbox());
+        link.spawn(bus.clone().read_inbox(read::Source::Host, host_read));
+        link.spawn(bus.clone().read_inbox(read::Source::Replies, replies_read));
         link.spawn(bus.clone().follow_topics(rx));
         Ok(bus)
     }
@@ -166,7 +218,8 @@ impl RedisBus {
         self.capacity.saturating_mul(slots.max(1))
     }
 
-    /// Keeps this host's presence key alive.
+    /// Keeps this host's presence key and this instance's alive, and takes
+    /// back what processes of this host that died left undelivered.
     async fn announce(self: Arc<Self>) {
         let key = self.presence_key(&self.host);
         let mut warned = false;
@@ -181,6 +234,8 @@ impl RedisBus {
                 .arg(PRESENCE.as_millis() as u64);
             match self.link.command::<()>("announce this host", &cmd).await {
                 Ok(()) => {
+                    self.renew().await;
+                    self.sweep().await;
                     if warned {
                         tracing::info!(host = %self.host, "the bus reaches Redis again");
                     }
@@ -196,15 +251,21 @@ impl RedisBus {
         }
     }
 
-    /// Delivers one frame from the host's list.
-    pub(super) async fn deliver(&self, raw: &[u8]) {
+    /// Delivers one frame from the host's list, or from this instance's
+    /// replies. `false`: not delivered because the bus closed meanwhile (the
+    /// frame is to be given back).
+    pub(super) async fn deliver(&self, raw: &[u8]) -> bool {
         let Some((header, message)) = unframe(raw) else {
             tracing::warn!(host = %self.host, "dropped a bus frame this version cannot read");
-            return;
+            return true;
         };
         match header.k {
             Kind::Reply | Kind::NoReply => {
-                let waiting = header.i.and_then(|id| lock(&self.pending).remove(&id));
+                let mine = header.o.as_deref().is_none_or(|o| o == &*self.instance);
+                let waiting = header
+                    .i
+                    .filter(|_| mine)
+                    .and_then(|id| lock(&self.pending).remove(&id));
                 if let Some(tx) = waiting {
                     let _ = tx.send(if header.k == Kind::Reply {
                         Ok(Some(message))
@@ -239,6 +300,12 @@ impl RedisBus {
                     }
                     None => false,
                 };
+                if !delivered && self.router.is_closed() {
+                    // Its inbox closed with the bus: the reader gives the
+                    // frame back (a request's sender gets no answer from
+                    // this process).
+                    return false;
+                }
                 if !delivered {
                     tracing::warn!(
                         host = %self.host, slot, from = %header.h,
@@ -248,7 +315,13 @@ impl RedisBus {
                 if request {
                     // Answer once the receiver replies or drops the request.
                     let (to, id, link) = (header.h, header.i, self.link.clone());
-                    let (me, inbox) = (self.host.to_string(), self.inbox_key(&to));
+                    // To the requesting instance's replies; to its host's
+                    // list if it is of an older build that names none.
+                    let inbox = match &header.o {
+                        Some(instance) => self.reply_key(&to, instance),
+                        None => self.inbox_key(&to),
+                    };
+                    let me = self.host.to_string();
                     link.clone().spawn(async move {
                         let (k, reply) = match reply_rx.await {
                             Ok(reply) => (Kind::Reply, reply),
@@ -260,6 +333,7 @@ impl RedisBus {
                             f: None,
                             s: None,
                             i: id,
+                            o: None,
                         };
                         let mut cmd = redis::pipe();
                         cmd.cmd("RPUSH")
@@ -278,6 +352,7 @@ impl RedisBus {
             }
             Kind::Topic => {}
         }
+        true
     }
 
     /// Keeps the pub/sub connection and its subscriptions, and delivers what
@@ -363,6 +438,7 @@ impl RedisBus {
             f: send.from,
             s: Some(send.slot),
             i: id,
+            o: id.map(|_| self.instance.to_string()),
         };
         let raw = frame(&header, &send.message);
         let mut pause = Duration::from_millis(1);
@@ -479,17 +555,19 @@ impl BusEngine for RedisBus {
         self.sync_topics(topics);
     }
 
-    fn close(&self) {
+    fn close(&self, handed_over: bool) {
         self.router.close();
         for (_, waiting) in lock(&self.pending).drain() {
             let _ = waiting.send(Err(Error::stopped("bus")));
         }
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.presence_key(&self.host));
-        let link = self.link.clone();
-        self.link.close(async move {
-            let _ = link.command::<()>("leave the bus", &cmd).await;
-        });
+        let readers = std::mem::take(&mut *lock(&self.readers));
+        // The readers finish their read (at most `READ_WAIT`) and give back
+        // what they hold; then this instance leaves.
+        let limit = READ_WAIT + self.link.config.timeout * 2;
+        match self.me.upgrade() {
+            Some(me) => self.link.close(limit, me.leave(readers, handed_over)),
+            None => self.link.close(limit, async {}),
+        }
     }
 }
 
@@ -535,6 +613,7 @@ impl BusBackend for RedisBus {
             f: from,
             s: None,
             i: None,
+            o: None,
         };
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(self.channel(topic)).arg(frame(&header, message));

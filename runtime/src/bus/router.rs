@@ -207,7 +207,7 @@ impl BusEngine for Router {
         Router::owner_exited(self, owner);
     }
 
-    fn close(&self) {
+    fn close(&self, _handed_over: bool) {
         Router::close(self);
     }
 }

@@ -158,9 +158,9 @@ impl Link {
         crate::fault::guard::Caught::new(self.faults.clone(), "forkless-redis", what, work).await
     }
 
-    /// Refuses new work, runs `last` (bounded by the timeout), then stops the
+    /// Refuses new work, runs `last` (bounded by `limit`), then stops the
     /// thread: what still runs there ends, and its answer channels close.
-    pub(crate) fn close<F>(&self, last: F)
+    pub(crate) fn close<F>(&self, limit: Duration, last: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -168,7 +168,6 @@ impl Link {
             return;
         }
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let limit = self.config.timeout;
         self.handle.spawn(async move {
             let _ = tokio::time::timeout(limit, last).await;
             let _ = done_tx.send(());

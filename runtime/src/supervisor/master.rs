@@ -110,7 +110,7 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
         })
         .map_err(|e| {
             shared.store.close();
-            shared.bus.close();
+            shared.bus.close(false);
             shared.clock.stop();
             Error::spawn("cannot spawn the master thread", e)
         })?;

@@ -368,8 +368,9 @@ impl Shared {
         let thread = "forkless-master";
         self.faults
             .caught(thread, "closing the store", || self.store.close());
-        self.faults
-            .caught(thread, "closing the bus", || self.bus.close());
+        self.faults.caught(thread, "closing the bus", || {
+            self.bus.close(self.handed_over.load(Ordering::Acquire))
+        });
         self.clock.stop();
         // Every way of asking "has it stopped?" says yes before anyone
         // waiting for the stop wakes up.

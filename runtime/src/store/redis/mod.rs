@@ -240,7 +240,9 @@ impl StoreEngine for RedisStore {
                 let _ = held.coll.release_now(&held.key, token, Change::Keep).await;
             }
         };
-        self.core.link.close(releases);
+        self.core
+            .link
+            .close(self.core.link.config.timeout, releases);
         self.collections
             .write()
             .unwrap_or_else(PoisonError::into_inner)
