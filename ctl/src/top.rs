@@ -681,6 +681,27 @@ fn talk(client: Client, asks: mpsc::Receiver<Ask>, told: mpsc::Sender<Told>) {
     }
 }
 
+/// The view as a `width` x `height` terminal would show it, as text (a line
+/// per row): what the tests read, with no terminal.
+pub fn as_text(app: &App, width: u16, height: u16) -> String {
+    let backend = ratatui::backend::TestBackend::new(width, height);
+    let Ok(mut terminal) = ratatui::Terminal::new(backend) else {
+        return String::new();
+    };
+    if terminal.draw(|f| render(app, f)).is_err() {
+        return String::new();
+    }
+    let buffer = terminal.backend().buffer();
+    let mut text = String::new();
+    for y in 0..buffer.area.height {
+        for x in 0..buffer.area.width {
+            text.push_str(buffer[(x, y)].symbol());
+        }
+        text.push('\n');
+    }
+    text
+}
+
 /// Runs the live view of the cluster behind `client` on this terminal
 /// until a quit key, starting from the snapshot `first`.
 ///
@@ -782,8 +803,6 @@ fn draw_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ratatui::backend::TestBackend;
-    use ratatui::Terminal;
 
     /// A status of process `pid` with a worker per `(slot, generation,
     /// accepted, state)`. Built from JSON, as the server sends it, so that a
@@ -812,17 +831,7 @@ mod tests {
     }
 
     fn screen(app: &App, width: u16, height: u16) -> String {
-        let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("terminal");
-        terminal.draw(|f| render(app, f)).expect("draw");
-        let buffer = terminal.backend().buffer();
-        let mut text = String::new();
-        for y in 0..buffer.area.height {
-            for x in 0..buffer.area.width {
-                text.push_str(buffer[(x, y)].symbol());
-            }
-            text.push('\n');
-        }
-        text
+        super::as_text(app, width, height)
     }
 
     fn two(app: &mut App, before: Status, after: Status, apart: Duration) {

@@ -6,16 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::common::{wait_for, wait_until, Hello};
-
-fn ctl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_forkless-ctl"))
-        .args(["--name", "hello"])
-        .args(args)
-        .env("XDG_RUNTIME_DIR", dir)
-        .output()
-        .expect("run forkless-ctl")
-}
+use crate::common::{ctl, wait_for, wait_until, Hello};
 
 fn ok(output: &Output) -> String {
     assert!(

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent};
 use forkless_control::{Client, Status, WorkerState};
-use forkless_ctl::top::{render, Action, App};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
+use forkless_ctl::top::{Action, App};
 
 use crate::common::{wait_for, Hello};
 
@@ -67,17 +65,7 @@ fn accepted(status: &Status) -> u64 {
 
 /// The view drawn on a test terminal, as text.
 fn screen(app: &App) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(120, 24)).expect("terminal");
-    terminal.draw(|f| render(app, f)).expect("draw");
-    let buffer = terminal.backend().buffer();
-    let mut text = String::new();
-    for y in 0..buffer.area.height {
-        for x in 0..buffer.area.width {
-            text.push_str(buffer[(x, y)].symbol());
-        }
-        text.push('\n');
-    }
-    text
+    forkless_ctl::top::as_text(app, 120, 24)
 }
 
 /// The table's row of `slot`.
@@ -267,16 +255,7 @@ impl Pty {
             .write(true)
             .open(name.to_str().expect("a path"))
             .expect("open the pty's slave");
-        rustix::termios::tcsetwinsize(
-            &master,
-            rustix::termios::Winsize {
-                ws_row: rows,
-                ws_col: cols,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            },
-        )
-        .expect("window size");
+        set_size(&master, rows, cols);
         let mut command = Command::new(env!("CARGO_BIN_EXE_forkless-ctl"));
         command
             .args(args)
@@ -343,16 +322,7 @@ impl Pty {
 
     fn resize(&mut self, rows: u16, cols: u16) {
         self.screen.set_size(rows, cols);
-        rustix::termios::tcsetwinsize(
-            &self.master,
-            rustix::termios::Winsize {
-                ws_row: rows,
-                ws_col: cols,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            },
-        )
-        .expect("window size");
+        set_size(&self.master, rows, cols);
     }
 }
 
@@ -426,4 +396,18 @@ fn top_in_a_pseudo_terminal() {
     rt.block_on(client.shutdown()).expect("shutdown");
     assert!(again.wait().expect("hello exits").success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tells the terminal behind `master` its size.
+fn set_size(master: &impl std::os::fd::AsFd, rows: u16, cols: u16) {
+    rustix::termios::tcsetwinsize(
+        master,
+        rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )
+    .expect("window size");
 }

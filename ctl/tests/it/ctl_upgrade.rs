@@ -6,18 +6,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
-use crate::common::{hello_binary, wait_until, Hello};
-
-fn ctl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_forkless-ctl"))
-        .args(["--name", "hello"])
-        .args(args)
-        .env("XDG_RUNTIME_DIR", dir)
-        .output()
-        .expect("run forkless-ctl")
-}
+use crate::common::{ctl, hello_binary, wait_until, Hello};
 
 /// Puts `write`'s file at `program` as a deploy does: written beside it,
 /// then renamed over it (the running process keeps its own file).

@@ -96,3 +96,14 @@ impl Drop for Hello {
         }
     }
 }
+
+/// Runs `forkless-ctl --name hello ARGS` with `dir` as its runtime
+/// directory, and returns what it did.
+pub fn ctl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_forkless-ctl"))
+        .args(["--name", "hello"])
+        .args(args)
+        .env("XDG_RUNTIME_DIR", dir)
+        .output()
+        .expect("run forkless-ctl")
+}
