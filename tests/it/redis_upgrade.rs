@@ -285,6 +285,133 @@ fn presence_stays_when_the_old_process_stops_after_an_upgrade() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// What tells this test binary, run again by an upgrade, to be the new
+/// build of `after_the_switch_only_the_new_process_takes_the_hosts_messages`:
+/// a file with the Redis URL, the prefix and where to write what it gets.
+const SWITCH_BUILD: &str = "FORKLESS_TEST_BUS_SWITCH_BUILD";
+
+/// Once an upgrade switched, what other hosts send to the host goes to the
+/// new process only: the old one, whose worker still reads its inbox while
+/// it drains, takes nothing more off the host's list (before, both read it
+/// until the old one stopped, and what the old one put in its draining
+/// worker's inbox was lost with it when that worker did not read it).
+#[test]
+fn after_the_switch_only_the_new_process_takes_the_hosts_messages() {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    if let Some(build) = std::env::var_os(SWITCH_BUILD) {
+        let part = std::fs::read_to_string(&build).expect("the new build's part");
+        let words: Vec<String> = part.split(' ').map(str::to_owned).collect();
+        let (url, prefix, got) = (words[0].clone(), words[1].clone(), words[2].clone());
+        Cluster::builder()
+            .workers(1)
+            .control(false)
+            .bus_backend(RedisConfig::new(url).prefix(prefix).host("h"))
+            .run(move |worker: Worker| {
+                let got = got.clone();
+                async move {
+                    worker.ready();
+                    let mut inbox = worker.inbox();
+                    let mut file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&got)
+                        .expect("open the file of what the new build got");
+                    loop {
+                        tokio::select! {
+                            envelope = inbox.recv() => match envelope {
+                                Some(e) => writeln!(file, "{}", String::from_utf8_lossy(e.message()))
+                                    .expect("write"),
+                                None => break,
+                            },
+                            () = worker.shutdown_signal() => break,
+                        }
+                    }
+                }
+            })
+            .expect("the new build runs");
+        return;
+    }
+    let (redis, prefix) = config();
+    let dir = common::runtime_dir();
+    let build = dir.join("switch-build");
+    let got = dir.join("new-got");
+    std::fs::write(
+        &build,
+        format!("{} {prefix} {}", shared_url(), got.display()),
+    )
+    .expect("write");
+    let exe = std::env::current_exe().expect("this test binary");
+    let test = "after_the_switch_only_the_new_process_takes_the_hosts_messages";
+    let (old_tx, old_seen) = mpsc::channel::<String>();
+    let release = Arc::new(AtomicBool::new(false));
+    let hold = release.clone();
+    let old = Cluster::builder()
+        .workers(1)
+        .control(false)
+        .ready_timeout(PATIENCE)
+        .shutdown_timeout(PATIENCE)
+        .bus_backend(redis.clone().host("h"))
+        .upgrade_command(
+            "env",
+            [
+                format!("{SWITCH_BUILD}={}", build.display()).into(),
+                exe.into_os_string(),
+                "--exact".into(),
+                common::test_path(module_path!(), test).into(),
+                "--test-threads=1".into(),
+                "-q".into(),
+            ],
+        )
+        .start(move |worker: Worker| {
+            let (seen, hold) = (old_tx.clone(), hold.clone());
+            async move {
+                worker.ready();
+                let mut inbox = worker.inbox();
+                // Reads its inbox, draining too, until the test lets it go.
+                while !hold.load(Relaxed) {
+                    tokio::select! {
+                        Some(e) = inbox.recv() => {
+                            let _ = seen.send(String::from_utf8_lossy(e.message()).into_owned());
+                        }
+                        () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                    }
+                }
+            }
+        })
+        .expect("start");
+    let (tx, _seen) = mpsc::channel();
+    let x = host(&redis, "x", 1, tx);
+    wait_up(&x, "h");
+
+    let new = old.upgrade().expect("upgraded");
+    let _server = StopOnPanic(new);
+    // The old process drains (its worker holds on) while x sends.
+    for i in 0..20 {
+        done(x.bus().send_to("h", 0, format!("m{i}"))).expect("send to h");
+    }
+    let count = || {
+        std::fs::read_to_string(&got)
+            .map(|t| t.lines().filter(|l| l.starts_with('m')).count())
+            .unwrap_or(0)
+    };
+    wait_until("the new process to get all 20 messages", || count() == 20);
+    let taken: Vec<String> = old_seen.try_iter().filter(|m| m.starts_with('m')).collect();
+    assert!(
+        taken.is_empty(),
+        "the old process took {taken:?} after the switch"
+    );
+    release.store(true, Relaxed);
+    old.join();
+    sigterm(new);
+    common::wait_until(&format!("process {new} to stop"), || {
+        !Path::new(&format!("/proc/{new}")).exists()
+    });
+    stop(x);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn sigterm(pid: u32) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");

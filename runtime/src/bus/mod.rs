@@ -40,6 +40,12 @@ pub(crate) trait BusEngine: Send + Sync {
     /// `handed_over`: this process handed over to an upgrade's new one,
     /// which goes on as the same host (so the host's presence stays).
     fn close(&self, handed_over: bool);
+    /// An upgrade switched to a new process of this program: from now on
+    /// the new process takes what other hosts send to this host, and this
+    /// one, while its workers drain, takes nothing more for them (what it
+    /// took and had not delivered goes back). Replies to this process's own
+    /// requests still reach it. In-process, nothing comes from outside.
+    fn switched(&self) {}
 }
 
 /// A bus engine, seen both ways.

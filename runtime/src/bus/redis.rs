@@ -35,6 +35,11 @@
 //!   list, meets a request of another instance with the same number only by
 //!   a one in 2^62 chance.) The replies' list has a reader of its own, with
 //!   the same batches as the host list's, so no reply is lost either.
+//! - Once an upgrade switched ([`BusEngine::switched`]), the old process
+//!   stops reading the host's list (what its reader took and had not
+//!   delivered goes back, as at a stop): what other hosts send goes to the
+//!   new process only, while the old one's workers drain. Its replies'
+//!   reader goes on, so its own requests still get their answers.
 //! - The host's presence key belongs to the host, not to an instance: a
 //!   process that handed over to a new one leaves it when it stops (the new
 //!   process renews it); one that stops for good deletes it.
@@ -61,7 +66,7 @@ mod instance;
 mod read;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -162,6 +167,8 @@ pub(crate) struct RedisBus {
     capacity: usize,
     /// Each reader's end: `true` once it gave back what it held.
     readers: Mutex<Vec<oneshot::Receiver<bool>>>,
+    /// An upgrade switched to a new process: the host's list is its now.
+    switched: AtomicBool,
 }
 
 /// Where the reply to a request goes.
@@ -193,6 +200,7 @@ impl RedisBus {
             next_id: AtomicU64::new(first_id),
             capacity,
             readers: Mutex::new(vec![host_end, replies_end]),
+            switched: AtomicBool::new(false),
         });
         link.spawn(bus.clone().announce());
         link.spawn(bus.clone().read_inbox(read::Source::Host, host_read));
@@ -553,6 +561,10 @@ impl BusEngine for RedisBus {
         self.router.owner_exited(owner);
         let topics: Vec<String> = lock(&self.subscribed).iter().cloned().collect();
         self.sync_topics(topics);
+    }
+
+    fn switched(&self) {
+        self.switched.store(true, Ordering::Release);
     }
 
     fn close(&self, handed_over: bool) {

@@ -269,6 +269,8 @@ fn switch(shared: &Arc<Shared>) -> Result<u32, Error> {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner) = Some(ours);
                     shared.handed_over.store(true, Ordering::Release);
+                    // Messages from other hosts go to the new process now.
+                    shared.bus.switched();
                     *gate = Gate::Switched;
                     drop(gate);
                     shared.upgrade_settled.notify_all();

@@ -2,6 +2,7 @@
 //! instance its list of replies), in batches, so that a read whose answer is
 //! lost loses no message, and a process that stops gives back what it took.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -84,7 +85,7 @@ impl RedisBus {
         // How many frames at the head of this batch's list were delivered.
         let mut delivered = 0;
         let mut pause = Duration::from_millis(50);
-        'connect: while !self.router.is_closed() {
+        'connect: while self.takes(source) {
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(self.link.config.connect_timeout)
                 .set_response_timeout(READ_WAIT + self.link.config.timeout);
@@ -105,7 +106,7 @@ impl RedisBus {
             // read-only, out of memory): a failed query waits before the
             // next connection, as a failed connect does.
             let mut failed = false;
-            while !self.router.is_closed() {
+            while self.takes(source) {
                 let taken = &lists[batch];
                 let mut pipe = redis::pipe();
                 if finished {
@@ -164,7 +165,7 @@ impl RedisBus {
                     continue;
                 }
                 for raw in &frames {
-                    if source == Source::Host && self.router.is_closed() {
+                    if source == Source::Host && !self.takes(source) {
                         break 'connect;
                     }
                     let delivery = self.deliver(raw);
@@ -185,6 +186,14 @@ impl RedisBus {
             }
         }
         let _ = end.send(self.give_back(source, &lists, batch, delivered).await);
+    }
+
+    /// Whether the reader of `source` goes on: not once the bus closes, and
+    /// for the host's list not once an upgrade switched to a new process
+    /// (which reads it from then on).
+    fn takes(&self, source: Source) -> bool {
+        let handed = source == Source::Host && self.switched.load(Ordering::Acquire);
+        !(self.router.is_closed() || handed)
     }
 
     /// A stopping reader's last step: the undelivered frames of the batch
