@@ -240,24 +240,12 @@ fn presence_stays_when_the_old_process_stops_after_an_upgrade() {
     let dir = common::runtime_dir();
     let build = dir.join("new-build");
     std::fs::write(&build, format!("{} {prefix}", shared_url())).expect("write");
-    let exe = std::env::current_exe().expect("this test binary");
     let test = "presence_stays_when_the_old_process_stops_after_an_upgrade";
-    let old = Cluster::builder()
+    let old = upgrading_to(Cluster::builder(), NEW_BUILD, &build, test)
         .workers(1)
         .control(false)
         .ready_timeout(PATIENCE)
         .bus_backend(redis.clone().host("h"))
-        .upgrade_command(
-            "env",
-            [
-                format!("{NEW_BUILD}={}", build.display()).into(),
-                exe.into_os_string(),
-                "--exact".into(),
-                common::test_path(module_path!(), test).into(),
-                "--test-threads=1".into(),
-                "-q".into(),
-            ],
-        )
         .start(|worker: Worker| async move {
             worker.ready();
             worker.shutdown_signal().await;
@@ -342,28 +330,16 @@ fn after_the_switch_only_the_new_process_takes_the_hosts_messages() {
         format!("{} {prefix} {}", shared_url(), got.display()),
     )
     .expect("write");
-    let exe = std::env::current_exe().expect("this test binary");
     let test = "after_the_switch_only_the_new_process_takes_the_hosts_messages";
     let (old_tx, old_seen) = mpsc::channel::<String>();
     let release = Arc::new(AtomicBool::new(false));
     let hold = release.clone();
-    let old = Cluster::builder()
+    let old = upgrading_to(Cluster::builder(), SWITCH_BUILD, &build, test)
         .workers(1)
         .control(false)
         .ready_timeout(PATIENCE)
         .shutdown_timeout(PATIENCE)
         .bus_backend(redis.clone().host("h"))
-        .upgrade_command(
-            "env",
-            [
-                format!("{SWITCH_BUILD}={}", build.display()).into(),
-                exe.into_os_string(),
-                "--exact".into(),
-                common::test_path(module_path!(), test).into(),
-                "--test-threads=1".into(),
-                "-q".into(),
-            ],
-        )
         .start(move |worker: Worker| {
             let (seen, hold) = (old_tx.clone(), hold.clone());
             async move {
@@ -410,6 +386,26 @@ fn after_the_switch_only_the_new_process_takes_the_hosts_messages() {
     });
     stop(x);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `builder`, whose upgrade runs this test binary again as test `test` of
+/// this module, the new build, with `var` naming its file `build`.
+fn upgrading_to(
+    builder: forkless::Builder,
+    var: &str,
+    build: &Path,
+    test: &str,
+) -> forkless::Builder {
+    let exe = std::env::current_exe().expect("this test binary");
+    let args: Vec<std::ffi::OsString> = vec![
+        format!("{var}={}", build.display()).into(),
+        exe.into_os_string(),
+        "--exact".into(),
+        common::test_path(module_path!(), test).into(),
+        "--test-threads=1".into(),
+        "-q".into(),
+    ];
+    builder.upgrade_command("env", args)
 }
 
 fn sigterm(pid: u32) {
