@@ -378,6 +378,18 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole HTTP/1.1 answer with `status` and the JSON `body`, for a
+    /// test server that lives as long as the test.
+    fn answer_with(status: &str, body: &str) -> &'static str {
+        Box::leak(
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        )
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn scratch(test: &str) -> PathBuf {
@@ -406,13 +418,7 @@ mod tests {
     async fn a_status_is_asked_for_and_parsed() {
         let path = scratch("status");
         let body = r#"{"name":"api","size":0,"rolling":false,"stopping":false,"workers":[]}"#;
-        let answer: &'static str = Box::leak(
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_boxed_str(),
-        );
+        let answer = answer_with("200 OK", body);
         let seen = server(&path, answer).await;
         let status = Client::new(&path).status().await.expect("status");
         assert_eq!(status.name, "api");
@@ -426,13 +432,7 @@ mod tests {
     async fn an_error_answer_carries_the_server_s_message() {
         let path = scratch("refused");
         let body = r#"{"error":"cannot resize to 0 workers"}"#;
-        let answer: &'static str = Box::leak(
-            format!(
-                "HTTP/1.1 422 Unprocessable Entity\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_boxed_str(),
-        );
+        let answer = answer_with("422 Unprocessable Entity", body);
         let seen = server(&path, answer).await;
         let e = Client::new(&path)
             .resize(Workers::Exactly(0))
@@ -453,13 +453,7 @@ mod tests {
     async fn a_recycle_posts_the_slot_and_reads_the_answer() {
         let path = scratch("recycle");
         let body = r#"{"slot":1}"#;
-        let answer: &'static str = Box::leak(
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_boxed_str(),
-        );
+        let answer = answer_with("200 OK", body);
         let seen = server(&path, answer).await;
         let recycled = Client::new(&path).recycle(1).await.expect("recycle");
         assert_eq!(recycled, RecycleAnswer { slot: 1 });
@@ -475,13 +469,7 @@ mod tests {
     async fn a_recycle_refused_by_an_older_server_says_so() {
         let path = scratch("recycle-404");
         let body = r#"{"error":"no such path: /recycle"}"#;
-        let answer: &'static str = Box::leak(
-            format!(
-                "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_boxed_str(),
-        );
+        let answer = answer_with("404 Not Found", body);
         let seen = server(&path, answer).await;
         let e = Client::new(&path).recycle(7).await.unwrap_err();
         assert!(matches!(e, Error::Refused { status: 404, .. }), "{e:?}");
