@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Tail latency when the load generator shares the server's cores (issue 17,
-# item 5): forkless with 2 workers beside tokio multi-thread, each on cores
-# 0-1 with `wrk -t2 -c128` on the same two cores, in alternating rounds; for
+# item 5): forkless with 2 workers, as it is and steering connections by CPU
+# (FORKLESS_INCOMING_CPU=1, `Builder::incoming_cpu`), beside tokio
+# multi-thread and the hand-written per-core server, each on cores 0-1 with
+# `wrk -t2 -c128` on the same two cores, in alternating rounds; for
 # forkless, how the 128 keep-alive connections split between the slots
-# (from the control socket), to tell connection imbalance apart from CPU
-# sharing.
+# (from the control socket).
 #
 # Needs: Linux with 2 cores or more, wrk, curl, taskset; cargo to build.
 #
@@ -21,7 +22,7 @@ cargo bench --bench http_per_core --no-run 2>/dev/null
 cargo build -p forkless-ctl --quiet
 bench=$(ls -t target/release/deps/http_per_core-* | grep -v '\.d$' | head -1)
 ctl=target/debug/forkless-ctl
-kinds="forkless tokio-mt"
+kinds="forkless forkless-steered tokio-mt per-core"
 [ -n "${UNEVEN_SLICE_NS:-}" ] && kinds="forkless forkless-slice tokio-mt"
 # Sets a custom slice (ns) on every thread of process $1 named forkless-w*.
 set_slice() {
@@ -41,25 +42,31 @@ for tid in os.listdir(f"/proc/{pid}/task"):
 PY
 }
 for round in $(seq "$rounds"); do
+  i=0
   for kind in $kinds; do
-    port=$((21000 + round * 10 + ${#kind}))
-    name="uneven-$$-$round-${#kind}"
-    serve=$kind
-    [ "$kind" = forkless-slice ] && serve=forkless
-    FORKLESS_NAME=$name taskset -c 0,1 "$bench" --serve "$serve" "$port" >/dev/null 2>&1 &
+    i=$((i + 1))
+    port=$((21000 + round * 10 + i))
+    name="uneven-$$-$round-$i"
+    serve=$kind steer=0
+    case $kind in
+      forkless-slice) serve=forkless ;;
+      forkless-steered) serve=forkless steer=1 ;;
+    esac
+    FORKLESS_INCOMING_CPU=$steer FORKLESS_NAME=$name taskset -c 0,1 "$bench" --serve "$serve" "$port" >/dev/null 2>&1 &
     pid=$!
     for _ in $(seq 100); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
     [ "$kind" = forkless-slice ] && set_slice "$pid" "$UNEVEN_SLICE_NS"
     taskset -c 0,1 wrk -t2 -c128 -d2s "http://127.0.0.1:$port/" >/dev/null
     out=$(taskset -c 0,1 wrk -t2 -c128 -d8s --latency "http://127.0.0.1:$port/")
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+    p50=$(echo "$out" | awk '/ 50%/{print $2}')
     p99=$(echo "$out" | awk '/ 99%/{print $2}')
     split=""
     if [ "$serve" = forkless ]; then
       split=$("$ctl" --name "$name" --json status |
         python3 -c 'import json,sys; print("accepted per slot:", "/".join(str(w["accepted"]) for w in json.load(sys.stdin)["workers"]))')
     fi
-    printf 'round %s %-14s %10s req/s  p99 %8s  %s\n' "$round" "$kind" "$rps" "$p99" "$split"
+    printf 'round %s %-16s %10s req/s  p50 %8s  p99 %8s  %s\n' "$round" "$kind" "$rps" "$p50" "$p99" "$split"
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
   done

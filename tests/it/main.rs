@@ -30,6 +30,7 @@ mod example_two_hosts;
 mod fault_injection;
 mod fault_isolation;
 mod http_drain;
+mod incoming_cpu;
 mod lifecycle;
 mod lifecycle_load;
 mod listen_errors;

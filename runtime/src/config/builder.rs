@@ -93,6 +93,7 @@ impl std::str::FromStr for Restart {
 pub struct Builder {
     pub(crate) workers: Option<usize>,
     pub(crate) pin_cores: bool,
+    pub(crate) incoming_cpu: bool,
     pub(crate) backlog: u32,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) terminate_timeout: Duration,
@@ -174,6 +175,7 @@ impl Default for Builder {
         Builder {
             workers: None,
             pin_cores: true,
+            incoming_cpu: false,
             backlog: 1024,
             shutdown_timeout: Duration::from_secs(5),
             terminate_timeout: Duration::from_secs(5),
@@ -222,6 +224,53 @@ impl Builder {
     /// and 3.
     pub fn pin_cores(mut self, pin: bool) -> Builder {
         self.pin_cores = pin;
+        self
+    }
+
+    /// Whether to give each new connection to the worker pinned to the core
+    /// that received it.
+    ///
+    /// Every slot's listening socket is marked with its worker's core
+    /// (`SO_INCOMING_CPU`). When a connection arrives, Linux (6.2 or later)
+    /// queues it on the socket of the worker on the core that handles the
+    /// connection's packets, and falls back to its usual hash when no
+    /// worker is on that core. The connection's packets and its worker then
+    /// share a core: no wake-up crosses cores, and a worker never waits for
+    /// a core that other traffic keeps busy. With the load generator on the
+    /// server's own cores (2 workers and `wrk -t2 -c128` on 2 cores), it
+    /// took forkless from 1.6x tokio multi-thread's p99 latency to 0.6x, and
+    /// its throughput up by two thirds (BENCHMARKS.md).
+    ///
+    /// Turn it on when connections arrive spread over the workers' cores:
+    /// a NIC with one receive queue per core and its interrupts spread over
+    /// them (RSS; see `/proc/interrupts`), or RPS, or clients on the same
+    /// machine (on loopback, the core that received a connection is the one
+    /// the connecting thread ran on). Leave it off when they are not: with
+    /// a single receive queue whose interrupts go to core 0, every new
+    /// connection would go to core 0's worker.
+    ///
+    /// The default is `false`: the kernel hashes each connection to a slot.
+    /// It needs pinned workers ([`pin_cores`](Builder::pin_cores)); asking
+    /// for it with pinning off is refused when the cluster starts. On a
+    /// kernel older than 6.2 it changes nothing, and the cluster says so in
+    /// a warning. Sockets inherited from systemd (one queue that every
+    /// worker shares) are not steered.
+    ///
+    /// ```no_run
+    /// # use forkless_runtime::Cluster;
+    /// Cluster::builder()
+    ///     .incoming_cpu(true)
+    ///     .run(|worker| async move {
+    ///         let listener = worker.listen("0.0.0.0:8080").await?;
+    ///         while let Some(conn) = listener.accept().await {
+    ///             let (_stream, _peer) = conn?;
+    ///         }
+    ///         Ok::<(), forkless_worker::Error>(())
+    ///     })?;
+    /// # Ok::<(), forkless_worker::Error>(())
+    /// ```
+    pub fn incoming_cpu(mut self, steer: bool) -> Builder {
+        self.incoming_cpu = steer;
         self
     }
 
@@ -516,6 +565,12 @@ impl Builder {
                 "workers must be at least 1, got 0 (leave it unset to run one per core)",
             ));
         }
+        if self.incoming_cpu && !self.pin_cores {
+            return Err(Error::config(
+                "incoming_cpu(true) needs pinned workers (pin_cores(true)): it gives a connection \
+                 to the worker on the core that received it, and an unpinned worker has no core",
+            ));
+        }
         if self.inbox_capacity == 0 {
             return Err(Error::config("inbox_capacity must be at least 1, got 0"));
         }
@@ -577,6 +632,7 @@ mod tests {
         let b = Builder::default();
         assert_eq!(b.workers, None);
         assert!(b.pin_cores);
+        assert!(!b.incoming_cpu);
         assert_eq!(b.backlog, 1024);
         assert_eq!(b.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(b.terminate_timeout, Duration::from_secs(5));
@@ -621,5 +677,27 @@ mod tests {
             .max_backoff(year)
             .check()
             .expect("a year is allowed");
+    }
+
+    #[test]
+    fn steering_by_cpu_needs_pinned_workers() {
+        let e = Builder::new()
+            .pin_cores(false)
+            .incoming_cpu(true)
+            .check()
+            .expect_err("unpinned");
+        assert!(
+            e.is_config() && e.to_string().contains("incoming_cpu"),
+            "{e}"
+        );
+        Builder::new()
+            .incoming_cpu(true)
+            .check()
+            .expect("pinned is the default");
+        Builder::new()
+            .pin_cores(false)
+            .incoming_cpu(false)
+            .check()
+            .expect("off needs nothing");
     }
 }

@@ -14,6 +14,7 @@ use crate::config::builder::{Builder, Restart};
 pub(crate) const VARIABLES: &[&str] = &[
     "FORKLESS_WORKERS",
     "FORKLESS_PIN_CORES",
+    "FORKLESS_INCOMING_CPU",
     "FORKLESS_BACKLOG",
     "FORKLESS_SHUTDOWN_TIMEOUT",
     "FORKLESS_TERMINATE_TIMEOUT",
@@ -102,6 +103,7 @@ pub(crate) fn apply(
                 builder.workers = Some(n);
             }
             "FORKLESS_PIN_CORES" => builder.pin_cores = boolean(name, v)?,
+            "FORKLESS_INCOMING_CPU" => builder.incoming_cpu = boolean(name, v)?,
             "FORKLESS_BACKLOG" => builder.backlog = number(name, v, "not a backlog (an integer)")?,
             "FORKLESS_SHUTDOWN_TIMEOUT" => builder.shutdown_timeout = duration(name, v)?,
             "FORKLESS_TERMINATE_TIMEOUT" => builder.terminate_timeout = duration(name, v)?,
@@ -224,6 +226,7 @@ mod tests {
         let b = with(&[
             ("FORKLESS_WORKERS", "3"),
             ("FORKLESS_PIN_CORES", "off"),
+            ("FORKLESS_INCOMING_CPU", "on"),
             ("FORKLESS_SHUTDOWN_TIMEOUT", "1m 30s"),
             ("FORKLESS_STALL_TIMEOUT", "250ms"),
             ("FORKLESS_RESTART", "on-failure"),
@@ -242,6 +245,7 @@ mod tests {
         assert_eq!(b.recycle.max_memory, Some(512 << 20));
         assert_eq!(b.workers, Some(3));
         assert!(!b.pin_cores);
+        assert!(b.incoming_cpu);
         assert_eq!(b.shutdown_timeout, Duration::from_secs(90));
         assert_eq!(b.stall_timeout, Duration::from_millis(250));
         assert_eq!(b.restart, Restart::OnFailure);
@@ -259,6 +263,7 @@ mod tests {
             ("FORKLESS_INBOX_CAPACITY", "0"),
             ("FORKLESS_SHUTDOWN_TIMEOUT", "5 parsecs"),
             ("FORKLESS_PIN_CORES", "maybe"),
+            ("FORKLESS_INCOMING_CPU", "2"),
             ("FORKLESS_RESTART", "sometimes"),
             ("FORKLESS_TASK_PANIC", "explode"),
             ("FORKLESS_BACKLOG", "1e3"),

@@ -50,6 +50,10 @@ pub(crate) struct Registry {
     /// of a retired slot that listens late (it was still starting when its
     /// slot retired) must not leave a socket that nobody accepts from.
     retired: HashMap<usize, Vec<usize>>,
+    /// Steering by CPU ([`super::steering`]): slot `i`'s sockets take the
+    /// connections that arrive on `cores[i % cores.len()]`, the core its
+    /// worker is pinned to. Empty: off, the kernel's hash decides.
+    cores: Vec<usize>,
     closed: bool,
 }
 
@@ -156,14 +160,38 @@ impl Group {
 }
 
 impl Registry {
-    pub(crate) fn new(backlog: u32) -> Registry {
+    /// A registry whose sockets have a backlog of `backlog`; `steer_to`:
+    /// the cores to steer connections to, one per slot (wrapping around),
+    /// as the workers are pinned; empty for no steering.
+    pub(crate) fn new(backlog: u32, steer_to: Vec<usize>) -> Registry {
         Registry {
             backlog: i32::try_from(backlog).unwrap_or(i32::MAX),
             groups: Vec::new(),
             handed: Vec::new(),
             inherited: super::activation::inherited_sockets(),
             retired: HashMap::new(),
+            cores: steer_to,
             closed: false,
+        }
+    }
+
+    /// Marks every slot socket of `group` with its slot's core, or clears
+    /// the mark: of a retired slot (whichever survivor accepts for it is on
+    /// another core, so the hash had better spread what arrives there), and
+    /// of every socket when steering is off (a socket handed over by a
+    /// process that steered keeps its mark otherwise).
+    fn steer(&self, group: usize) {
+        let group = &self.groups[group];
+        for (slot, socket) in &group.sockets {
+            let core = (!self.cores.is_empty() && !self.retired.contains_key(slot))
+                .then(|| self.cores[slot % self.cores.len()]);
+            if let Err(e) = super::steering::set(socket, core) {
+                if self.cores.is_empty() {
+                    tracing::debug!(bound = %group.bound, slot, error = %e, "cannot clear SO_INCOMING_CPU");
+                } else {
+                    tracing::warn!(bound = %group.bound, slot, error = %e, "cannot set SO_INCOMING_CPU: connections to this slot's socket are not steered by CPU");
+                }
+            }
         }
     }
 
@@ -183,8 +211,8 @@ impl Registry {
             .groups
             .iter()
             .position(|g| g.requested == addr || g.bound == addr);
-        let group = match index {
-            Some(i) => &mut self.groups[i],
+        let index = match index {
+            Some(i) => i,
             None => {
                 let inherited = self.inherited.iter().position(|(a, _)| *a == addr);
                 let handed = self
@@ -216,10 +244,10 @@ impl Registry {
                     group
                 };
                 self.groups.push(group);
-                let last = self.groups.len() - 1;
-                &mut self.groups[last]
+                self.groups.len() - 1
             }
         };
+        let group = &mut self.groups[index];
         if group.shared.is_none() && !group.sockets.contains_key(&slot) {
             let socket = bind(group.bound, backlog).map_err(|e| Error::bind(shown, e))?;
             group.sockets.insert(slot, socket);
@@ -228,6 +256,8 @@ impl Registry {
                 group.retire(slot, survivors);
             }
         }
+        self.steer(index);
+        let group = &mut self.groups[index];
         let socket = match &group.shared {
             Some(shared) => shared,
             None => &group.sockets[&slot],
@@ -348,6 +378,9 @@ impl Registry {
         for group in &mut self.groups {
             group.retire(slot, survivors);
         }
+        for group in 0..self.groups.len() {
+            self.steer(group);
+        }
     }
 
     /// A retired slot runs again and takes its sockets back.
@@ -355,6 +388,9 @@ impl Registry {
         self.retired.remove(&slot);
         for group in &mut self.groups {
             group.restore(slot);
+        }
+        for group in 0..self.groups.len() {
+            self.steer(group);
         }
     }
 
@@ -409,7 +445,7 @@ mod tests {
 
     #[test]
     fn port_zero_is_picked_once_for_every_slot() {
-        let mut registry = Registry::new(16);
+        let mut registry = Registry::new(16, Vec::new());
         let a = registry
             .listen(0, localhost(), "127.0.0.1:0")
             .expect("slot 0")
@@ -432,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_slot_gets_the_same_queue_back() {
-        let mut registry = Registry::new(16);
+        let mut registry = Registry::new(16, Vec::new());
         let first = registry
             .listen(0, localhost(), "127.0.0.1:0")
             .expect("listen")
@@ -454,7 +490,7 @@ mod tests {
 
     #[test]
     fn a_retired_slots_queue_is_handed_to_a_survivor_and_back() {
-        let mut registry = Registry::new(16);
+        let mut registry = Registry::new(16, Vec::new());
         // Only slot 1 listens yet, so the kernel queues this client there.
         let one = registry
             .listen(1, localhost(), "127.0.0.1:0")
@@ -481,9 +517,70 @@ mod tests {
         assert!(registry.groups[0].sockets.is_empty());
     }
 
+    /// The core each slot socket of the first group is steered to.
+    fn steered(registry: &Registry) -> Vec<(usize, Option<usize>)> {
+        let mut out: Vec<_> = registry.groups[0]
+            .sockets
+            .iter()
+            .map(|(slot, socket)| (*slot, super::super::steering::get(socket).expect("get")))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn each_slots_socket_is_steered_to_its_core_but_a_retired_ones() {
+        let mut registry = Registry::new(16, vec![4, 7]);
+        let zero = registry.listen(0, localhost(), "127.0.0.1:0").expect("0");
+        let addr = zero.listener.local_addr().expect("addr");
+        for slot in 1..3 {
+            registry
+                .listen(slot, addr, &addr.to_string())
+                .expect("listen");
+        }
+        // Slot 2 wraps around to the first core, as the workers are pinned.
+        assert_eq!(
+            steered(&registry),
+            [(0, Some(4)), (1, Some(7)), (2, Some(4))]
+        );
+        // A retired slot's socket is accepted from on another core: the hash
+        // spreads what arrives on its core instead.
+        registry.retire_slot(1, &[0, 2]);
+        assert_eq!(steered(&registry), [(0, Some(4)), (1, None), (2, Some(4))]);
+        registry.restore_slot(1);
+        assert_eq!(
+            steered(&registry),
+            [(0, Some(4)), (1, Some(7)), (2, Some(4))]
+        );
+        // One that listens late, after its slot retired, is not steered.
+        registry.retire_slot(3, &[0]);
+        registry.listen(3, addr, &addr.to_string()).expect("late");
+        assert_eq!(steered(&registry)[3], (3, None));
+    }
+
+    #[test]
+    fn without_steering_a_handed_sockets_mark_is_cleared() {
+        let mut old = Registry::new(16, vec![0, 1]);
+        let zero = old.listen(0, localhost(), "127.0.0.1:0").expect("0");
+        let addr = zero.listener.local_addr().expect("addr");
+        old.listen(1, addr, &addr.to_string()).expect("1");
+        assert_eq!(steered(&old), [(0, Some(0)), (1, Some(1))]);
+        // The new build does not steer: the sockets it takes over lose the
+        // old one's marks (they are the same sockets).
+        let mut new = Registry::new(16, Vec::new());
+        new.take_over(old.hand_over().expect("hand over"), 2);
+        new.listen(0, addr, &addr.to_string()).expect("0");
+        assert_eq!(steered(&new), [(0, None), (1, None)]);
+        assert_eq!(
+            steered(&old),
+            [(0, None), (1, None)],
+            "one socket, one mark"
+        );
+    }
+
     #[test]
     fn a_retired_slot_that_listens_late_is_adopted_at_once() {
-        let mut registry = Registry::new(16);
+        let mut registry = Registry::new(16, Vec::new());
         let zero = registry
             .listen(0, localhost(), "127.0.0.1:0")
             .expect("slot 0");
@@ -505,7 +602,7 @@ mod tests {
     fn a_foreign_reuseport_socket_is_refused() {
         let foreign = bind(localhost(), 16).expect("foreign socket");
         let addr = local_addr(&foreign).expect("addr");
-        let mut registry = Registry::new(16);
+        let mut registry = Registry::new(16, Vec::new());
         let err = registry
             .listen(0, addr, &addr.to_string())
             .expect_err("must not join another group");
@@ -529,7 +626,7 @@ mod tests {
             slot,
             socket: socket.try_clone().expect("dup"),
         };
-        let mut registry = Registry::new(16);
+        let mut registry = Registry::new(16, Vec::new());
         // Slot 1's socket of `a` is a retired slot's: the new cluster has
         // one slot.
         let retired = bind(a, 16).expect("slot 1 of a");
@@ -563,7 +660,7 @@ mod tests {
 
     #[test]
     fn closed_registry_refuses() {
-        let mut registry = Registry::new(16);
+        let mut registry = Registry::new(16, Vec::new());
         registry.close_all();
         let err = registry
             .listen(0, localhost(), "127.0.0.1:0")

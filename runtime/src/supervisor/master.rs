@@ -45,10 +45,11 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
         None => thread::available_parallelism().map_or(1, |n| n.get()),
     };
     install_panic_hook();
+    let steer_to = steering(&builder, &cores);
 
     let (tx, rx) = crossbeam_channel::unbounded();
     let inherited = super::handover::inherited()?;
-    let shared = Arc::new(Shared::new(&builder, size, tx, inherited)?);
+    let shared = Arc::new(Shared::new(&builder, size, steer_to, tx, inherited)?);
     let slots = (0..size)
         .map(|index| Slot::new(index, core_for(&cores, index)))
         .collect();
@@ -130,6 +131,23 @@ pub(crate) fn start(builder: Builder, factory: Factory) -> Result<Cluster, Error
 /// Slot `i`'s core: the `i`-th allowed core, wrapping around.
 pub(super) fn core_for(cores: &[usize], index: usize) -> Option<usize> {
     (!cores.is_empty()).then(|| cores[index % cores.len()])
+}
+
+/// The cores the listener registry steers each slot's connections to
+/// ([`Builder::incoming_cpu`]): the pinned cores, or none.
+fn steering(builder: &Builder, cores: &[usize]) -> Vec<usize> {
+    if !builder.incoming_cpu || cores.is_empty() {
+        return Vec::new();
+    }
+    match crate::net::steering::supported() {
+        Some(true) => {}
+        Some(false) => tracing::warn!(
+            "incoming_cpu: this kernel is older than Linux 6.2, whose reuseport groups ignore \
+             SO_INCOMING_CPU; connections are spread by the kernel's hash"
+        ),
+        None => tracing::debug!("incoming_cpu: cannot read the kernel's release"),
+    }
+    cores.to_vec()
 }
 
 pub(super) struct Master {

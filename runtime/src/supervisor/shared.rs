@@ -135,6 +135,7 @@ impl Shared {
     pub(crate) fn new(
         builder: &Builder,
         size: usize,
+        steer_to: Vec<usize>,
         tx: Sender<Msg>,
         inherited: Option<super::handover::Inherited>,
     ) -> Result<Shared, Error> {
@@ -158,7 +159,7 @@ impl Shared {
             clock.stop();
         })?;
         let (name, backlog) = (builder.name.clone(), builder.backlog);
-        let mut registry = Registry::new(backlog);
+        let mut registry = Registry::new(backlog, steer_to);
         let (mut upgrade_channel, mut control_inherited, mut control_tcp_inherited) =
             (None, None, None);
         let awaiting_switch = inherited.is_some();
