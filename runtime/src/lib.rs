@@ -49,7 +49,8 @@ mod launch;
 pub use alloc::Counting;
 pub use config::backend::Backend;
 pub use config::body::BodyResult;
-pub use config::builder::{Builder, Restart, TaskPanic};
+pub use config::builder::Builder;
+pub use config::policies::{Restart, TaskPanic};
 pub use config::recycle::Recycle;
 #[cfg(feature = "redis")]
 pub use config::redis::RedisConfig;

@@ -5,16 +5,15 @@
 //! spreads the same client over both.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
 
-use crate::common::{self, recv, serve_whoami, PATIENCE};
+use crate::common::{self, recv, PATIENCE};
 use forkless::Cluster;
 
 /// How many connections each client thread makes.
 const K: usize = 40;
 
-/// The cores this process may run on; the cluster pins slot `i` to the
-/// `i`-th. Fails the test, saying why, where steering cannot be seen.
+/// The first two cores this process may run on; the cluster pins slot `i`
+/// to the `i`-th. Fails the test, saying why, on a machine with one.
 fn two_cores() -> [usize; 2] {
     let cores = core_affinity::get_core_ids().expect("read this process's CPU affinity");
     assert!(
@@ -22,37 +21,17 @@ fn two_cores() -> [usize; 2] {
         "this test needs 2 cores in the affinity mask, has {}",
         cores.len()
     );
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
-    let mut parts = release.trim().split(['.', '-']);
-    let version: (u32, u32) = (
-        parts.next().and_then(|p| p.parse().ok()).expect("major"),
-        parts.next().and_then(|p| p.parse().ok()).expect("minor"),
-    );
-    assert!(
-        version >= (6, 2),
-        "SO_INCOMING_CPU steers within a reuseport group from Linux 6.2; this is {}",
-        release.trim()
-    );
     [cores[0].id, cores[1].id]
 }
 
 /// Starts 2 workers, with or without steering, and returns the cluster and
 /// the address they share.
 fn cluster(steer: bool) -> (Cluster, std::net::SocketAddr) {
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(2)
-        .incoming_cpu(steer)
-        .start(move |worker| {
-            let tx = tx.clone();
-            async move {
-                let listener = worker.listen("127.0.0.1:0").await?;
-                tx.send(listener.local_addr()?).expect("test alive");
-                serve_whoami(&worker, &listener).await
-            }
-        })
-        .expect("start");
+    let builder = Cluster::builder().workers(2).incoming_cpu(steer);
+    let (cluster, rx) = common::start_whoami(builder, "127.0.0.1:0");
+    // Both workers' addresses, so that no worker sends to a channel gone.
     let addr = recv(&rx, "an address");
+    assert_eq!(recv(&rx, "the other address"), addr);
     cluster.wait_ready(PATIENCE).expect("both slots listen");
     (cluster, addr)
 }
@@ -89,7 +68,12 @@ fn a_client_on_a_core_is_served_by_that_cores_worker() {
         assert_eq!(
             served_from(core, addr),
             BTreeMap::from([(slot, K)]),
-            "a client on core {core} is served by slot {slot}, pinned there"
+            "a client on core {core} is served by slot {slot}, pinned there (Linux {}: \
+             reuseport groups steer by SO_INCOMING_CPU from 6.2, or where the fix, kernel \
+             commit b261eda84ec1, was backported)",
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
         );
     }
     cluster.shutdown();

@@ -76,18 +76,7 @@ fn ipv6_loopback_works() {
     if let Err(e) = TcpListener::bind("[::1]:0") {
         panic!("this machine cannot bind the IPv6 loopback [::1]: {e}");
     }
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(2)
-        .start(move |worker| {
-            let tx = tx.clone();
-            async move {
-                let listener = worker.listen("[::1]:0").await?;
-                tx.send(listener.local_addr()?).expect("test alive");
-                common::serve_whoami(&worker, &listener).await
-            }
-        })
-        .expect("start");
+    let (cluster, rx) = common::start_whoami(Cluster::builder().workers(2), "[::1]:0");
     let addr = recv(&rx, "an address");
     assert_eq!(recv(&rx, "an address"), addr);
     assert!(addr.is_ipv6());

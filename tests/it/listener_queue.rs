@@ -58,18 +58,7 @@ fn connections_queued_while_the_slot_is_dead_are_served_by_the_next_generation()
 
 #[test]
 fn every_slot_of_a_port_zero_address_shares_one_port() {
-    let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::builder()
-        .workers(3)
-        .start(move |worker| {
-            let tx = tx.clone();
-            async move {
-                let listener = worker.listen("127.0.0.1:0").await?;
-                tx.send(listener.local_addr()?).expect("test alive");
-                serve_whoami(&worker, &listener).await
-            }
-        })
-        .expect("start");
+    let (cluster, rx) = common::start_whoami(Cluster::builder().workers(3), "127.0.0.1:0");
     let addrs: Vec<_> = (0..3).map(|_| recv(&rx, "an address")).collect();
     assert!(addrs.windows(2).all(|w| w[0] == w[1]), "{addrs:?}");
     // Connections spread over the slots; each is answered.

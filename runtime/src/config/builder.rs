@@ -4,63 +4,9 @@ use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
 use crate::config::Backend;
-
 use crate::config::ControlConfig;
 
-/// When a slot's worker is started again after it exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Restart {
-    /// After any exit, like a Node cluster's `exit` handler that forks again.
-    /// The default.
-    #[default]
-    Always,
-    /// After a failure ([`Exit::is_failure`](crate::Exit::is_failure)): an
-    /// error return or a panic. A body that returns `Ok` ends its slot.
-    OnFailure,
-    /// Never: each slot runs its body once.
-    Never,
-}
-
-impl Restart {
-    /// The spellings [`Restart::from_str`](std::str::FromStr::from_str)
-    /// accepts, as an error message names them.
-    pub(crate) const ACCEPTED: &'static str = "always, on-failure, never";
-}
-
-/// Parses a restart policy as `FORKLESS_RESTART` takes it: `always`,
-/// `on-failure` (or `on_failure`), `never`; case-insensitive, surrounding
-/// whitespace ignored.
-///
-/// # Errors
-///
-/// Any other text is an [`Error::is_config`] error that names the accepted
-/// values.
-///
-/// # Examples
-///
-/// ```
-/// use forkless_runtime::Restart;
-///
-/// assert_eq!(" On-Failure ".parse::<Restart>()?, Restart::OnFailure);
-/// assert!("sometimes".parse::<Restart>().is_err_and(|e| e.is_config()));
-/// # Ok::<(), forkless_worker::Error>(())
-/// ```
-impl std::str::FromStr for Restart {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Restart, Error> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "always" => Ok(Restart::Always),
-            "on-failure" | "on_failure" => Ok(Restart::OnFailure),
-            "never" => Ok(Restart::Never),
-            _ => Err(Error::config(format!(
-                "{s:?} is not a restart policy ({})",
-                Restart::ACCEPTED
-            ))),
-        }
-    }
-}
+use super::policies::{Restart, TaskPanic};
 
 /// Configures and starts a cluster. Made by [`Cluster::builder`](crate::Cluster::builder).
 ///
@@ -114,60 +60,6 @@ pub struct Builder {
     /// What an upgrade starts; `None`: this program again, as it was started.
     pub(crate) upgrade_command: Option<(std::path::PathBuf, Vec<std::ffi::OsString>)>,
     pub(crate) recycle: super::recycle::Recycle,
-}
-
-/// What a panic in a task that a worker spawned (`spawn_local`,
-/// `tokio::spawn`) does, in [`Builder::task_panic`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TaskPanic {
-    /// The task ends, as tokio does by default (its `JoinHandle` returns the
-    /// panic); the worker serves on. Reported as
-    /// [`Event::TaskPanicked`](crate::Event::TaskPanicked).
-    #[default]
-    Isolate,
-    /// The whole worker ends as [`Exit::Panicked`](crate::Exit::Panicked)
-    /// with the task's panic, and is restarted by the [`Restart`] policy:
-    /// for services where a task's panic leaves shared state broken.
-    CrashWorker,
-}
-
-impl TaskPanic {
-    /// The spellings [`TaskPanic::from_str`](std::str::FromStr::from_str)
-    /// accepts, as an error message names them.
-    pub(crate) const ACCEPTED: &'static str = "isolate, crash-worker";
-}
-
-/// Parses a task panic policy as `FORKLESS_TASK_PANIC` takes it: `isolate`,
-/// `crash-worker` (or `crash_worker`); case-insensitive, surrounding
-/// whitespace ignored.
-///
-/// # Errors
-///
-/// Any other text is an [`Error::is_config`] error that names the accepted
-/// values.
-///
-/// # Examples
-///
-/// ```
-/// use forkless_runtime::TaskPanic;
-///
-/// assert_eq!("CRASH_WORKER".parse::<TaskPanic>()?, TaskPanic::CrashWorker);
-/// assert!("explode".parse::<TaskPanic>().is_err_and(|e| e.is_config()));
-/// # Ok::<(), forkless_worker::Error>(())
-/// ```
-impl std::str::FromStr for TaskPanic {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<TaskPanic, Error> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "isolate" => Ok(TaskPanic::Isolate),
-            "crash-worker" | "crash_worker" => Ok(TaskPanic::CrashWorker),
-            _ => Err(Error::config(format!(
-                "{s:?} is not a task panic policy ({})",
-                TaskPanic::ACCEPTED
-            ))),
-        }
-    }
 }
 
 impl Default for Builder {
@@ -235,11 +127,11 @@ impl Builder {
     /// queues it on the socket of the worker on the core that handles the
     /// connection's packets, and falls back to its usual hash when no
     /// worker is on that core. The connection's packets and its worker then
-    /// share a core: no wake-up crosses cores, and a worker never waits for
-    /// a core that other traffic keeps busy. With the load generator on the
-    /// server's own cores (2 workers and `wrk -t2 -c128` on 2 cores), it
-    /// took forkless from 1.6x tokio multi-thread's p99 latency to 0.6x, and
-    /// its throughput up by two thirds (BENCHMARKS.md).
+    /// share a core, and no wake-up crosses cores. With the load generator
+    /// on the server's own cores (2 workers and `wrk -t2 -c128` on 2 cores),
+    /// it took forkless's p99 latency from 1.35x tokio multi-thread's to
+    /// 0.69x, and its throughput from 170k to 269k requests/s (medians of 5
+    /// rounds, BENCHMARKS.md).
     ///
     /// Turn it on when connections arrive spread over the workers' cores:
     /// a NIC with one receive queue per core and its interrupts spread over
@@ -252,9 +144,13 @@ impl Builder {
     /// The default is `false`: the kernel hashes each connection to a slot.
     /// It needs pinned workers ([`pin_cores`](Builder::pin_cores)); asking
     /// for it with pinning off is refused when the cluster starts. On a
-    /// kernel older than 6.2 it changes nothing, and the cluster says so in
-    /// a warning. Sockets inherited from systemd (one queue that every
-    /// worker shares) are not steered.
+    /// kernel older than 6.2 it changes nothing unless the distribution
+    /// backported the fix (kernel commit b261eda84ec1), and the cluster
+    /// warns. Sockets inherited from systemd (one queue that every worker
+    /// shares) are not steered. During an upgrade the two processes share
+    /// their sockets, and with them the marks: once the old process has
+    /// handed over, the new one's settings hold (a failed upgrade puts the
+    /// old one's back).
     ///
     /// ```no_run
     /// # use forkless_runtime::Cluster;
@@ -567,8 +463,9 @@ impl Builder {
         }
         if self.incoming_cpu && !self.pin_cores {
             return Err(Error::config(
-                "incoming_cpu(true) needs pinned workers (pin_cores(true)): it gives a connection \
-                 to the worker on the core that received it, and an unpinned worker has no core",
+                "incoming_cpu(true) (FORKLESS_INCOMING_CPU) needs pinned workers, but pin_cores is \
+                 false (FORKLESS_PIN_CORES): steering gives a connection to the worker on the core \
+                 that received it, and an unpinned worker has no core",
             ));
         }
         if self.inbox_capacity == 0 {

@@ -7,8 +7,9 @@ use std::time::Duration;
 use forkless_worker::rt::Errors as _;
 use forkless_worker::Error;
 
-use crate::config::builder::TaskPanic;
-use crate::config::builder::{Builder, Restart};
+use crate::config::builder::Builder;
+use crate::config::policies::Restart;
+use crate::config::policies::TaskPanic;
 
 /// Every variable, with what it sets, for the docs and for spotting typos.
 pub(crate) const VARIABLES: &[&str] = &[

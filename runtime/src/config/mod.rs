@@ -1,7 +1,8 @@
 //! Configuration: the [`Builder`](builder::Builder) and its checks, the
 //! `FORKLESS_*` overrides ([`env`]), where the store and bus keep their data
 //! ([`backend`], [`redis`]), where the control server listens ([`control`]),
-//! when a worker is recycled ([`recycle`]),
+//! when a worker is recycled ([`recycle`]), the failure policies
+//! ([`policies`]),
 //! and the worker body as the supervisor holds it ([`body`]). Plain data:
 //! nothing here starts a thread.
 
@@ -10,6 +11,7 @@ pub(crate) mod body;
 pub(crate) mod builder;
 pub(crate) mod control;
 pub(crate) mod env;
+pub(crate) mod policies;
 pub(crate) mod recycle;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

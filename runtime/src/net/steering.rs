@@ -9,7 +9,9 @@
 //! thread's. A connection then lives on the core where its packets are
 //! already handled: no wake-up crosses cores, and a worker never waits for a
 //! thread that another core's traffic keeps busy. On older kernels the
-//! option changes nothing (the hash decides); [`supported`] tells.
+//! option changes nothing (the hash decides) unless the distribution
+//! backported the fix (kernel commit b261eda84ec1); [`supported`] tells by
+//! the release alone.
 
 use std::io;
 
@@ -17,11 +19,22 @@ use socket2::Socket;
 
 /// What `SO_INCOMING_CPU` holds when unset: the kernel's -1. socket2 passes
 /// the value as a C `int`, so `usize::MAX` reaches the kernel as -1.
+#[cfg(target_os = "linux")]
 const UNSET: usize = usize::MAX;
 
 /// Sets or clears (`None`) the core a socket takes connections for.
+#[cfg(target_os = "linux")]
 pub(crate) fn set(socket: &Socket, core: Option<usize>) -> io::Result<()> {
     socket.set_cpu_affinity(core.unwrap_or(UNSET))
+}
+
+/// `SO_INCOMING_CPU` is Linux's.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set(_socket: &Socket, _core: Option<usize>) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_INCOMING_CPU exists on Linux only",
+    ))
 }
 
 /// The core a socket takes connections for, if it has one.

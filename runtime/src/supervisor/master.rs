@@ -143,7 +143,8 @@ fn steering(builder: &Builder, cores: &[usize]) -> Vec<usize> {
         Some(true) => {}
         Some(false) => tracing::warn!(
             "incoming_cpu: this kernel is older than Linux 6.2, whose reuseport groups ignore \
-             SO_INCOMING_CPU; connections are spread by the kernel's hash"
+             SO_INCOMING_CPU unless the distribution backported the fix (kernel commit \
+             b261eda84ec1); without it, connections are spread by the kernel's hash"
         ),
         None => tracing::debug!("incoming_cpu: cannot read the kernel's release"),
     }

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::config::builder::{Builder, Restart};
+use crate::config::builder::Builder;
+use crate::config::policies::Restart;
 use crate::fault::exit::Exit;
 
 /// The restart rules, from the builder.

@@ -25,6 +25,10 @@ impl Master {
                 } else {
                     let core = core_for(&self.cores, index);
                     self.slots.push(Slot::new(index, core));
+                    // A slot this cluster never ran may still be retired in
+                    // the registry: one of the process an upgrade took over
+                    // from, which had more. It takes its socket back.
+                    self.shared.registry().restore_slot(index);
                 }
             }
             self.size = size;

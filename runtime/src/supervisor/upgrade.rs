@@ -139,6 +139,10 @@ pub(crate) fn child_ready(shared: &Arc<Shared>) {
 /// store starts empty, and [`Event::StoreHandoverFailed`] says why.
 fn take_store(shared: &Shared, channel: UnixStream) {
     let received = receive_store(channel, shared.upgrade.handover_timeout);
+    // The old process's workers are gone (or it is): the sockets it shared
+    // with this one take this one's steering marks, whatever it wrote
+    // during the overlap.
+    shared.registry().steer_all();
     if received.is_ok() {
         // The old process has handed over: its control socket's path is
         // this one's now.
@@ -304,6 +308,9 @@ fn switch(shared: &Arc<Shared>) -> Result<u32, Error> {
 
 /// Reports a failed upgrade: this process serves on, unless it stops.
 fn failed(shared: &Shared, systemd: &Systemd, reason: String) -> Error {
+    // The new process (stopped by now) marked the sockets it shares with
+    // this one as it steers: they get this process's marks back.
+    shared.registry().steer_all();
     let stopping = shared.stopping.load(Ordering::Acquire);
     if stopping {
         tracing::warn!(%reason, "upgrade failed; this process stops");

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::LocalSet;
 
 use crate::config::body::Factory;
-use crate::config::builder::TaskPanic;
+use crate::config::policies::TaskPanic;
 use crate::fault::exit::{
     capture_panics_on_this_thread, panicked, take_panics, watch_panics_on_this_thread, Exit,
 };

@@ -146,6 +146,28 @@ pub async fn serve_whoami(worker: &Worker, listener: &Listener) -> Result<(), fo
     Ok(())
 }
 
+/// Starts `builder`'s cluster with workers that listen on `addr` (`host:0`
+/// for a port the kernel picks), say the address they listen on, and
+/// answer each connection with `"{slot} {generation}\n"`; returns the
+/// cluster and where the addresses come, one per worker.
+pub fn start_whoami(
+    builder: forkless::Builder,
+    addr: &'static str,
+) -> (forkless::Cluster, Receiver<SocketAddr>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cluster = builder
+        .start(move |worker| {
+            let tx = tx.clone();
+            async move {
+                let listener = worker.listen(addr).await?;
+                tx.send(listener.local_addr()?).expect("test alive");
+                serve_whoami(&worker, &listener).await
+            }
+        })
+        .expect("start");
+    (cluster, rx)
+}
+
 /// Answers one connection with `"{slot} {generation}\n"`.
 pub async fn answer(worker: &Worker, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
