@@ -251,12 +251,8 @@ fn presence_stays_when_the_old_process_stops_after_an_upgrade() {
             worker.shutdown_signal().await;
         })
         .expect("start");
-    let (tx, _seen) = mpsc::channel();
-    let x = host(&redis, "x", 1, tx);
-    wait_up(&x, "h");
-
-    let new = old.upgrade().expect("upgraded");
-    let _server = StopOnPanic(new);
+    let (x, server) = upgrade_beside_x(&redis, &old);
+    let new = server.0;
     old.join();
     assert!(
         exists(&mut conn, &presence),
@@ -357,12 +353,8 @@ fn after_the_switch_only_the_new_process_takes_the_hosts_messages() {
             }
         })
         .expect("start");
-    let (tx, _seen) = mpsc::channel();
-    let x = host(&redis, "x", 1, tx);
-    wait_up(&x, "h");
-
-    let new = old.upgrade().expect("upgraded");
-    let _server = StopOnPanic(new);
+    let (x, server) = upgrade_beside_x(&redis, &old);
+    let new = server.0;
     // The old process drains (its worker holds on) while x sends.
     for i in 0..20 {
         done(x.bus().send_to("h", 0, format!("m{i}"))).expect("send to h");
@@ -411,6 +403,17 @@ fn upgrading_to(
 fn sigterm(pid: u32) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+}
+
+/// Starts host `x` (1 worker, what it is sent goes nowhere), waits until
+/// it reaches host `h` (`old`), and upgrades `old`: returns `x`, and what
+/// stops the new process if the test fails.
+fn upgrade_beside_x(redis: &RedisConfig, old: &Cluster) -> (Cluster, StopOnPanic) {
+    let (tx, _) = mpsc::channel();
+    let x = host(redis, "x", 1, tx);
+    wait_up(&x, "h");
+    let new = old.upgrade().expect("upgraded");
+    (x, StopOnPanic(new))
 }
 
 /// Stops the upgrade's new process if the test fails.
